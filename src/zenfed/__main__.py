@@ -1,0 +1,5 @@
+"""``python -m zenfed`` runs the CLI."""
+
+from zenfed.cli import main
+
+main()

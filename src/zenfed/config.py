@@ -1,0 +1,254 @@
+"""The federation's policy as one validated, frozen config: TOML in, typed objects out.
+
+    cfg = load_config("examples/demo.toml")
+    cfg.train.lr, cfg.server.optimizer, cfg.run.rounds
+
+Every default is visible here, in one place. Unknown keys and wrong types are rejected with
+one line naming the key and the fix (a close spelling is suggested), so a typo never runs a
+silently different experiment.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from zenfed.errors import ZenfedError
+
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+CHATTERBOT_EIGHT = (
+    "tech_support",
+    "coding",
+    "trivia",
+    "emotion",
+    "ai",
+    "conversations",
+    "psychology",
+    "literature",
+)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class ModelConfig(_Frozen):
+    """Which base model: a built-in name, a local Hugging Face folder, or a hub id."""
+
+    name: str = "smollm2-135m-instruct"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    cache_dir: str | None = None  # default: $ZENFED_CACHE or ~/.cache/zenfed
+    # Only for the built-in `tiny-llama` (random init, used by tests and engine benchmarks).
+    tiny_hidden_size: int = 64
+    tiny_layers: int = 2
+    tiny_vocab_size: int | None = None  # None: the built-in tokenizer's vocabulary
+
+
+class LoraConfig(_Frozen):
+    """The LoRA adapter every participant trains (PEFT's LoraConfig, the fields we expose)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+
+
+class ColumnMap(_Frozen):
+    """Which columns hold what; unset fields are auto-detected from the column names."""
+
+    instruction: str | None = None
+    input: str | None = None
+    output: str | None = None
+    messages: str | None = None
+    text: str | None = None
+
+
+class SourceConfig(_Frozen):
+    """One local data file (JSONL, CSV, Parquet or plain text), read through `datasets`."""
+
+    name: str
+    path: str
+    format: Literal["auto", "jsonl", "csv", "parquet", "text"] = "auto"
+    columns: ColumnMap = ColumnMap()
+
+
+class DataConfig(_Frozen):
+    """Where participants' data comes from and how it is split among them."""
+
+    corpus: Literal["chatterbot"] | None = "chatterbot"
+    language: str = "english"
+    categories: tuple[str, ...] = CHATTERBOT_EIGHT
+    sources: tuple[SourceConfig, ...] = ()
+    partition: Literal["natural", "dirichlet", "quantity", "iid"] = "natural"
+    partition_field: str = "category"
+    num_participants: int | None = None  # needed by dirichlet, quantity and iid
+    dirichlet_alpha: float = 0.5
+    heldout_fraction: float = 0.2
+    max_seq_len: int = 64
+    train_on: Literal["assistant", "all"] = "assistant"
+    max_examples_per_source: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.corpus is None and not self.sources:
+            raise ValueError("give data.corpus or at least one [[data.sources]]")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError("data.heldout_fraction must be in (0, 1)")
+        if self.partition != "natural" and not self.num_participants:
+            raise ValueError(f"data.partition = {self.partition!r} needs data.num_participants")
+        return self
+
+
+class TrainConfig(_Frozen):
+    """Local training, the same on every participant (and in the centralized baseline)."""
+
+    lr: float = 1e-3
+    local_steps: int | None = 5
+    local_epochs: float | None = None
+    batch_size: int = 8
+    memory_budget_mb: int | None = None  # picks the micro-batch; None: whole batch at once
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    max_grad_norm: float | None = None
+    proximal_mu: float = 0.0  # FedProx; 0 disables the proximal term
+    keep_optimizer_state: bool = False  # AdamW moments persist across rounds per participant
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_fraction: float = 0.0  # of the whole run's local steps (linear warmup)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_replace_steps(cls, data: Any) -> Any:
+        # Giving local_epochs alone means "epochs instead of the default step count".
+        if isinstance(data, dict) and "local_epochs" in data and "local_steps" not in data:
+            return {**data, "local_steps": None}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if (self.local_steps is None) == (self.local_epochs is None):
+            raise ValueError("set exactly one of train.local_steps and train.local_epochs")
+        if self.lr <= 0 or self.batch_size <= 0:
+            raise ValueError("train.lr and train.batch_size must be positive")
+        return self
+
+
+class ServerConfig(_Frozen):
+    """Aggregation and the server optimizer applied to the pseudo-gradient."""
+
+    aggregator: Literal["fedavg"] = "fedavg"
+    optimizer: Literal["fedavg", "fedavgm", "nesterov", "fedadam", "fedyogi"] = "fedavg"
+    lr: float = 1.0
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+
+class SamplingConfig(_Frozen):
+    """Which participants train in a round: a fraction, never fewer than a minimum."""
+
+    fraction: float = 1.0
+    min_participants: int = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> SamplingConfig:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError("sampling.fraction must be in (0, 1]")
+        return self
+
+
+class RunConfig(_Frozen):
+    """The simulation run: rounds, seed, evaluation cadence, output folder."""
+
+    rounds: int = 3
+    seed: int = 0
+    eval_every: int = 1  # evaluate the global adapter every k rounds (and always at the end)
+    out_dir: str = "runs/zenfed"
+    sample_prompts: tuple[str, ...] = ()
+
+
+class FederationConfig(_Frozen):
+    """The whole policy of one training effort."""
+
+    name: str = "zenfed"
+    model: ModelConfig = ModelConfig()
+    lora: LoraConfig = LoraConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    server: ServerConfig = ServerConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    run: RunConfig = RunConfig()
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> FederationConfig:
+    """Read a TOML file into a validated :class:`FederationConfig`.
+
+    ``overrides`` maps dotted keys (``"train.lr"``) to values and is applied before
+    validation, so an override is checked like a key in the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ZenfedError(f"config file '{p}' does not exist", fix="pass an existing TOML file")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ZenfedError(f"config file '{p}' is not valid TOML: {e}", fix="fix the syntax") from e
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return parse_config(raw, origin=str(p))
+
+
+def parse_config(raw: dict[str, Any], origin: str = "config") -> FederationConfig:
+    """Validate a plain dict (as TOML would give) into a :class:`FederationConfig`."""
+    try:
+        return FederationConfig.model_validate(_lists_to_tuples(raw))
+    except ValidationError as e:
+        raise ZenfedError(f"{origin}: {_describe(e.errors()[0])}", fix=_fix(e.errors()[0])) from e
+
+
+def _lists_to_tuples(value: Any) -> Any:
+    # TOML arrays arrive as lists; the frozen config stores tuples (strict mode needs it).
+    if isinstance(value, dict):
+        return {k: _lists_to_tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_lists_to_tuples(v) for v in value)
+    return value
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def _describe(err: Any) -> str:
+    key = ".".join(str(x) for x in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    if err["type"] == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    return f"key '{key}': {err['msg']} (got {err.get('input')!r})"
+
+
+def _fix(err: Any) -> str:
+    if err["type"] != "extra_forbidden":
+        return "see the field's type and allowed values in zenfed/config.py"
+    *parents, leaf = [str(x) for x in err["loc"]]
+    model: Any = FederationConfig
+    for name in parents:
+        if name.isdigit():
+            continue
+        field = model.model_fields.get(name)
+        ann = getattr(field, "annotation", None)
+        inner = getattr(ann, "__args__", (ann,))[0]
+        model = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else ann
+    known = sorted(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(leaf, known, n=1)
+    return f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"

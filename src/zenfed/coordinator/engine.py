@@ -1,0 +1,209 @@
+"""The round engine: knows rounds, cohorts, versions and aggregation; knows nothing of HTTP.
+
+    coord = Coordinator(cfg, initial_adapter, participants={"a": 120, "b": 40})
+    tasks = coord.open_round()
+    for update in ...: coord.submit(update)        # validated, folded into a running mean
+    version = coord.close_round()                  # server optimizer step, new version
+
+Updates are validated (open round, cohort member, no duplicate, right base version, names,
+shapes, dtype, finite values) before they touch anything, and folded into a running
+example-weighted mean, so memory is O(model), not O(participants x model). Every transport
+(in-memory for simulation, HTTP for deployment) drives the same methods.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from zenfed.aggregate.fedavg import WeightedMean
+from zenfed.aggregate.server_opt import ServerOptState, server_step
+from zenfed.config import FederationConfig
+from zenfed.coordinator.strategy import Strategy
+from zenfed.errors import ZenfedError
+from zenfed.protocol.messages import EvalReport, GlobalVersion, Task, Tensors, Update, tensors_hash
+
+
+class UpdateRejected(ZenfedError):
+    """An update that failed validation; nothing was changed."""
+
+
+@dataclass
+class _OpenRound:
+    round: int
+    cohort: frozenset[str]
+    version: str
+    mean: WeightedMean = field(default_factory=WeightedMean)
+    received: dict[str, Update] = field(default_factory=dict)  # metadata; tensors dropped
+
+
+@dataclass
+class CoordinatorState:
+    """Everything needed to resume: the current global adapter and the server's memory."""
+
+    round: int  # the next round to run
+    params: Tensors
+    server_state: ServerOptState
+    versions: list[GlobalVersion]
+
+
+class Coordinator:
+    """The transport-agnostic round engine of one federation."""
+
+    def __init__(
+        self,
+        cfg: FederationConfig,
+        initial: Tensors,
+        participants: dict[str, int],
+        state: CoordinatorState | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.strategy = Strategy(cfg)
+        self.participants = dict(participants)  # id -> declared number of examples
+        self.shapes = {k: tuple(v.shape) for k, v in initial.items()}
+        if state is None:
+            root = GlobalVersion(id=tensors_hash(initial), round=-1, parent=None)
+            state = CoordinatorState(0, dict(initial), ServerOptState(), [root])
+        self.state = state
+        self._open: _OpenRound | None = None
+        self._evals: dict[str, EvalReport] = {}
+
+    @property
+    def version(self) -> GlobalVersion:
+        """The latest committed global version."""
+        return self.state.versions[-1]
+
+    def fetch(self, version: str) -> Tensors:
+        """The tensors of ``version`` (only the current one is held in memory)."""
+        if version != self.version.id:
+            raise ZenfedError(f"version {version[:12]} is not the current global version",
+                              fix=f"fetch {self.version.id[:12]}")
+        return self.state.params
+
+    def open_round(self) -> list[Task]:
+        """Sample a cohort and return its training tasks for the next round."""
+        if self._open is not None:
+            raise ZenfedError(f"round {self._open.round} is still open", fix="close it first")
+        tasks = self.strategy.configure(self.state.round, sorted(self.participants), self.version.id)
+        self._open = _OpenRound(self.state.round, frozenset(t.participant for t in tasks),
+                                self.version.id)
+        return tasks
+
+    def submit(self, update: Update) -> None:
+        """Validate ``update`` and fold it into the round's running mean."""
+        self._validate(update)
+        assert self._open is not None
+        self._open.mean.add(update.tensors, float(update.num_examples))
+        # Keep only metadata: the running mean already holds the tensors' contribution.
+        self._open.received[update.participant] = _without_tensors(update)
+
+    def close_round(self) -> GlobalVersion:
+        """Aggregate what arrived, take the server optimizer step, commit a new version."""
+        r = self._open
+        if r is None:
+            raise ZenfedError("no round is open", fix="call open_round first")
+        if not r.received:
+            raise ZenfedError(f"round {r.round} received no updates; the global version stays",
+                              fix="check the participants' errors")
+        params, server_state = server_step(self.cfg.server, self.state.params, r.mean.result(),
+                                           self.state.server_state)
+        ups = list(r.received.values())
+        metrics = {
+            "train_loss": _weighted(ups, lambda u: u.train_loss, lambda u: u.num_tokens),
+            "updates": float(len(ups)),
+            "stragglers": float(len(r.cohort) - len(ups)),
+            "steps": float(sum(u.steps for u in ups)),
+            "examples_seen": float(sum(u.examples_seen for u in ups)),
+            "tokens": float(sum(u.num_tokens for u in ups)),
+            "client_seconds": float(sum(u.seconds for u in ups)),
+        }
+        version = GlobalVersion(
+            id=tensors_hash(params), round=r.round, parent=r.version,
+            participants=tuple(sorted(r.received)),
+            num_examples=sum(u.num_examples for u in ups), metrics=metrics,
+        )
+        self.state = CoordinatorState(r.round + 1, params, server_state,
+                                      [*self.state.versions, version])
+        self._open = None
+        return version
+
+    def evaluation_tasks(self) -> list[Task]:
+        """Every enrolled participant evaluates the current version on its held-out split."""
+        self._evals = {}
+        return [Task(round=self.state.round - 1, participant=p, version=self.version.id,
+                      kind="evaluate") for p in sorted(self.participants)]
+
+    def submit_evaluation(self, report: EvalReport) -> None:
+        """Record one participant's held-out result for the current version."""
+        if report.version != self.version.id or report.participant not in self.participants:
+            raise ZenfedError("evaluation report for an unknown version or participant",
+                              fix="evaluate the current global version")
+        self._evals[report.participant] = report
+
+    def evaluation_summary(self) -> dict[str, float]:
+        """Federated evaluation of the current version over the reports received.
+
+        ``eval_loss`` is the example-weighted mean of participants' held-out losses;
+        ``union_loss`` is the token-weighted one, which equals the loss on the union of
+        all held-out splits.
+        """
+        reps = [r for r in self._evals.values() if r.num_tokens]
+        if not reps:
+            return {}
+        return {
+            "eval_loss": _weighted(reps, lambda r: r.loss_sum / r.num_tokens,
+                                   lambda r: r.num_examples),
+            "union_loss": sum(r.loss_sum for r in reps) / sum(r.num_tokens for r in reps),
+            "eval_participants": float(len(reps)),
+        }
+
+    def evaluation_reports(self) -> dict[str, EvalReport]:
+        """The held-out reports received for the current version, by participant."""
+        return dict(self._evals)
+
+    def _validate(self, u: Update) -> None:
+        r = self._open
+        if r is None or u.round != r.round:
+            raise UpdateRejected(f"update from '{u.participant}' is for round {u.round}, "
+                                 f"which is not open", fix="fetch the current task")
+        if u.participant not in r.cohort:
+            raise UpdateRejected(f"'{u.participant}' is not in round {r.round}'s cohort",
+                                 fix="only sampled participants may upload")
+        if u.participant in r.received:
+            raise UpdateRejected(f"'{u.participant}' already uploaded in round {r.round}",
+                                 fix="upload once per round")
+        if u.base_version != r.version:
+            raise UpdateRejected(f"update from '{u.participant}' starts from another version",
+                                 fix="train from the version in the task")
+        if not (u.num_examples > 0 and math.isfinite(u.train_loss)):
+            raise UpdateRejected(f"update from '{u.participant}' has num_examples "
+                                 f"{u.num_examples} and loss {u.train_loss}",
+                                 fix="report a positive example count and a finite loss")
+        _check_tensors(u, self.shapes)
+
+
+def _check_tensors(u: Update, shapes: dict[str, tuple[int, ...]]) -> None:
+    if set(u.tensors) != set(shapes):
+        bad = sorted(set(u.tensors) ^ set(shapes))[0]
+        raise UpdateRejected(f"update from '{u.participant}' has wrong tensor names ('{bad}')",
+                             fix="send exactly the adapter's tensors")
+    for name, t in u.tensors.items():
+        if tuple(t.shape) != shapes[name] or t.dtype != torch.float32:
+            raise UpdateRejected(
+                f"tensor '{name}' from '{u.participant}' is {t.dtype} {tuple(t.shape)}, "
+                f"expected torch.float32 {shapes[name]}", fix="send float32 adapter deltas")
+        if not bool(torch.isfinite(t).all()):
+            raise UpdateRejected(f"tensor '{name}' from '{u.participant}' has NaN or Inf values",
+                                 fix="discard the update and retrain")
+
+
+def _without_tensors(u: Update) -> Update:
+    return Update(u.round, u.participant, u.base_version, {}, u.num_examples, u.examples_seen,
+                  u.num_tokens, u.seconds, u.train_loss, u.steps)
+
+
+def _weighted(items: list, value, weight) -> float:  # type: ignore[no-untyped-def,type-arg]
+    total = sum(weight(i) for i in items)
+    return sum(value(i) * weight(i) for i in items) / total if total else math.nan

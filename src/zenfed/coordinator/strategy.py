@@ -1,0 +1,59 @@
+"""The strategy: which participants train in a round and with what settings.
+
+    tasks = strategy.configure(server_round=3, participants=["a", "b"], version=v)
+
+Client sampling takes ``ceil(fraction * n)`` participants, never fewer than
+``min_participants`` (nor more than there are), drawn by a generator seeded with the run's
+seed and the round, so a resumed run samples the same cohorts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from zenfed.config import FederationConfig
+from zenfed.errors import ZenfedError
+from zenfed.protocol.messages import Task
+
+
+def sample_participants(
+    participants: Sequence[str], fraction: float, minimum: int, rng: np.random.Generator
+) -> list[str]:
+    """A random cohort of ``max(minimum, ceil(fraction * n))`` participants (at most n)."""
+    n = len(participants)
+    if n == 0:
+        raise ZenfedError("no participants are enrolled", fix="enroll at least one participant")
+    k = min(n, max(minimum, math.ceil(fraction * n)))
+    chosen = rng.choice(n, size=k, replace=False)
+    return [participants[i] for i in sorted(chosen.tolist())]
+
+
+class Strategy:
+    """Round configuration for synchronous FedAvg-family training."""
+
+    def __init__(self, cfg: FederationConfig) -> None:
+        self.cfg = cfg
+
+    def configure(self, server_round: int, participants: Sequence[str], version: str) -> list[Task]:
+        """The training tasks of ``server_round`` (0-based) starting from ``version``."""
+        run, train = self.cfg.run, self.cfg.train
+        rng = np.random.default_rng([run.seed, server_round])
+        cohort = sample_participants(
+            participants, self.cfg.sampling.fraction, self.cfg.sampling.min_participants, rng
+        )
+        steps = train.local_steps or 0  # epoch-based training has no global step schedule
+        return [
+            Task(
+                round=server_round,
+                participant=pid,
+                version=version,
+                seed=int(rng.integers(2**31 - 1)),
+                lr=train.lr,
+                step_offset=server_round * steps,
+                total_steps=run.rounds * steps,
+            )
+            for pid in cohort
+        ]

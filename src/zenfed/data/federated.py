@@ -1,0 +1,107 @@
+"""Build the participants' private datasets for a simulation from the data config.
+
+    participants = build_participants(cfg.data, tokenizer, seed=0)
+
+Loads the corpus and/or files, partitions them, tokenizes, and splits each participant's
+examples into train and held-out parts (a seeded shuffle; ``heldout_fraction`` held out).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from zenfed.config import DataConfig
+from zenfed.data import partition
+from zenfed.data.corpora import load_chatterbot
+from zenfed.data.examples import Example, ParticipantData, TokenizedExample
+from zenfed.data.formatting import tokenize_example
+from zenfed.data.sources import load_source
+from zenfed.errors import ZenfedError
+
+
+def load_examples(cfg: DataConfig) -> list[Example]:
+    """All examples named by the config: the corpus, then each source file."""
+    examples: list[Example] = []
+    if cfg.corpus == "chatterbot":
+        examples += _cap(load_chatterbot(cfg.language, cfg.categories), cfg)
+    for src in cfg.sources:
+        examples += _cap(load_source(src), cfg)
+    return examples
+
+
+def build_participants(
+    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int
+) -> list[ParticipantData]:
+    """Partition, tokenize and split the configured data into participants."""
+    examples = load_examples(cfg)
+    rng = np.random.default_rng(seed)
+    names, parts = _partition(cfg, examples, rng)
+    out = []
+    for name, idx in zip(names, parts, strict=True):
+        toks = [tokenize_example(tokenizer, examples[i], cfg.max_seq_len, cfg.train_on) for i in idx]
+        train, held = split_heldout(toks, cfg.heldout_fraction, rng, name)
+        meta = _common_meta([examples[i] for i in idx])
+        out.append(ParticipantData(name=name, train=tuple(train), heldout=tuple(held), meta=meta))
+    return out
+
+
+def split_heldout(
+    items: list[TokenizedExample], fraction: float, rng: np.random.Generator, name: str
+) -> tuple[list[TokenizedExample], list[TokenizedExample]]:
+    """A seeded split: ceil(fraction * n) held out, the rest for training (both non-empty)."""
+    if len(items) < 2:
+        raise ZenfedError(
+            f"participant '{name}' has {len(items)} examples; it needs at least 2",
+            fix="give it more data or leave it out of the federation",
+        )
+    order = rng.permutation(len(items))
+    n_held = min(len(items) - 1, max(1, math.ceil(fraction * len(items))))
+    return [items[i] for i in order[n_held:]], [items[i] for i in order[:n_held]]
+
+
+def _partition(
+    cfg: DataConfig, examples: list[Example], rng: np.random.Generator
+) -> tuple[list[str], partition.Partition]:
+    if cfg.partition == "natural":
+        return partition.natural(_labels(cfg, examples))
+    n = int(cfg.num_participants or 0)
+    if cfg.partition == "dirichlet":
+        parts = partition.dirichlet(_labels(cfg, examples), n, cfg.dirichlet_alpha, rng)
+    elif cfg.partition == "quantity":
+        parts = partition.quantity(len(examples), n, cfg.dirichlet_alpha, rng)
+    else:
+        parts = partition.iid(len(examples), n, rng)
+    return [f"p{i:03d}" for i in range(n)], parts
+
+
+def _labels(cfg: DataConfig, examples: list[Example]) -> list[str]:
+    missing = next((e for e in examples if cfg.partition_field not in e.meta), None)
+    if missing is not None:
+        raise ZenfedError(
+            f"data.partition_field '{cfg.partition_field}' is not a field of every example "
+            f"(one has {sorted(missing.meta)})",
+            fix="use 'source' for files, 'category' or 'language' for chatterbot",
+        )
+    return [e.meta[cfg.partition_field] for e in examples]
+
+
+def _cap(examples: list[Example], cfg: DataConfig) -> list[Example]:
+    if cfg.max_examples_per_source is None:
+        return examples
+    kept: dict[tuple[str, str], int] = {}
+    out = []
+    for e in examples:
+        key = (e.meta.get("source", ""), e.meta.get("category", ""))
+        if kept.get(key, 0) < cfg.max_examples_per_source:
+            kept[key] = kept.get(key, 0) + 1
+            out.append(e)
+    return out
+
+
+def _common_meta(examples: list[Example]) -> dict[str, str]:
+    keys = set.intersection(*(set(e.meta) for e in examples)) if examples else set()
+    return {k: examples[0].meta[k] for k in sorted(keys)
+            if all(e.meta[k] == examples[0].meta[k] for e in examples)}

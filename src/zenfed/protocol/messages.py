@@ -1,0 +1,80 @@
+"""The messages of a round, as plain frozen data (what any transport moves).
+
+    Task      coordinator -> participant: train (or evaluate) from version V
+    Update    participant -> coordinator: the adapter delta and what it cost
+    EvalReport participant -> coordinator: held-out loss sums of version V
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one participant is asked to do in one round."""
+
+    round: int
+    participant: str
+    version: str  # content hash of the global adapter to start from
+    kind: Literal["train", "evaluate"] = "train"
+    seed: int = 0
+    lr: float | None = None  # None: the federation's train.lr
+    step_offset: int = 0  # where this round's local steps start in the run's schedule
+    total_steps: int = 0  # local steps of the whole run (0: no schedule)
+
+
+@dataclass(frozen=True)
+class Update:
+    """A participant's result for a training task: named delta tensors plus metadata."""
+
+    round: int
+    participant: str
+    base_version: str
+    tensors: Tensors
+    num_examples: int  # size of the training split: the FedAvg weight
+    examples_seen: int
+    num_tokens: int
+    seconds: float
+    train_loss: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Held-out loss sums of one participant for one version (they add up exactly)."""
+
+    round: int
+    participant: str
+    version: str
+    loss_sum: float
+    num_tokens: int
+    num_examples: int
+
+
+@dataclass(frozen=True)
+class GlobalVersion:
+    """A committed global adapter: its hash, parent, and what went into it."""
+
+    id: str
+    round: int
+    parent: str | None
+    participants: tuple[str, ...] = ()
+    num_examples: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def tensors_hash(tensors: Tensors) -> str:
+    """sha256 over names, dtypes, shapes and bytes, in name order: a version's identity."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,171 @@
+"""Run a federation in one process: N virtual participants, the real Coordinator and
+Participant classes, an in-memory transport.
+
+    summary = run_simulation(load_config("examples/demo.toml"), baselines=("centralized",))
+
+Writes into the run folder: ``config.json``, ``checkpoint.pt`` after every round (``resume``
+continues a killed run from it), ``metrics.jsonl`` (one row per round), ``loss.png``,
+``summary.json`` and the final ``adapter/`` (a PEFT folder).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from zenfed.config import FederationConfig, parse_config
+from zenfed.coordinator.engine import Coordinator
+from zenfed.errors import ZenfedError
+from zenfed.model.adapter import export_adapter
+from zenfed.sim import baselines as bl
+from zenfed.sim.progress import Progress
+from zenfed.sim.report import plot_losses, sample_generations
+from zenfed.sim.setup import World, build_world
+from zenfed.store.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from zenfed.transport.inmemory import InMemoryTransport
+
+BASELINES = ("centralized", "local")
+
+
+def run_simulation(
+    cfg: FederationConfig,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    fresh: bool = False,
+    baselines: Sequence[str] = (),
+    progress: Progress | None = None,
+    stop_after: int | None = None,
+    world: World | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) the federation of ``cfg``; returns the summary (also saved)."""
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ZenfedError(f"unknown baseline '{unknown[0]}'", fix=f"one of {', '.join(BASELINES)}")
+    out = Path(out_dir or cfg.run.out_dir)
+    _prepare_out_dir(out, cfg, resume=resume, fresh=fresh)
+    progress = progress or Progress(enabled=False)
+    t_start = time.perf_counter()
+    world = world or build_world(cfg)
+    coord = Coordinator(cfg, world.initial, {d.name: len(d.train) for d in world.data})
+    history: list[dict[str, Any]] = []
+    if resume:
+        coord.state, states, history = load_checkpoint(out / "checkpoint.pt")
+        for name, st in states.items():
+            world.participants[name].state = st
+    transport = InMemoryTransport(coord, world.participants)
+    if not history:
+        history.append({"round": 0, **_evaluate(coord, transport, progress)})
+    rounds = cfg.run.rounds
+    progress.start_rounds(rounds, done=coord.state.round)
+    for r in range(coord.state.round, rounds):
+        history.append(_one_round(cfg, coord, transport, progress, r))
+        save_checkpoint(out / "checkpoint.pt", coord.state,
+                        {k: p.state for k, p in world.participants.items()}, history)
+        _write_metrics(out / "metrics.jsonl", history)
+        progress.round_done(history[-1])
+        if stop_after is not None and r + 1 >= stop_after:
+            return {"stopped_after": r + 1, "history": history}
+    return _finish(cfg, out, world, coord, history, baselines, progress,
+                   time.perf_counter() - t_start)
+
+
+def _one_round(cfg: FederationConfig, coord: Coordinator, transport: InMemoryTransport,
+               progress: Progress, r: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    tasks = coord.open_round()
+    progress.start_phase(f"round {r + 1}: training", len(tasks))
+    failures = transport.run(tasks, on_done=progress.advance_phase)
+    if len(failures) == len(tasks):
+        raise ZenfedError(f"round {r + 1}: every participant failed; first: "
+                          f"{next(iter(failures.values()))}", fix="see the error above")
+    version = coord.close_round()
+    row: dict[str, Any] = {"round": r + 1, "version": version.id[:16], **version.metrics,
+                           "failures": failures}
+    if (r + 1) % cfg.run.eval_every == 0 or r + 1 == cfg.run.rounds:
+        row.update(_evaluate(coord, transport, progress))
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def _evaluate(coord: Coordinator, transport: InMemoryTransport, progress: Progress
+              ) -> dict[str, Any]:
+    tasks = coord.evaluation_tasks()
+    progress.start_phase("evaluating", len(tasks))
+    transport.run(tasks, on_done=progress.advance_phase)
+    reports = coord.evaluation_reports()
+    return {**coord.evaluation_summary(),
+            "own_loss": {k: r.loss_sum / max(1, r.num_tokens) for k, r in reports.items()}}
+
+
+def _finish(cfg: FederationConfig, out: Path, world: World, coord: Coordinator,
+            history: list[dict[str, Any]], baselines: Sequence[str], progress: Progress,
+            seconds: float) -> dict[str, Any]:
+    final = history[-1]
+    l0 = history[0]["union_loss"]
+    summary: dict[str, Any] = {
+        "rounds": cfg.run.rounds,
+        "initial_loss": l0,
+        "fed_loss": final["union_loss"],
+        "fed_eval_loss": final["eval_loss"],
+        "fed_steps": int(sum(h.get("steps", 0) for h in history)),
+        "seconds": seconds,
+        "version": coord.version.id,
+    }
+    tb = time.perf_counter()
+    if "centralized" in baselines:
+        progress.note("centralized baseline: pooled data, same optimizer and step count")
+        c = bl.centralized(world, cfg, total_steps=summary["fed_steps"])
+        summary["central_loss"] = c["loss"]
+        summary["centralized_efficiency"] = efficiency(l0, final["union_loss"], c["loss"])
+    if "local" in baselines:
+        progress.note("local-only baseline: each participant alone")
+        steps = max(1, summary["fed_steps"] // max(1, len(world.data)))
+        loc = bl.local_only(world, cfg, steps=steps)
+        summary["local_only_loss"] = loc["loss"]
+        summary["local_own_loss"] = loc["own_loss"]
+        summary["fed_own_loss"] = sum(final["own_loss"].values()) / len(final["own_loss"])
+        summary["local_only"] = loc["participants"]
+    summary["baseline_seconds"] = time.perf_counter() - tb
+    export_adapter(world.model, coord.state.params, out / "adapter")
+    if cfg.run.sample_prompts:
+        summary["samples"] = sample_generations(world, coord.state.params, cfg.run.sample_prompts)
+    plot_losses(history, summary, out / "loss.png")
+    atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    return summary
+
+
+def efficiency(initial: float, fed: float, central: float) -> float:
+    """Centralized efficiency (L0 - L_fed) / (L0 - L_central)."""
+    return (initial - fed) / (initial - central) if initial != central else float("nan")
+
+
+def _prepare_out_dir(out: Path, cfg: FederationConfig, *, resume: bool, fresh: bool) -> None:
+    config_file = out / "config.json"
+    if resume:
+        if not (out / "checkpoint.pt").is_file():
+            raise ZenfedError(f"nothing to resume in '{out}' (no checkpoint.pt)",
+                              fix="run without --resume")
+        saved = parse_config(json.loads(config_file.read_text()), origin=str(config_file))
+        if saved != cfg:
+            raise ZenfedError(f"the run in '{out}' was made with a different config",
+                              fix="resume with the same config, or use another --out")
+        return
+    if (out / "checkpoint.pt").exists():
+        if not fresh:
+            raise ZenfedError(f"'{out}' already holds a run",
+                              fix="pass --resume to continue it, --fresh to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump = json.dumps(cfg.model_dump(mode="json"), indent=2).encode()
+    atomic_write(config_file, lambda f: f.write(dump))
+
+
+def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    lines = "".join(json.dumps(h) + "\n" for h in history).encode()
+    atomic_write(path, lambda f: f.write(lines))
+

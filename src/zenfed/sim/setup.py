@@ -1,0 +1,44 @@
+"""Build the in-process world of a simulation: one shared model, N virtual participants.
+
+    world = build_world(cfg)
+    world.participants["tech_support"].train(task, fetch)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from zenfed.config import FederationConfig
+from zenfed.data.examples import ParticipantData
+from zenfed.data.federated import build_participants
+from zenfed.model.adapter import attach_lora, get_adapter_state
+from zenfed.model.loading import load_base_model
+from zenfed.participant.agent import Participant, Runtime
+from zenfed.protocol.messages import Tensors
+
+
+@dataclass
+class World:
+    """The model, tokenizer, initial adapter and participants of one simulation."""
+
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    initial: Tensors
+    runtime: Runtime
+    data: list[ParticipantData]
+    participants: dict[str, Participant]
+
+
+def build_world(cfg: FederationConfig) -> World:
+    """Load the base model, attach LoRA (seeded), build every participant's data."""
+    base, tok = load_base_model(cfg.model)
+    torch.manual_seed(cfg.run.seed)  # LoRA A's random init is part of the experiment
+    model = attach_lora(base, cfg.lora)
+    data = build_participants(cfg.data, tok, cfg.run.seed)
+    runtime = Runtime(model=model, pad_id=int(tok.pad_token_id), train=cfg.train)
+    parts = {d.name: Participant(d.name, d, runtime) for d in data}
+    return World(model, tok, get_adapter_state(model), runtime, data, parts)

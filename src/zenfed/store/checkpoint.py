@@ -1,0 +1,87 @@
+"""Run checkpoints: written atomically after every round, read by ``--resume``.
+
+    save_checkpoint(path, coordinator.state, participant_states, history)
+    coord_state, participant_states, history = load_checkpoint(path)
+
+One file (``torch.save`` of tensors and plain data, loaded with ``weights_only=True``),
+written to a temporary name and renamed, so a kill at any moment leaves either the previous
+checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zenfed.aggregate.server_opt import ServerOptState
+from zenfed.coordinator.engine import CoordinatorState
+from zenfed.errors import ZenfedError
+from zenfed.participant.agent import ParticipantState
+from zenfed.protocol.messages import GlobalVersion
+
+FORMAT = 1
+
+
+def save_checkpoint(
+    path: Path,
+    coord: CoordinatorState,
+    participants: dict[str, ParticipantState],
+    history: list[dict[str, Any]],
+) -> None:
+    """Atomically write everything a resumed run needs."""
+    blob = {
+        "format": FORMAT,
+        "round": coord.round,
+        "params": coord.params,
+        "server": {"m": coord.server_state.m, "v": coord.server_state.v,
+                   "step": coord.server_state.step},
+        "versions": [asdict(v) for v in coord.versions],
+        "participants": {k: {"optimizer": s.optimizer, "rounds_trained": s.rounds_trained,
+                             "extra": s.extra} for k, s in participants.items()},
+        "history": history,
+    }
+    atomic_write(path, lambda f: torch.save(blob, f))
+
+
+def load_checkpoint(
+    path: Path,
+) -> tuple[CoordinatorState, dict[str, ParticipantState], list[dict[str, Any]]]:
+    """Read a checkpoint written by :func:`save_checkpoint`."""
+    try:
+        blob = torch.load(path, weights_only=True)
+    except FileNotFoundError as e:
+        raise ZenfedError(f"no checkpoint at '{path}'", fix="run without --resume") from e
+    except Exception as e:
+        raise ZenfedError(f"checkpoint '{path}' is unreadable ({e})",
+                          fix="remove it and start over with --fresh") from e
+    if blob.get("format") != FORMAT:
+        raise ZenfedError(f"checkpoint '{path}' has format {blob.get('format')}",
+                          fix=f"this zenfed reads format {FORMAT}")
+    s = blob["server"]
+    versions = [GlobalVersion(**{**v, "participants": tuple(v["participants"])})
+                for v in blob["versions"]]
+    coord = CoordinatorState(blob["round"], blob["params"],
+                             ServerOptState(m=s["m"], v=s["v"], step=s["step"]), versions)
+    parts = {k: ParticipantState(optimizer=p["optimizer"], rounds_trained=p["rounds_trained"],
+                                 extra=p["extra"]) for k, p in blob["participants"].items()}
+    return coord, parts, blob["history"]
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
