@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,8 +19,9 @@ from rich.table import Table
 
 from zenfed.errors import ZenfedError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Federated LoRA fine-tuning of open LLMs.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Federated LoRA fine-tuning of open LLMs."
+)
 console = Console()
 
 
@@ -36,10 +36,13 @@ def simulate(
     out: Annotated[Path | None, typer.Option(help="run folder (default: run.out_dir)")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out")] = False,
     fresh: Annotated[bool, typer.Option(help="replace an existing run in --out")] = False,
-    baseline: Annotated[list[str] | None, typer.Option(
-        help="also run a baseline: centralized, local (repeatable)")] = None,
-    set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="override a config key, e.g. --set train.lr=3e-4")] = None,
+    baseline: Annotated[
+        list[str] | None, typer.Option(help="also run a baseline: centralized, local (repeatable)")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a config key, e.g. --set train.lr=3e-4"),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """Run N virtual participants in this process through the real round engine."""
@@ -50,8 +53,9 @@ def simulate(
     try:
         cfg = load_config(config, _parse_overrides(set_ or []))
         with Progress(enabled=not quiet, console=console) as progress:
-            summary = run_simulation(cfg, out, resume=resume, fresh=fresh,
-                                     baselines=baseline or [], progress=progress)
+            summary = run_simulation(
+                cfg, out, resume=resume, fresh=fresh, baselines=baseline or [], progress=progress
+            )
     except ZenfedError as e:
         _fail(e)
         return
@@ -72,8 +76,10 @@ def export(
     try:
         cfg_file = run / "config.json"
         if not cfg_file.is_file():
-            raise ZenfedError(f"'{run}' is not a run folder (no config.json)",
-                              fix="pass the --out folder of a simulate run")
+            raise ZenfedError(
+                f"'{run}' is not a run folder (no config.json)",
+                fix="pass the --out folder of a simulate run",
+            )
         cfg = parse_config(json.loads(cfg_file.read_text()), origin=str(cfg_file))
         state, _, _ = load_checkpoint(run / "checkpoint.pt")
         base, tok = load_base_model(cfg.model)
@@ -110,8 +116,12 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
         ("held-out loss (union), centralized", s.get("central_loss")),
         ("centralized efficiency (L0-Lfed)/(L0-Lc)", s.get("centralized_efficiency")),
         ("local-only average, union held-out", s.get("local_only_loss")),
-        ("own held-out: federated vs local-only",
-         f"{s['fed_own_loss']:.4f} vs {s['local_own_loss']:.4f}" if "fed_own_loss" in s else None),
+        (
+            "own held-out: federated vs local-only",
+            f"{s['fed_own_loss']:.4f} vs {s['local_own_loss']:.4f}"
+            if "fed_own_loss" in s
+            else None,
+        ),
         ("optimizer steps (all participants)", s["fed_steps"]),
         ("wall time (s)", s["seconds"]),
     ]
@@ -133,4 +143,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -79,7 +79,7 @@ class SourceConfig(_Frozen):
 class DataConfig(_Frozen):
     """Where participants' data comes from and how it is split among them."""
 
-    corpus: Literal["chatterbot"] | None = "chatterbot"
+    corpus: Literal["chatterbot"] | None = "chatterbot"  # None when only sources are given
     language: str = "english"
     categories: tuple[str, ...] = CHATTERBOT_EIGHT
     sources: tuple[SourceConfig, ...] = ()
@@ -91,6 +91,14 @@ class DataConfig(_Frozen):
     max_seq_len: int = 64
     train_on: Literal["assistant", "all"] = "assistant"
     max_examples_per_source: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sources_replace_corpus(cls, data: Any) -> Any:
+        # Giving sources alone means "my files, not the built-in corpus".
+        if isinstance(data, dict) and data.get("sources") and "corpus" not in data:
+            return {**data, "corpus": None}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

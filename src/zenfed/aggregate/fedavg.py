@@ -36,8 +36,9 @@ class WeightedMean:
     def add(self, update: Tensors, weight: float) -> None:
         """Add ``weight * update``; the first update fixes names and shapes."""
         if not weight > 0:
-            raise ZenfedError(f"update weight must be positive, got {weight}",
-                              fix="report num_examples > 0")
+            raise ZenfedError(
+                f"update weight must be positive, got {weight}", fix="report num_examples > 0"
+            )
         if not self._sum:
             self._sum = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in update.items()}
         for k, v in update.items():

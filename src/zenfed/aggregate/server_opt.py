@@ -42,30 +42,35 @@ def server_step(
     return step(cfg, params, g, state)
 
 
-def _fedavg(cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState
-            ) -> tuple[Tensors, ServerOptState]:
+def _fedavg(
+    cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState
+) -> tuple[Tensors, ServerOptState]:
     return {k: x[k] - cfg.lr * g[k] for k in x}, ServerOptState(step=s.step + 1)
 
 
-def _momentum(cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState, nesterov: bool
-              ) -> tuple[Tensors, ServerOptState]:
+def _momentum(
+    cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState, nesterov: bool
+) -> tuple[Tensors, ServerOptState]:
     m = {k: cfg.momentum * s.m[k] + g[k] if s.m else g[k].clone() for k in x}
     direction = {k: g[k] + cfg.momentum * m[k] for k in x} if nesterov else m
     return {k: x[k] - cfg.lr * direction[k] for k in x}, ServerOptState(m=m, step=s.step + 1)
 
 
-def _fedavgm(cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState
-             ) -> tuple[Tensors, ServerOptState]:
+def _fedavgm(
+    cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState
+) -> tuple[Tensors, ServerOptState]:
     return _momentum(cfg, x, g, s, nesterov=False)
 
 
-def _nesterov(cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState
-              ) -> tuple[Tensors, ServerOptState]:
+def _nesterov(
+    cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState
+) -> tuple[Tensors, ServerOptState]:
     return _momentum(cfg, x, g, s, nesterov=True)
 
 
-def _adaptive(cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState, yogi: bool
-              ) -> tuple[Tensors, ServerOptState]:
+def _adaptive(
+    cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState, yogi: bool
+) -> tuple[Tensors, ServerOptState]:
     b1, b2 = cfg.beta1, cfg.beta2
     zeros = {k: torch.zeros_like(x[k]) for k in x}
     m0, v0 = s.m or zeros, s.v or zeros
@@ -78,13 +83,15 @@ def _adaptive(cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState, yogi
     return new_x, ServerOptState(m=m, v=v, step=s.step + 1)
 
 
-def _fedadam(cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState
-             ) -> tuple[Tensors, ServerOptState]:
+def _fedadam(
+    cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState
+) -> tuple[Tensors, ServerOptState]:
     return _adaptive(cfg, x, g, s, yogi=False)
 
 
-def _fedyogi(cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState
-             ) -> tuple[Tensors, ServerOptState]:
+def _fedyogi(
+    cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState
+) -> tuple[Tensors, ServerOptState]:
     return _adaptive(cfg, x, g, s, yogi=True)
 
 

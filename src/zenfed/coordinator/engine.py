@@ -78,17 +78,22 @@ class Coordinator:
     def fetch(self, version: str) -> Tensors:
         """The tensors of ``version`` (only the current one is held in memory)."""
         if version != self.version.id:
-            raise ZenfedError(f"version {version[:12]} is not the current global version",
-                              fix=f"fetch {self.version.id[:12]}")
+            raise ZenfedError(
+                f"version {version[:12]} is not the current global version",
+                fix=f"fetch {self.version.id[:12]}",
+            )
         return self.state.params
 
     def open_round(self) -> list[Task]:
         """Sample a cohort and return its training tasks for the next round."""
         if self._open is not None:
             raise ZenfedError(f"round {self._open.round} is still open", fix="close it first")
-        tasks = self.strategy.configure(self.state.round, sorted(self.participants), self.version.id)
-        self._open = _OpenRound(self.state.round, frozenset(t.participant for t in tasks),
-                                self.version.id)
+        tasks = self.strategy.configure(
+            self.state.round, sorted(self.participants), self.version.id
+        )
+        self._open = _OpenRound(
+            self.state.round, frozenset(t.participant for t in tasks), self.version.id
+        )
         return tasks
 
     def submit(self, update: Update) -> None:
@@ -105,10 +110,13 @@ class Coordinator:
         if r is None:
             raise ZenfedError("no round is open", fix="call open_round first")
         if not r.received:
-            raise ZenfedError(f"round {r.round} received no updates; the global version stays",
-                              fix="check the participants' errors")
-        params, server_state = server_step(self.cfg.server, self.state.params, r.mean.result(),
-                                           self.state.server_state)
+            raise ZenfedError(
+                f"round {r.round} received no updates; the global version stays",
+                fix="check the participants' errors",
+            )
+        params, server_state = server_step(
+            self.cfg.server, self.state.params, r.mean.result(), self.state.server_state
+        )
         ups = list(r.received.values())
         metrics = {
             "train_loss": _weighted(ups, lambda u: u.train_loss, lambda u: u.num_tokens),
@@ -120,26 +128,36 @@ class Coordinator:
             "client_seconds": float(sum(u.seconds for u in ups)),
         }
         version = GlobalVersion(
-            id=tensors_hash(params), round=r.round, parent=r.version,
+            id=tensors_hash(params),
+            round=r.round,
+            parent=r.version,
             participants=tuple(sorted(r.received)),
-            num_examples=sum(u.num_examples for u in ups), metrics=metrics,
+            num_examples=sum(u.num_examples for u in ups),
+            metrics=metrics,
         )
-        self.state = CoordinatorState(r.round + 1, params, server_state,
-                                      [*self.state.versions, version])
+        self.state = CoordinatorState(
+            r.round + 1, params, server_state, [*self.state.versions, version]
+        )
         self._open = None
         return version
 
     def evaluation_tasks(self) -> list[Task]:
         """Every enrolled participant evaluates the current version on its held-out split."""
         self._evals = {}
-        return [Task(round=self.state.round - 1, participant=p, version=self.version.id,
-                      kind="evaluate") for p in sorted(self.participants)]
+        return [
+            Task(
+                round=self.state.round - 1, participant=p, version=self.version.id, kind="evaluate"
+            )
+            for p in sorted(self.participants)
+        ]
 
     def submit_evaluation(self, report: EvalReport) -> None:
         """Record one participant's held-out result for the current version."""
         if report.version != self.version.id or report.participant not in self.participants:
-            raise ZenfedError("evaluation report for an unknown version or participant",
-                              fix="evaluate the current global version")
+            raise ZenfedError(
+                "evaluation report for an unknown version or participant",
+                fix="evaluate the current global version",
+            )
         self._evals[report.participant] = report
 
     def evaluation_summary(self) -> dict[str, float]:
@@ -153,8 +171,9 @@ class Coordinator:
         if not reps:
             return {}
         return {
-            "eval_loss": _weighted(reps, lambda r: r.loss_sum / r.num_tokens,
-                                   lambda r: r.num_examples),
+            "eval_loss": _weighted(
+                reps, lambda r: r.loss_sum / r.num_tokens, lambda r: r.num_examples
+            ),
             "union_loss": sum(r.loss_sum for r in reps) / sum(r.num_tokens for r in reps),
             "eval_participants": float(len(reps)),
         }
@@ -166,42 +185,68 @@ class Coordinator:
     def _validate(self, u: Update) -> None:
         r = self._open
         if r is None or u.round != r.round:
-            raise UpdateRejected(f"update from '{u.participant}' is for round {u.round}, "
-                                 f"which is not open", fix="fetch the current task")
+            raise UpdateRejected(
+                f"update from '{u.participant}' is for round {u.round}, which is not open",
+                fix="fetch the current task",
+            )
         if u.participant not in r.cohort:
-            raise UpdateRejected(f"'{u.participant}' is not in round {r.round}'s cohort",
-                                 fix="only sampled participants may upload")
+            raise UpdateRejected(
+                f"'{u.participant}' is not in round {r.round}'s cohort",
+                fix="only sampled participants may upload",
+            )
         if u.participant in r.received:
-            raise UpdateRejected(f"'{u.participant}' already uploaded in round {r.round}",
-                                 fix="upload once per round")
+            raise UpdateRejected(
+                f"'{u.participant}' already uploaded in round {r.round}",
+                fix="upload once per round",
+            )
         if u.base_version != r.version:
-            raise UpdateRejected(f"update from '{u.participant}' starts from another version",
-                                 fix="train from the version in the task")
+            raise UpdateRejected(
+                f"update from '{u.participant}' starts from another version",
+                fix="train from the version in the task",
+            )
         if not (u.num_examples > 0 and math.isfinite(u.train_loss)):
-            raise UpdateRejected(f"update from '{u.participant}' has num_examples "
-                                 f"{u.num_examples} and loss {u.train_loss}",
-                                 fix="report a positive example count and a finite loss")
+            raise UpdateRejected(
+                f"update from '{u.participant}' has num_examples "
+                f"{u.num_examples} and loss {u.train_loss}",
+                fix="report a positive example count and a finite loss",
+            )
         _check_tensors(u, self.shapes)
 
 
 def _check_tensors(u: Update, shapes: dict[str, tuple[int, ...]]) -> None:
     if set(u.tensors) != set(shapes):
         bad = sorted(set(u.tensors) ^ set(shapes))[0]
-        raise UpdateRejected(f"update from '{u.participant}' has wrong tensor names ('{bad}')",
-                             fix="send exactly the adapter's tensors")
+        raise UpdateRejected(
+            f"update from '{u.participant}' has wrong tensor names ('{bad}')",
+            fix="send exactly the adapter's tensors",
+        )
     for name, t in u.tensors.items():
         if tuple(t.shape) != shapes[name] or t.dtype != torch.float32:
             raise UpdateRejected(
                 f"tensor '{name}' from '{u.participant}' is {t.dtype} {tuple(t.shape)}, "
-                f"expected torch.float32 {shapes[name]}", fix="send float32 adapter deltas")
+                f"expected torch.float32 {shapes[name]}",
+                fix="send float32 adapter deltas",
+            )
         if not bool(torch.isfinite(t).all()):
-            raise UpdateRejected(f"tensor '{name}' from '{u.participant}' has NaN or Inf values",
-                                 fix="discard the update and retrain")
+            raise UpdateRejected(
+                f"tensor '{name}' from '{u.participant}' has NaN or Inf values",
+                fix="discard the update and retrain",
+            )
 
 
 def _without_tensors(u: Update) -> Update:
-    return Update(u.round, u.participant, u.base_version, {}, u.num_examples, u.examples_seen,
-                  u.num_tokens, u.seconds, u.train_loss, u.steps)
+    return Update(
+        u.round,
+        u.participant,
+        u.base_version,
+        {},
+        u.num_examples,
+        u.examples_seen,
+        u.num_tokens,
+        u.seconds,
+        u.train_loss,
+        u.steps,
+    )
 
 
 def _weighted(items: list, value, weight) -> float:  # type: ignore[no-untyped-def,type-arg]

@@ -1,6 +1,6 @@
 """Participants' private data: loading, chat formatting, built-in corpora, partitioning.
 
-    participants = build_participants(cfg.data, tokenizer, seed=0)
+participants = build_participants(cfg.data, tokenizer, seed=0)
 """
 
 from zenfed.data.examples import IGNORE_INDEX, Example, ParticipantData, TokenizedExample

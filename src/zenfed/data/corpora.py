@@ -22,9 +22,11 @@ def chatterbot_root() -> Path:
     """The folder of chatterbot-corpus's YAML files (one subfolder per language)."""
     spec = importlib.util.find_spec("chatterbot_corpus")
     if spec is None or not spec.submodule_search_locations:
-        raise ZenfedError("the chatterbot corpus needs the package 'chatterbot-corpus'",
-                          fix="pip install chatterbot-corpus")
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
+        raise ZenfedError(
+            "the chatterbot corpus needs the package 'chatterbot-corpus'",
+            fix="pip install chatterbot-corpus",
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
 def load_chatterbot(language: str, categories: tuple[str, ...] | list[str]) -> list[Example]:
@@ -38,8 +40,9 @@ def load_chatterbot(language: str, categories: tuple[str, ...] | list[str]) -> l
         path = folder / f"{cat}.yml"
         if not path.is_file():
             known = sorted(p.stem for p in folder.glob("*.yml"))
-            raise ZenfedError(f"chatterbot has no category '{cat}' in {language}",
-                              fix=f"one of {known}")
+            raise ZenfedError(
+                f"chatterbot has no category '{cat}' in {language}", fix=f"one of {known}"
+            )
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         meta = {"category": cat, "language": language, "source": "chatterbot"}
         for conv in doc.get("conversations") or []:

@@ -41,7 +41,11 @@ def build_participants(
     names, parts = _partition(cfg, examples, rng)
     out = []
     for name, idx in zip(names, parts, strict=True):
-        toks = [tokenize_example(tokenizer, examples[i], cfg.max_seq_len, cfg.train_on) for i in idx]
+        toks = [
+            tokenize_example(tokenizer, examples[i], cfg.max_seq_len, cfg.train_on) for i in idx
+        ]
+        # Truncation can cut every labelled token (a long prompt): nothing to learn from.
+        toks = [t for t in toks if t.num_loss_tokens > 0]
         train, held = split_heldout(toks, cfg.heldout_fraction, rng, name)
         meta = _common_meta([examples[i] for i in idx])
         out.append(ParticipantData(name=name, train=tuple(train), heldout=tuple(held), meta=meta))
@@ -54,8 +58,8 @@ def split_heldout(
     """A seeded split: ceil(fraction * n) held out, the rest for training (both non-empty)."""
     if len(items) < 2:
         raise ZenfedError(
-            f"participant '{name}' has {len(items)} examples; it needs at least 2",
-            fix="give it more data or leave it out of the federation",
+            f"participant '{name}' has {len(items)} usable examples; it needs at least 2",
+            fix="give it more data, raise data.max_seq_len, or leave it out",
         )
     order = rng.permutation(len(items))
     n_held = min(len(items) - 1, max(1, math.ceil(fraction * len(items))))
@@ -103,5 +107,8 @@ def _cap(examples: list[Example], cfg: DataConfig) -> list[Example]:
 
 def _common_meta(examples: list[Example]) -> dict[str, str]:
     keys = set.intersection(*(set(e.meta) for e in examples)) if examples else set()
-    return {k: examples[0].meta[k] for k in sorted(keys)
-            if all(e.meta[k] == examples[0].meta[k] for e in examples)}
+    return {
+        k: examples[0].meta[k]
+        for k in sorted(keys)
+        if all(e.meta[k] == examples[0].meta[k] for e in examples)
+    }

@@ -9,7 +9,7 @@ and end-of-turn token; never the prompt, the system text, or the role header);
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -33,8 +33,8 @@ def tokenize_example(
 
 
 def _render(tok: PreTrainedTokenizerBase, msgs: list[dict[str, str]], gen: bool) -> list[int]:
-    out = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen)
-    ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+    out: Any = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen)
+    ids = out["input_ids"] if hasattr(out, "keys") else out  # a BatchEncoding in newer versions
     return [int(i) for i in ids]
 
 

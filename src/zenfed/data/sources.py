@@ -16,8 +16,14 @@ from zenfed.config import ColumnMap, SourceConfig
 from zenfed.data.examples import Example
 from zenfed.errors import ZenfedError
 
-_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
-            ".txt": "text", ".text": "text"}
+_FORMATS = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".text": "text",
+}
 _BUILDER = {"jsonl": "json", "csv": "csv", "parquet": "parquet", "text": "text"}
 
 
@@ -25,14 +31,18 @@ def load_source(src: SourceConfig) -> list[Example]:
     """Load every row of ``src`` as an Example; raises ZenfedError on any unusable input."""
     path = Path(src.path).expanduser()
     if not path.is_file():
-        raise ZenfedError(f"data file '{path}' (source '{src.name}') does not exist",
-                          fix="check data.sources.path")
+        raise ZenfedError(
+            f"data file '{path}' (source '{src.name}') does not exist",
+            fix="check data.sources.path",
+        )
     if path.stat().st_size == 0:
         raise ZenfedError(f"data file '{path}' is empty", fix="give a file with examples")
     fmt = src.format if src.format != "auto" else _FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ZenfedError(f"cannot tell the format of '{path}' from its suffix",
-                          fix="set format = jsonl | csv | parquet | text")
+        raise ZenfedError(
+            f"cannot tell the format of '{path}' from its suffix",
+            fix="set format = jsonl | csv | parquet | text",
+        )
     rows = _read_rows(path, fmt)
     if not rows:
         raise ZenfedError(f"data file '{path}' has no rows", fix="give a file with examples")
@@ -48,8 +58,10 @@ def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
     try:
         ds = datasets.load_dataset(_BUILDER[fmt], data_files=str(path), split="train")
     except Exception as e:  # datasets raises many types for a malformed file
-        raise ZenfedError(f"could not read '{path}' as {fmt}: {str(e).splitlines()[0]}",
-                          fix="check the file's format and contents") from e
+        raise ZenfedError(
+            f"could not read '{path}' as {fmt}: {str(e).splitlines()[0]}",
+            fix="check the file's format and contents",
+        ) from e
     return list(ds)
 
 
@@ -84,5 +96,6 @@ def _row_to_example(row: dict[str, Any], cols: ColumnMap, meta: dict[str, str]) 
         return Example(messages=(("user", prompt), ("assistant", str(row[cols.output]))), meta=meta)
     if cols.text:
         return Example(text=str(row[cols.text]), meta=meta)
-    raise ZenfedError("column map names no usable shape",
-                      fix="map messages, instruction+output, or text")
+    raise ZenfedError(
+        "column map names no usable shape", fix="map messages, instruction+output, or text"
+    )

@@ -1,8 +1,8 @@
 """Base models and LoRA adapters.
 
-    model, tokenizer = load_base_model(ModelConfig(name="smollm2-135m-instruct"))
-    peft_model = attach_lora(model, LoraConfig(r=8))
-    state = get_adapter_state(peft_model)      # adapter-only named tensors
+model, tokenizer = load_base_model(ModelConfig(name="smollm2-135m-instruct"))
+peft_model = attach_lora(model, LoraConfig(r=8))
+state = get_adapter_state(peft_model)      # adapter-only named tensors
 """
 
 from zenfed.model.adapter import (

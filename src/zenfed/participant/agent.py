@@ -47,8 +47,13 @@ class ParticipantState:
 class Participant:
     """A data holder's agent: train and evaluate on private data when asked."""
 
-    def __init__(self, name: str, data: ParticipantData, runtime: Runtime,
-                 state: ParticipantState | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        data: ParticipantData,
+        runtime: Runtime,
+        state: ParticipantState | None = None,
+    ) -> None:
         self.name = name
         self.data = data
         self.runtime = runtime
@@ -58,17 +63,36 @@ class Participant:
         """Train from the task's version on the private training split; return the delta."""
         rt = self.runtime
         torch.manual_seed(task.seed)  # LoRA dropout and anything else random: reproducible
-        plan = StepPlan(seed=task.seed, steps=plan_steps(rt.train, len(self.data.train)),
-                        step_offset=task.step_offset, total_steps=task.total_steps, lr=task.lr)
-        result = train_local(rt.model, self.data.train, rt.train, fetch(task.version), plan,
-                             rt.pad_id, self.state.optimizer, name=self.name)
+        plan = StepPlan(
+            seed=task.seed,
+            steps=plan_steps(rt.train, len(self.data.train)),
+            step_offset=task.step_offset,
+            total_steps=task.total_steps,
+            lr=task.lr,
+        )
+        result = train_local(
+            rt.model,
+            self.data.train,
+            rt.train,
+            fetch(task.version),
+            plan,
+            rt.pad_id,
+            self.state.optimizer,
+            name=self.name,
+        )
         self.state.optimizer = result.optimizer_state
         self.state.rounds_trained += 1
         return Update(
-            round=task.round, participant=self.name, base_version=task.version,
-            tensors=result.delta, num_examples=result.num_examples,
-            examples_seen=result.examples_seen, num_tokens=result.num_tokens,
-            seconds=result.seconds, train_loss=result.train_loss, steps=result.steps,
+            round=task.round,
+            participant=self.name,
+            base_version=task.version,
+            tensors=result.delta,
+            num_examples=result.num_examples,
+            examples_seen=result.examples_seen,
+            num_tokens=result.num_tokens,
+            seconds=result.seconds,
+            train_loss=result.train_loss,
+            steps=result.steps,
         )
 
     def evaluate(self, task: Task, fetch: Fetch) -> EvalReport:
@@ -78,5 +102,6 @@ class Participant:
         rt = self.runtime
         set_adapter_state(rt.model, fetch(task.version))
         res = evaluate(rt.model, self.data.heldout, rt.eval_batch_size, rt.pad_id)
-        return EvalReport(task.round, self.name, task.version, res.loss_sum, res.num_tokens,
-                          res.num_examples)
+        return EvalReport(
+            task.round, self.name, task.version, res.loss_sum, res.num_tokens, res.num_examples
+        )

@@ -1,8 +1,8 @@
 """The messages of a round, as plain frozen data (what any transport moves).
 
-    Task      coordinator -> participant: train (or evaluate) from version V
-    Update    participant -> coordinator: the adapter delta and what it cost
-    EvalReport participant -> coordinator: held-out loss sums of version V
+Task      coordinator -> participant: train (or evaluate) from version V
+Update    participant -> coordinator: the adapter delta and what it cost
+EvalReport participant -> coordinator: held-out loss sums of version V
 """
 
 from __future__ import annotations

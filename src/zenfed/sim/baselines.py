@@ -23,8 +23,9 @@ def union_eval(world: World, state: dict[str, Any]) -> tuple[EvalResult, dict[st
 
     set_adapter_state(world.model, state)
     rt = world.runtime
-    per = {d.name: evaluate(world.model, d.heldout, rt.eval_batch_size, rt.pad_id)
-           for d in world.data}
+    per = {
+        d.name: evaluate(world.model, d.heldout, rt.eval_batch_size, rt.pad_id) for d in world.data
+    }
     return combine(per.values()), per
 
 
@@ -32,8 +33,15 @@ def centralized(world: World, cfg: FederationConfig, total_steps: int) -> dict[s
     """Train one adapter on the pooled training data for ``total_steps`` steps."""
     pooled = tuple(ex for d in world.data for ex in d.train)
     plan = StepPlan(seed=cfg.run.seed, steps=total_steps, total_steps=total_steps)
-    res = train_local(world.model, pooled, cfg.train, world.initial, plan,
-                      world.runtime.pad_id, name="centralized")
+    res = train_local(
+        world.model,
+        pooled,
+        cfg.train,
+        world.initial,
+        plan,
+        world.runtime.pad_id,
+        name="centralized",
+    )
     state = {k: world.initial[k] + res.delta[k] for k in world.initial}
     union, _ = union_eval(world, state)
     return {"loss": union.loss, "steps": total_steps, "seconds": res.seconds}
@@ -44,8 +52,9 @@ def local_only(world: World, cfg: FederationConfig, steps: int) -> dict[str, Any
     rows = {}
     for d in world.data:
         plan = StepPlan(seed=cfg.run.seed, steps=steps, total_steps=steps)
-        res = train_local(world.model, d.train, cfg.train, world.initial, plan,
-                          world.runtime.pad_id, name=d.name)
+        res = train_local(
+            world.model, d.train, cfg.train, world.initial, plan, world.runtime.pad_id, name=d.name
+        )
         state = {k: world.initial[k] + res.delta[k] for k in world.initial}
         union, per = union_eval(world, state)
         rows[d.name] = {"union_loss": union.loss, "own_loss": per[d.name].loss}
@@ -56,4 +65,3 @@ def local_only(world: World, cfg: FederationConfig, steps: int) -> dict[str, Any
         "steps": steps,
         "participants": rows,
     }
-

@@ -1,6 +1,6 @@
 """Rich progress bars for a simulation: one for rounds, one for the current phase.
 
-    progress = Progress(enabled=True)   # Progress(enabled=False) prints nothing
+progress = Progress(enabled=True)   # Progress(enabled=False) prints nothing
 """
 
 from __future__ import annotations
@@ -25,8 +25,12 @@ class Progress:
     def __enter__(self) -> Progress:
         if self.enabled:
             self._bars = RichProgress(
-                TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), console=self.console, transient=False,
+                TextColumn("{task.description:<24}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=False,
             )
             self._bars.__enter__()
         return self

@@ -1,6 +1,6 @@
 """What a run shows a person: the loss curve (PNG) and sample answers before and after.
 
-    plot_losses(history, summary, Path("runs/demo/loss.png"))
+plot_losses(history, summary, Path("runs/demo/loss.png"))
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
-from zenfed.model.adapter import set_adapter_state  # noqa: E402
-from zenfed.protocol.messages import Tensors  # noqa: E402
-from zenfed.sim.setup import World  # noqa: E402
+from zenfed.model.adapter import set_adapter_state
+from zenfed.protocol.messages import Tensors
+from zenfed.sim.setup import World
 
 
 def plot_losses(history: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
@@ -30,8 +30,12 @@ def plot_losses(history: list[dict[str, Any]], summary: dict[str, Any], path: Pa
         ax.plot(*zip(*train, strict=True), ls=":", marker=".", label="federated (train)")
     for key, label in (("central_loss", "centralized"), ("local_only_loss", "local-only avg")):
         if key in summary:
-            ax.axhline(summary[key], ls="--", color="grey" if key == "central_loss" else "tab:red",
-                       label=f"{label}: {summary[key]:.3f}")
+            ax.axhline(
+                summary[key],
+                ls="--",
+                color="grey" if key == "central_loss" else "tab:red",
+                label=f"{label}: {summary[key]:.3f}",
+            )
     ax.set_xlabel("round")
     ax.set_ylabel("loss per token")
     ax.set_title("zenfed: federated LoRA fine-tuning")
@@ -43,16 +47,19 @@ def plot_losses(history: list[dict[str, Any]], summary: dict[str, Any], path: Pa
     plt.close(fig)
 
 
-def sample_generations(world: World, state: Tensors, prompts: Sequence[str],
-                       max_new_tokens: int = 40) -> list[dict[str, str]]:
+def sample_generations(
+    world: World, state: Tensors, prompts: Sequence[str], max_new_tokens: int = 40
+) -> list[dict[str, str]]:
     """Greedy answers of the base model and of the federated adapter to each prompt."""
     set_adapter_state(world.model, state)
     world.model.eval()
     out = []
     for prompt in prompts:
         ids = world.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True,
-            return_tensors="pt", return_dict=True,
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
         )
         with world.model.disable_adapter():
             base = _generate(world, ids, max_new_tokens)
@@ -63,7 +70,8 @@ def sample_generations(world: World, state: Tensors, prompts: Sequence[str],
 
 def _generate(world: World, ids: Any, max_new_tokens: int) -> str:
     with torch.inference_mode():
-        gen = world.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                   pad_token_id=world.runtime.pad_id)
-    new = gen[0, ids["input_ids"].shape[1]:]
+        gen = world.model.generate(
+            **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=world.runtime.pad_id
+        )
+    new = gen[0, ids["input_ids"].shape[1] :]
     return str(world.tokenizer.decode(new, skip_special_tokens=True)).strip()

@@ -21,6 +21,7 @@ from zenfed.config import FederationConfig, parse_config
 from zenfed.coordinator.engine import Coordinator
 from zenfed.errors import ZenfedError
 from zenfed.model.adapter import export_adapter
+from zenfed.participant.agent import ParticipantState
 from zenfed.sim import baselines as bl
 from zenfed.sim.progress import Progress
 from zenfed.sim.report import plot_losses, sample_generations
@@ -53,6 +54,8 @@ def run_simulation(
     world = world or build_world(cfg)
     coord = Coordinator(cfg, world.initial, {d.name: len(d.train) for d in world.data})
     history: list[dict[str, Any]] = []
+    for p in world.participants.values():
+        p.state = ParticipantState()  # a world may be reused: every run starts clean
     if resume:
         coord.state, states, history = load_checkpoint(out / "checkpoint.pt")
         for name, st in states.items():
@@ -63,48 +66,74 @@ def run_simulation(
     rounds = cfg.run.rounds
     progress.start_rounds(rounds, done=coord.state.round)
     for r in range(coord.state.round, rounds):
-        history.append(_one_round(cfg, coord, transport, progress, r))
-        save_checkpoint(out / "checkpoint.pt", coord.state,
-                        {k: p.state for k, p in world.participants.items()}, history)
+        row = run_round(coord, transport, progress)
+        if (r + 1) % cfg.run.eval_every == 0 or r + 1 == rounds:
+            t_eval = time.perf_counter()
+            row.update(_evaluate(coord, transport, progress))
+            row["eval_seconds"] = time.perf_counter() - t_eval
+        history.append(row)
+        save_checkpoint(
+            out / "checkpoint.pt",
+            coord.state,
+            {k: p.state for k, p in world.participants.items()},
+            history,
+        )
         _write_metrics(out / "metrics.jsonl", history)
         progress.round_done(history[-1])
         if stop_after is not None and r + 1 >= stop_after:
             return {"stopped_after": r + 1, "history": history}
-    return _finish(cfg, out, world, coord, history, baselines, progress,
-                   time.perf_counter() - t_start)
+    return _finish(
+        cfg, out, world, coord, history, baselines, progress, time.perf_counter() - t_start
+    )
 
 
-def _one_round(cfg: FederationConfig, coord: Coordinator, transport: InMemoryTransport,
-               progress: Progress, r: int) -> dict[str, Any]:
+def run_round(
+    coord: Coordinator, transport: InMemoryTransport, progress: Progress
+) -> dict[str, Any]:
+    """One training round: open, run every task through the transport, close."""
     t0 = time.perf_counter()
     tasks = coord.open_round()
+    r = tasks[0].round
     progress.start_phase(f"round {r + 1}: training", len(tasks))
     failures = transport.run(tasks, on_done=progress.advance_phase)
     if len(failures) == len(tasks):
-        raise ZenfedError(f"round {r + 1}: every participant failed; first: "
-                          f"{next(iter(failures.values()))}", fix="see the error above")
+        raise ZenfedError(
+            f"round {r + 1}: every participant failed; first: {next(iter(failures.values()))}",
+            fix="see the error above",
+        )
     version = coord.close_round()
-    row: dict[str, Any] = {"round": r + 1, "version": version.id[:16], **version.metrics,
-                           "failures": failures}
-    if (r + 1) % cfg.run.eval_every == 0 or r + 1 == cfg.run.rounds:
-        row.update(_evaluate(coord, transport, progress))
-    row["seconds"] = time.perf_counter() - t0
-    return row
+    return {
+        "round": r + 1,
+        "version": version.id[:16],
+        **version.metrics,
+        "failures": failures,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-def _evaluate(coord: Coordinator, transport: InMemoryTransport, progress: Progress
-              ) -> dict[str, Any]:
+def _evaluate(
+    coord: Coordinator, transport: InMemoryTransport, progress: Progress
+) -> dict[str, Any]:
     tasks = coord.evaluation_tasks()
     progress.start_phase("evaluating", len(tasks))
     transport.run(tasks, on_done=progress.advance_phase)
     reports = coord.evaluation_reports()
-    return {**coord.evaluation_summary(),
-            "own_loss": {k: r.loss_sum / max(1, r.num_tokens) for k, r in reports.items()}}
+    return {
+        **coord.evaluation_summary(),
+        "own_loss": {k: r.loss_sum / max(1, r.num_tokens) for k, r in reports.items()},
+    }
 
 
-def _finish(cfg: FederationConfig, out: Path, world: World, coord: Coordinator,
-            history: list[dict[str, Any]], baselines: Sequence[str], progress: Progress,
-            seconds: float) -> dict[str, Any]:
+def _finish(
+    cfg: FederationConfig,
+    out: Path,
+    world: World,
+    coord: Coordinator,
+    history: list[dict[str, Any]],
+    baselines: Sequence[str],
+    progress: Progress,
+    seconds: float,
+) -> dict[str, Any]:
     final = history[-1]
     l0 = history[0]["union_loss"]
     summary: dict[str, Any] = {
@@ -148,17 +177,22 @@ def _prepare_out_dir(out: Path, cfg: FederationConfig, *, resume: bool, fresh: b
     config_file = out / "config.json"
     if resume:
         if not (out / "checkpoint.pt").is_file():
-            raise ZenfedError(f"nothing to resume in '{out}' (no checkpoint.pt)",
-                              fix="run without --resume")
+            raise ZenfedError(
+                f"nothing to resume in '{out}' (no checkpoint.pt)", fix="run without --resume"
+            )
         saved = parse_config(json.loads(config_file.read_text()), origin=str(config_file))
         if saved != cfg:
-            raise ZenfedError(f"the run in '{out}' was made with a different config",
-                              fix="resume with the same config, or use another --out")
+            raise ZenfedError(
+                f"the run in '{out}' was made with a different config",
+                fix="resume with the same config, or use another --out",
+            )
         return
     if (out / "checkpoint.pt").exists():
         if not fresh:
-            raise ZenfedError(f"'{out}' already holds a run",
-                              fix="pass --resume to continue it, --fresh to replace it")
+            raise ZenfedError(
+                f"'{out}' already holds a run",
+                fix="pass --resume to continue it, --fresh to replace it",
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     dump = json.dumps(cfg.model_dump(mode="json"), indent=2).encode()
@@ -168,4 +202,3 @@ def _prepare_out_dir(out: Path, cfg: FederationConfig, *, resume: bool, fresh: b
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     lines = "".join(json.dumps(h) + "\n" for h in history).encode()
     atomic_write(path, lambda f: f.write(lines))
-

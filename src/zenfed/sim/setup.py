@@ -1,7 +1,7 @@
 """Build the in-process world of a simulation: one shared model, N virtual participants.
 
-    world = build_world(cfg)
-    world.participants["tech_support"].train(task, fetch)
+world = build_world(cfg)
+world.participants["tech_support"].train(task, fetch)
 """
 
 from __future__ import annotations

@@ -38,11 +38,16 @@ def save_checkpoint(
         "format": FORMAT,
         "round": coord.round,
         "params": coord.params,
-        "server": {"m": coord.server_state.m, "v": coord.server_state.v,
-                   "step": coord.server_state.step},
+        "server": {
+            "m": coord.server_state.m,
+            "v": coord.server_state.v,
+            "step": coord.server_state.step,
+        },
         "versions": [asdict(v) for v in coord.versions],
-        "participants": {k: {"optimizer": s.optimizer, "rounds_trained": s.rounds_trained,
-                             "extra": s.extra} for k, s in participants.items()},
+        "participants": {
+            k: {"optimizer": s.optimizer, "rounds_trained": s.rounds_trained, "extra": s.extra}
+            for k, s in participants.items()
+        },
         "history": history,
     }
     atomic_write(path, lambda f: torch.save(blob, f))
@@ -57,18 +62,27 @@ def load_checkpoint(
     except FileNotFoundError as e:
         raise ZenfedError(f"no checkpoint at '{path}'", fix="run without --resume") from e
     except Exception as e:
-        raise ZenfedError(f"checkpoint '{path}' is unreadable ({e})",
-                          fix="remove it and start over with --fresh") from e
+        raise ZenfedError(
+            f"checkpoint '{path}' is unreadable ({e})", fix="remove it and start over with --fresh"
+        ) from e
     if blob.get("format") != FORMAT:
-        raise ZenfedError(f"checkpoint '{path}' has format {blob.get('format')}",
-                          fix=f"this zenfed reads format {FORMAT}")
+        raise ZenfedError(
+            f"checkpoint '{path}' has format {blob.get('format')}",
+            fix=f"this zenfed reads format {FORMAT}",
+        )
     s = blob["server"]
-    versions = [GlobalVersion(**{**v, "participants": tuple(v["participants"])})
-                for v in blob["versions"]]
-    coord = CoordinatorState(blob["round"], blob["params"],
-                             ServerOptState(m=s["m"], v=s["v"], step=s["step"]), versions)
-    parts = {k: ParticipantState(optimizer=p["optimizer"], rounds_trained=p["rounds_trained"],
-                                 extra=p["extra"]) for k, p in blob["participants"].items()}
+    versions = [
+        GlobalVersion(**{**v, "participants": tuple(v["participants"])}) for v in blob["versions"]
+    ]
+    coord = CoordinatorState(
+        blob["round"], blob["params"], ServerOptState(m=s["m"], v=s["v"], step=s["step"]), versions
+    )
+    parts = {
+        k: ParticipantState(
+            optimizer=p["optimizer"], rounds_trained=p["rounds_trained"], extra=p["extra"]
+        )
+        for k, p in blob["participants"].items()
+    }
     return coord, parts, blob["history"]
 
 

@@ -1,7 +1,7 @@
 """Evaluate the current adapter on held-out examples: token-weighted loss.
 
-    result = evaluate(model, participant.heldout, batch_size=8, pad_id=tok.pad_token_id)
-    result.loss  # mean next-token loss; results add up exactly across participants
+result = evaluate(model, participant.heldout, batch_size=8, pad_id=tok.pad_token_id)
+result.loss  # mean next-token loss; results add up exactly across participants
 """
 
 from __future__ import annotations

@@ -67,11 +67,11 @@ def micro_batch_size(model: torch.nn.Module, cfg: TrainConfig, seq_len: int) -> 
     """Largest micro-batch whose estimated activation memory fits ``memory_budget_mb``."""
     if cfg.memory_budget_mb is None:
         return cfg.batch_size
-    c = model.config
+    c: Any = model.config
     # fp32 activations kept for backward: ~34 values per hidden unit per layer per token
     # (Korthikanti et al. 2022, without recomputation), plus logits and their gradient.
     per_seq = 4 * seq_len * (34 * c.hidden_size * c.num_hidden_layers + 3 * c.vocab_size)
-    return max(1, min(cfg.batch_size, (cfg.memory_budget_mb * 2**20) // per_seq))
+    return int(max(1, min(cfg.batch_size, (cfg.memory_budget_mb * 2**20) // per_seq)))
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int, base: float) -> float:
@@ -104,7 +104,9 @@ def train_local(
     set_adapter_state(model, start)
     params = adapter_parameters(model)
     opt = torch.optim.AdamW(
-        list(params.values()), lr=plan.lr or cfg.lr, betas=(cfg.beta1, cfg.beta2),
+        list(params.values()),
+        lr=plan.lr or cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
         weight_decay=cfg.weight_decay,
     )
     if optimizer_state is not None:

@@ -26,8 +26,9 @@ class InMemoryTransport:
         self.coordinator = coordinator
         self.participants = participants
 
-    def run(self, tasks: Sequence[Task], on_done: Callable[[str], None] | None = None
-            ) -> dict[str, str]:
+    def run(
+        self, tasks: Sequence[Task], on_done: Callable[[str], None] | None = None
+    ) -> dict[str, str]:
         """Run every task; returns {participant: error} for those that failed."""
         failures: dict[str, str] = {}
         for task in tasks:

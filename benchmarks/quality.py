@@ -1,0 +1,228 @@
+"""Quality benchmark: federated vs centralized vs local-only on a real LLM and real data.
+
+    python -m benchmarks.quality            # the whole protocol (about an hour here)
+    python -m benchmarks.quality --explore --set train.lr=1e-3 --set run.rounds=15 ...
+
+Workload (issue #2): built-in SmolLM2-135M-Instruct, LoRA r=8 on q/k/v/o, the 8 chatterbot
+English categories as participants (natural split, 80/20 per category), sequences of 64
+tokens with the loss on whole sequences, batch 8, and the same total number of optimizer
+steps (120) for federated and centralized training. Fairness: centralized training uses
+the participants' optimizer (AdamW, same schedule) and each side takes its best learning
+rate from the same grid. Also times a bare PyTorch + PEFT loop doing exactly the engine's
+steps and evaluations, and reports engine_overhead = engine / bare - 1.
+
+Writes benchmarks/results/quality.json and quality.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import RESULTS, write_json
+from zenfed.cli import _parse_overrides
+from zenfed.config import FederationConfig, parse_config
+from zenfed.model.adapter import adapter_parameters
+from zenfed.sim.baselines import centralized, local_only, union_eval
+from zenfed.sim.runner import efficiency, run_simulation
+from zenfed.sim.setup import World, build_world
+from zenfed.train.batching import batches
+from zenfed.train.loss import loss_sum
+from zenfed.train.trainer import lr_at
+
+GRID = (1e-4, 3e-4, 1e-3, 3e-3)
+TOTAL_STEPS = 120
+
+# The federated recipe under test: 15 rounds x 1 local step x 8 participants = 120 steps.
+RECIPE: dict[str, Any] = {
+    "name": "quality",
+    "model": {"name": "smollm2-135m-instruct"},
+    "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    "data": {
+        "corpus": "chatterbot",
+        "partition": "natural",
+        "max_seq_len": 64,
+        "heldout_fraction": 0.2,
+        "train_on": "all",
+    },
+    "train": {"lr": 1e-3, "local_steps": 1, "batch_size": 8, "keep_optimizer_state": True},
+    "server": {"optimizer": "nesterov", "lr": 0.7, "momentum": 0.9},
+    "run": {"rounds": 15, "seed": 0, "eval_every": 1000, "out_dir": "runs/bench-quality"},
+}
+
+
+def make_config(overrides: dict[str, Any]) -> FederationConfig:
+    """The recipe with dotted-key overrides applied."""
+    raw: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in RECIPE.items()}
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return parse_config(raw, origin="benchmark recipe")
+
+
+def with_lr(cfg: FederationConfig, lr: float) -> FederationConfig:
+    """``cfg`` with another local learning rate."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": lr})})
+
+
+def run_fed(world: World, cfg: FederationConfig, out: Path) -> tuple[float, float]:
+    """One federated run through the engine; returns (union held-out loss, seconds)."""
+    t0 = time.perf_counter()
+    s = run_simulation(cfg, out, fresh=True, world=world)
+    return s["fed_loss"], time.perf_counter() - t0
+
+
+def bare_loop(world: World, cfg: FederationConfig) -> tuple[float, float]:
+    """The engine's computation written as a plain PyTorch + PEFT loop: same batches,
+    same AdamW state handling, same Nesterov outer step, same two union evaluations."""
+    t0 = time.perf_counter()
+    model, pad, tc, sc = world.model, world.runtime.pad_id, cfg.train, cfg.server
+    union_eval(world, world.initial)  # the engine evaluates before round 1 too
+    params = adapter_parameters(model)
+    glob = {k: v.clone() for k, v in world.initial.items()}
+    mom: dict[str, torch.Tensor] = {}
+    opt_states: dict[str, Any] = {}
+    rounds, steps = cfg.run.rounds, int(tc.local_steps or 1)
+    from zenfed.coordinator.strategy import Strategy
+
+    strategy = Strategy(cfg)
+    for r in range(rounds):
+        tasks = strategy.configure(r, sorted(d.name for d in world.data), "bare")
+        data = {d.name: d for d in world.data}
+        acc = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in glob.items()}
+        total_w = 0.0
+        for task in tasks:
+            d = data[task.participant]
+            torch.manual_seed(task.seed)
+            with torch.no_grad():
+                for k, p in params.items():
+                    p.copy_(glob[k])
+            opt = torch.optim.AdamW(list(params.values()), lr=tc.lr, weight_decay=tc.weight_decay)
+            if d.name in opt_states:
+                opt.load_state_dict(opt_states[d.name])
+            stream = batches(d.train, tc.batch_size, task.seed, pad)
+            for s in range(steps):
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(tc, r * steps + s, rounds * steps, tc.lr)
+                batch = next(stream)
+                total, n = loss_sum(model, batch)
+                (total / max(1, n)).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            opt_states[d.name] = opt.state_dict()
+            for k, p in params.items():
+                acc[k].add_((p.detach() - glob[k]).double(), alpha=float(len(d.train)))
+            total_w += len(d.train)
+        for k in glob:  # Nesterov outer step on g = -mean delta
+            g = -(acc[k] / total_w).float()
+            mom[k] = sc.momentum * mom[k] + g if k in mom else g.clone()
+            glob[k] = glob[k] - sc.lr * (g + sc.momentum * mom[k])
+    union, _ = union_eval(world, glob)
+    return union.loss, time.perf_counter() - t0
+
+
+def central_run(world: World, cfg: FederationConfig) -> float:
+    """Centralized training on pooled data for TOTAL_STEPS steps; union held-out loss."""
+    return float(centralized(world, cfg, total_steps=TOTAL_STEPS)["loss"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", action="append", default=[], help="recipe override KEY=VALUE")
+    ap.add_argument("--explore", action="store_true", help="only federated runs over --lrs")
+    ap.add_argument("--lrs", default=",".join(str(x) for x in GRID))
+    ap.add_argument("--central-loss", type=float, default=math.nan)
+    ap.add_argument("--central-only", action="store_true", help="only centralized runs")
+    args = ap.parse_args()
+    cfg = make_config(_parse_overrides(args.set))
+    grid = tuple(float(x) for x in args.lrs.split(","))
+    world = build_world(cfg)
+    l0 = union_eval(world, world.initial)[0].loss
+    print(f"initial union held-out loss {l0:.4f}", flush=True)
+    out = Path(cfg.run.out_dir)
+    if args.explore:
+        for lr in grid:
+            loss, sec = run_fed(world, with_lr(cfg, lr), out)
+            eff = efficiency(l0, loss, args.central_loss)
+            print(
+                f"fed lr={lr:g} {args.set}: loss {loss:.4f} eff {eff:.3f} ({sec:.0f}s)", flush=True
+            )
+        return
+    if args.central_only:
+        for lr in grid:
+            print(f"centralized lr={lr:g}: {central_run(world, with_lr(cfg, lr)):.4f}", flush=True)
+        return
+    central = {}
+    for lr in grid:
+        central[lr] = central_run(world, with_lr(cfg, lr))
+        print(f"centralized lr={lr:g}: {central[lr]:.4f}", flush=True)
+    fed = {}
+    for lr in grid:
+        fed[lr] = run_fed(world, with_lr(cfg, lr), out)[0]
+        print(f"federated lr={lr:g}: {fed[lr]:.4f}", flush=True)
+    lr_c, lr_f = min(central, key=central.__getitem__), min(fed, key=fed.__getitem__)
+    best = with_lr(cfg, lr_f)
+    local = local_only(world, best, steps=TOTAL_STEPS // len(world.data))
+    print(f"local-only: {local['loss']:.4f}", flush=True)
+    bare_loss, bare_s = bare_loop(world, best)
+    eng_loss, eng_s = run_fed(world, best, out)
+    print(f"bare {bare_s:.1f}s ({bare_loss:.4f}) engine {eng_s:.1f}s ({eng_loss:.4f})", flush=True)
+    result = {
+        "centralized_efficiency": efficiency(l0, fed[lr_f], central[lr_c]),
+        "fed_loss": fed[lr_f],
+        "central_loss": central[lr_c],
+        "local_only_loss": local["loss"],
+        "initial_loss": l0,
+        "engine_overhead": eng_s / bare_s - 1,
+        "lr_grid": list(grid),
+        "central_lr": lr_c,
+        "fed_lr": lr_f,
+        "central_by_lr": {str(k): v for k, v in central.items()},
+        "fed_by_lr": {str(k): v for k, v in fed.items()},
+        "local_only": local["participants"],
+        "local_only_own_loss": local["own_loss"],
+        "engine_seconds": eng_s,
+        "bare_seconds": bare_s,
+        "bare_loss": bare_loss,
+        "engine_loss": eng_loss,
+        "total_steps": TOTAL_STEPS,
+        "recipe": best.model_dump(mode="json"),
+        "command": "python -m benchmarks.quality",
+    }
+    print(write_json("quality", result))
+    plot(result, RESULTS / "quality.png")
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    """Held-out loss by learning rate for both sides, plus the local-only average."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, label in (("central_by_lr", "centralized"), ("fed_by_lr", "federated")):
+        xs = [float(k) for k in r[key]]
+        ax.plot(xs, list(r[key].values()), marker="o", label=label)
+    ax.axhline(r["local_only_loss"], ls="--", color="tab:red", label="local-only average")
+    ax.axhline(r["initial_loss"], ls=":", color="grey", label="before training")
+    ax.set_xscale("log")
+    ax.set_xlabel("local learning rate (AdamW)")
+    ax.set_ylabel("union held-out loss")
+    ax.set_title(f"120 steps; centralized efficiency {r['centralized_efficiency']:.3f}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

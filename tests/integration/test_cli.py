@@ -1,0 +1,163 @@
+"""The CLI as a user runs it: real subprocesses, a real SIGKILL, real exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+
+from zenfed.config import ModelConfig
+from zenfed.model import load_base_model
+from zenfed.store import load_checkpoint
+
+pytestmark = pytest.mark.integration
+
+TINY_TOML = """
+[model]
+name = "tiny-llama"
+[data]
+corpus = "chatterbot"
+categories = ["ai", "emotion", "literature"]
+max_seq_len = 48
+[train]
+lr = 1e-2
+local_steps = 2
+batch_size = 4
+keep_optimizer_state = true
+[server]
+optimizer = "nesterov"
+lr = 0.7
+[run]
+rounds = 8
+eval_every = 4
+"""
+
+
+def _zenfed(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "zenfed", *args], capture_output=True, text=True, timeout=600, **kw
+    )  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    p = tmp_path / "fed.toml"
+    p.write_text(TINY_TOML)
+    return p
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(config: Path, tmp_path: Path) -> None:
+    whole = _zenfed("simulate", "--config", str(config), "--out", str(tmp_path / "a"), "--quiet")
+    assert whole.returncode == 0, whole.stderr
+    run_b = tmp_path / "b"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zenfed",
+            "simulate",
+            "--config",
+            str(config),
+            "--out",
+            str(run_b),
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = run_b / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:  # rounds 0..2
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at, _, _ = load_checkpoint(run_b / "checkpoint.pt")
+    assert 1 <= killed_at.round < 8  # really stopped mid-run
+    resumed = _zenfed(
+        "simulate", "--config", str(config), "--out", str(run_b), "--resume", "--quiet"
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    a, _, _ = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    b, _, hist = load_checkpoint(run_b / "checkpoint.pt")
+    assert [h["round"] for h in hist] == list(range(9))
+    for k in a.params:
+        torch.testing.assert_close(b.params[k], a.params[k], rtol=0, atol=0)
+    sa = json.loads((tmp_path / "a" / "summary.json").read_text())
+    sb = json.loads((run_b / "summary.json").read_text())
+    assert sb["fed_loss"] == pytest.approx(sa["fed_loss"])
+    assert sa["fed_loss"] < sa["initial_loss"]
+
+
+def test_export_writes_a_loadable_peft_adapter(config: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert (
+        _zenfed(
+            "simulate",
+            "--config",
+            str(config),
+            "--out",
+            str(run),
+            "--quiet",
+            "--set",
+            "run.rounds=1",
+        ).returncode
+        == 0
+    )
+    out = _zenfed("export", "--run", str(run), "--out", str(tmp_path / "exp"))
+    assert out.returncode == 0, out.stderr
+    base, _ = load_base_model(ModelConfig(name="tiny-llama"))
+    model = PeftModel.from_pretrained(base, tmp_path / "exp")
+    state, _, _ = load_checkpoint(run / "checkpoint.pt")
+    loaded = {n: p for n, p in model.named_parameters() if "lora_B" in n}
+    assert any(float(p.abs().sum()) > 0 for p in loaded.values())  # trained, not the init
+    merged = _zenfed("export", "--run", str(run), "--out", str(tmp_path / "m"), "--merged")
+    assert merged.returncode == 0 and (tmp_path / "m" / "config.json").is_file()
+    assert state.round == 1
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[train]\nlrr = 1e-3\n", "unknown key 'train.lrr'; did you mean 'lr'?"),
+        ('[train]\nlr = "fast"\n', "key 'train.lr'"),
+        ('[model]\nname = "gpt-17"\n', "unknown model 'gpt-17'"),
+        ('[data]\ncorpus = "chatterbot"\ncategories = ["cooking"]\n', "no category 'cooking'"),
+        (
+            '[data]\ncorpus = "chatterbot"\ncategories = ["ai"]\nmax_seq_len = 20\n',
+            "participant 'ai' has 0 usable examples",
+        ),
+    ],
+)
+def test_bad_input_gets_one_line_and_leaves_nothing(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    cfg = tmp_path / "bad.toml"
+    base = "" if toml.startswith("[model]") else '[model]\nname = "tiny-llama"\n'
+    cfg.write_text(base + toml)
+    out = tmp_path / "run"
+    res = _zenfed("simulate", "--config", str(cfg), "--out", str(out), "--quiet")
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_missing_data_file_is_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "f.toml"
+    cfg.write_text(
+        '[model]\nname = "tiny-llama"\n[data]\n'
+        f'[[data.sources]]\nname = "clinic"\npath = "{tmp_path}/nope.jsonl"\n'
+    )
+    res = _zenfed("simulate", "--config", str(cfg), "--out", str(tmp_path / "r"), "--quiet")
+    assert res.returncode == 2 and "nope.jsonl' (source 'clinic') does not exist" in res.stderr

@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from zenfed.config import load_config, parse_config
+from zenfed.errors import ZenfedError
+
+
+def test_defaults_parse_and_are_frozen() -> None:
+    cfg = parse_config({})
+    assert cfg.train.local_steps == 5
+    with pytest.raises(ValidationError):
+        cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_unknown_key_names_it_and_suggests_the_close_spelling() -> None:
+    with pytest.raises(ZenfedError, match=r"unknown key 'train.lrr'.*did you mean 'lr'"):
+        parse_config({"train": {"lrr": 1e-3}})
+
+
+def test_unknown_section_is_rejected() -> None:
+    with pytest.raises(ZenfedError, match="unknown key 'trian'.*did you mean 'train'"):
+        parse_config({"trian": {}})
+
+
+def test_wrong_type_names_the_key() -> None:
+    with pytest.raises(ZenfedError, match="key 'train.lr'"):
+        parse_config({"train": {"lr": "fast"}})
+    with pytest.raises(ZenfedError, match="key 'run.rounds'"):
+        parse_config({"run": {"rounds": 2.5}})
+
+
+def test_epochs_replace_the_default_steps_but_not_explicit_steps() -> None:
+    assert parse_config({"train": {"local_epochs": 1.0}}).train.local_steps is None
+    with pytest.raises(ZenfedError, match="exactly one"):
+        parse_config({"train": {"local_epochs": 1.0, "local_steps": 3}})
+
+
+def test_load_config_reads_toml_and_applies_overrides(tmp_path: Path) -> None:
+    f = tmp_path / "fed.toml"
+    f.write_text("[train]\nlr = 3e-4\n[run]\nrounds = 7\n")
+    cfg = load_config(f, {"train.batch_size": 2})
+    assert (cfg.train.lr, cfg.run.rounds, cfg.train.batch_size) == (3e-4, 7, 2)
+
+
+def test_missing_and_malformed_config_files(tmp_path: Path) -> None:
+    with pytest.raises(ZenfedError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nlr = 1")
+    with pytest.raises(ZenfedError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_demo_config_is_valid() -> None:
+    cfg = load_config(Path(__file__).parents[2] / "examples" / "demo.toml")
+    assert cfg.model.name == "smollm2-135m-instruct"
+    assert len(cfg.data.categories) == 8
+
+
+def test_sources_alone_replace_the_builtin_corpus() -> None:
+    cfg = parse_config({"data": {"sources": [{"name": "a", "path": "a.jsonl"}]}})
+    assert cfg.data.corpus is None
+    assert parse_config({}).data.corpus == "chatterbot"

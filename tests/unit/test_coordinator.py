@@ -1,0 +1,128 @@
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from zenfed.config import parse_config
+from zenfed.coordinator import Coordinator, UpdateRejected, sample_participants
+from zenfed.errors import ZenfedError
+from zenfed.protocol import Update, tensors_hash
+
+INITIAL = {"a": torch.zeros(2, 3), "b": torch.ones(4)}
+
+
+def _coord(**server: Any) -> Coordinator:
+    cfg = parse_config(
+        {
+            "server": server or {"optimizer": "fedavg"},
+            "run": {"rounds": 5},
+            "data": {"categories": ["ai"]},
+        }
+    )
+    return Coordinator(cfg, INITIAL, {"p1": 30, "p2": 10, "p3": 60})
+
+
+def _update(c: Coordinator, pid: str, value: float, n: int, **kw: Any) -> Update:
+    assert c._open is not None
+    tensors = {k: torch.full_like(v, value) for k, v in INITIAL.items()}
+    u = Update(
+        round=c._open.round,
+        participant=pid,
+        base_version=c.version.id,
+        tensors=tensors,
+        num_examples=n,
+        examples_seen=8,
+        num_tokens=100,
+        seconds=1.0,
+        train_loss=2.0,
+        steps=1,
+    )
+    return replace(u, **kw)
+
+
+def test_a_round_applies_the_example_weighted_mean() -> None:
+    c = _coord()
+    tasks = c.open_round()
+    assert {t.participant for t in tasks} == {"p1", "p2", "p3"}
+    c.submit(_update(c, "p1", 1.0, 30))
+    c.submit(_update(c, "p2", 5.0, 10))
+    v = c.close_round()
+    # (30 * 1 + 10 * 5) / 40 = 2; p3 straggled
+    torch.testing.assert_close(c.state.params["a"], torch.full((2, 3), 2.0))
+    torch.testing.assert_close(c.state.params["b"], torch.full((4,), 3.0))
+    assert v.participants == ("p1", "p2") and v.metrics["stragglers"] == 1.0
+    assert v.parent == c.state.versions[0].id and v.id == tensors_hash(c.state.params)
+    assert c.state.round == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"round": 7}, "not open"),
+        ({"participant": "mallory"}, "not in round 0's cohort"),
+        ({"base_version": "0" * 64}, "another version"),
+        ({"num_examples": 0}, "num_examples 0"),
+        ({"train_loss": float("nan")}, "loss nan"),
+        ({"tensors": {"a": torch.zeros(2, 3)}}, "wrong tensor names"),
+        ({"tensors": {"a": torch.zeros(3, 2), "b": torch.zeros(4)}}, "expected torch.float32"),
+        (
+            {"tensors": {"a": torch.zeros(2, 3, dtype=torch.float64), "b": torch.zeros(4)}},
+            "float64",
+        ),
+        ({"tensors": {"a": torch.full((2, 3), float("inf")), "b": torch.zeros(4)}}, "NaN or Inf"),
+    ],
+)
+def test_bad_updates_are_rejected_and_change_nothing(change: dict[str, Any], message: str) -> None:
+    c = _coord()
+    c.open_round()
+    c.submit(_update(c, "p1", 1.0, 30))
+    with pytest.raises(UpdateRejected, match=message):
+        c.submit(_update(c, "p2", 100.0, 10, **change))
+    c.close_round()
+    torch.testing.assert_close(c.state.params["a"], torch.full((2, 3), 1.0))
+
+
+def test_duplicate_upload_is_rejected() -> None:
+    c = _coord()
+    c.open_round()
+    c.submit(_update(c, "p1", 1.0, 30))
+    with pytest.raises(UpdateRejected, match="already uploaded"):
+        c.submit(_update(c, "p1", 9.0, 30))
+
+
+def test_round_without_updates_keeps_the_version() -> None:
+    c = _coord()
+    c.open_round()
+    before = c.version.id
+    with pytest.raises(ZenfedError, match="received no updates"):
+        c.close_round()
+    assert c.version.id == before
+
+
+def test_fetch_only_serves_the_current_version() -> None:
+    c = _coord()
+    assert c.fetch(c.version.id) is c.state.params
+    with pytest.raises(ZenfedError, match="not the current global version"):
+        c.fetch("f" * 64)
+
+
+def test_sampling_respects_fraction_and_minimum() -> None:
+    rng = np.random.default_rng(0)
+    names = [f"p{i}" for i in range(10)]
+    assert len(sample_participants(names, 0.3, 1, rng)) == 3
+    assert len(sample_participants(names, 0.1, 4, rng)) == 4
+    assert len(sample_participants(names, 0.1, 40, rng)) == 10
+    with pytest.raises(ZenfedError, match="no participants"):
+        sample_participants([], 0.5, 1, rng)
+
+
+def test_cohorts_are_reproducible_per_round() -> None:
+    cfg = parse_config({"sampling": {"fraction": 0.5}, "data": {"categories": ["ai"]}})
+    names = {f"p{i}": 10 for i in range(8)}
+    a = Coordinator(cfg, INITIAL, names).strategy.configure(3, sorted(names), "v")
+    b = Coordinator(cfg, INITIAL, names).strategy.configure(3, sorted(names), "v")
+    c = Coordinator(cfg, INITIAL, names).strategy.configure(4, sorted(names), "v")
+    assert [(t.participant, t.seed) for t in a] == [(t.participant, t.seed) for t in b]
+    assert len(a) == 4 and [t.participant for t in a] != [t.participant for t in c]

@@ -1,0 +1,70 @@
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tests.conftest import tiny_config
+
+from zenfed.errors import ZenfedError
+from zenfed.sim import run_simulation
+from zenfed.sim.setup import build_world
+from zenfed.store import load_checkpoint
+
+CFG = tiny_config(
+    train={"lr": 1e-2, "local_steps": 2, "batch_size": 4, "keep_optimizer_state": True},
+    server={"optimizer": "nesterov", "lr": 0.7, "momentum": 0.9},
+    sampling={"fraction": 0.5, "min_participants": 2},
+    run={"rounds": 3, "seed": 0},
+)
+
+
+@pytest.fixture(scope="module")
+def world() -> Any:
+    return build_world(CFG)
+
+
+def test_federated_loss_decreases_and_outputs_are_written(world: Any, tmp_path: Path) -> None:
+    s = run_simulation(CFG, tmp_path, world=world, baselines=("centralized", "local"))
+    assert s["fed_loss"] < s["initial_loss"] - 0.05
+    assert s["central_loss"] < s["initial_loss"]
+    assert s["local_only_loss"] < s["initial_loss"]
+    assert s["fed_steps"] == 3 * 2 * 2  # rounds x local steps x cohort of 2
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # round 0 (before training) and 3 rounds
+    for name in (
+        "loss.png",
+        "summary.json",
+        "config.json",
+        "checkpoint.pt",
+        "adapter/adapter_config.json",
+    ):
+        assert (tmp_path / name).is_file(), name
+
+
+def test_resume_finishes_with_the_same_result_as_an_uninterrupted_run(
+    world: Any, tmp_path: Path
+) -> None:
+    whole = run_simulation(CFG, tmp_path / "a", world=world)
+    part = run_simulation(CFG, tmp_path / "b", world=world, stop_after=1)
+    assert part["stopped_after"] == 1
+    resumed = run_simulation(CFG, tmp_path / "b", world=world, resume=True)
+    assert resumed["version"] == whole["version"]  # bit-identical global adapter
+    a, _, _ = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    b, _, hist_b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    for k in a.params:
+        torch.testing.assert_close(a.params[k], b.params[k], rtol=0, atol=0)
+    assert [h["round"] for h in hist_b] == [0, 1, 2, 3]  # no round done twice
+    assert resumed["fed_loss"] == pytest.approx(whole["fed_loss"])
+
+
+def test_existing_run_needs_resume_or_fresh(world: Any, tmp_path: Path) -> None:
+    run_simulation(CFG, tmp_path, world=world, stop_after=1)
+    with pytest.raises(ZenfedError, match="already holds a run"):
+        run_simulation(CFG, tmp_path, world=world)
+    other = tiny_config(train={"lr": 5e-3})
+    with pytest.raises(ZenfedError, match="different config"):
+        run_simulation(other, tmp_path, world=world, resume=True)
+    with pytest.raises(ZenfedError, match="nothing to resume"):
+        run_simulation(CFG, tmp_path / "empty", world=world, resume=True)
+    with pytest.raises(ZenfedError, match="unknown baseline 'federated'"):
+        run_simulation(CFG, tmp_path / "x", world=world, baselines=("federated",))
