@@ -17,6 +17,7 @@ Writes benchmarks/results/quality.json and quality.png.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ RECIPE: dict[str, Any] = {
         "heldout_fraction": 0.2,
         "train_on": "all",
     },
-    "train": {"lr": 1e-3, "local_steps": 1, "batch_size": 8, "keep_optimizer_state": True},
+    "train": {"lr": 3e-3, "local_steps": 1, "batch_size": 8},
     "server": {"optimizer": "nesterov", "lr": 0.7, "momentum": 0.9},
     "run": {"rounds": 15, "seed": 0, "eval_every": 1000, "out_dir": "runs/bench-quality"},
 }
@@ -117,7 +118,8 @@ def bare_loop(world: World, cfg: FederationConfig) -> tuple[float, float]:
                 (total / max(1, n)).backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            opt_states[d.name] = opt.state_dict()
+            if tc.keep_optimizer_state:
+                opt_states[d.name] = opt.state_dict()
             for k, p in params.items():
                 acc[k].add_((p.detach() - glob[k]).double(), alpha=float(len(d.train)))
             total_w += len(d.train)
@@ -141,6 +143,11 @@ def main() -> None:
     ap.add_argument("--lrs", default=",".join(str(x) for x in GRID))
     ap.add_argument("--central-loss", type=float, default=math.nan)
     ap.add_argument("--central-only", action="store_true", help="only centralized runs")
+    ap.add_argument(
+        "--reuse-central",
+        action="store_true",
+        help="take centralized results from the last quality.json",
+    )
     args = ap.parse_args()
     cfg = make_config(_parse_overrides(args.set))
     grid = tuple(float(x) for x in args.lrs.split(","))
@@ -160,43 +167,75 @@ def main() -> None:
         for lr in grid:
             print(f"centralized lr={lr:g}: {central_run(world, with_lr(cfg, lr)):.4f}", flush=True)
         return
-    central = {}
+    result: dict[str, Any] = {
+        "initial_loss": l0,
+        "lr_grid": list(grid),
+        "complete": False,
+        "total_steps": TOTAL_STEPS,
+        "command": "python -m benchmarks.quality",
+    }
+    central: dict[float, float] = {}
+    if args.reuse_central:  # centralized runs depend only on the train config, not the recipe
+        prev = json.loads((RESULTS / "quality.json").read_text())
+        central = {float(k): v for k, v in prev.get("central_by_lr", {}).items()}
     for lr in grid:
+        if lr in central:
+            continue
         central[lr] = central_run(world, with_lr(cfg, lr))
         print(f"centralized lr={lr:g}: {central[lr]:.4f}", flush=True)
-    fed = {}
+        result["central_by_lr"] = {str(k): v for k, v in central.items()}
+        write_json("quality", result)  # partial results survive an interrupted run
+    fed: dict[float, float] = {}
     for lr in grid:
         fed[lr] = run_fed(world, with_lr(cfg, lr), out)[0]
         print(f"federated lr={lr:g}: {fed[lr]:.4f}", flush=True)
+        result["fed_by_lr"] = {str(k): v for k, v in fed.items()}
+        write_json("quality", result)
     lr_c, lr_f = min(central, key=central.__getitem__), min(fed, key=fed.__getitem__)
     best = with_lr(cfg, lr_f)
+    result.update(
+        {
+            "centralized_efficiency": efficiency(l0, fed[lr_f], central[lr_c]),
+            "fed_loss": fed[lr_f],
+            "central_loss": central[lr_c],
+            "central_lr": lr_c,
+            "fed_lr": lr_f,
+            "recipe": best.model_dump(mode="json"),
+        }
+    )
+    write_json("quality", result)
     local = local_only(world, best, steps=TOTAL_STEPS // len(world.data))
     print(f"local-only: {local['loss']:.4f}", flush=True)
+    result.update(
+        {
+            "local_only_loss": local["loss"],
+            "local_only": local["participants"],
+            "local_only_own_loss": local["own_loss"],
+        }
+    )
+    write_json("quality", result)
     bare_loss, bare_s = bare_loop(world, best)
     eng_loss, eng_s = run_fed(world, best, out)
     print(f"bare {bare_s:.1f}s ({bare_loss:.4f}) engine {eng_s:.1f}s ({eng_loss:.4f})", flush=True)
-    result = {
-        "centralized_efficiency": efficiency(l0, fed[lr_f], central[lr_c]),
-        "fed_loss": fed[lr_f],
-        "central_loss": central[lr_c],
-        "local_only_loss": local["loss"],
-        "initial_loss": l0,
-        "engine_overhead": eng_s / bare_s - 1,
-        "lr_grid": list(grid),
-        "central_lr": lr_c,
-        "fed_lr": lr_f,
-        "central_by_lr": {str(k): v for k, v in central.items()},
-        "fed_by_lr": {str(k): v for k, v in fed.items()},
-        "local_only": local["participants"],
-        "local_only_own_loss": local["own_loss"],
-        "engine_seconds": eng_s,
-        "bare_seconds": bare_s,
-        "bare_loss": bare_loss,
-        "engine_loss": eng_loss,
-        "total_steps": TOTAL_STEPS,
-        "recipe": best.model_dump(mode="json"),
-        "command": "python -m benchmarks.quality",
-    }
+    result.update(
+        {
+            "engine_overhead": eng_s / bare_s - 1,
+            "engine_seconds": eng_s,
+            "bare_seconds": bare_s,
+            "bare_loss": bare_loss,
+            "engine_loss": eng_loss,
+            "complete": True,
+        }
+    )
+    headline = (
+        "centralized_efficiency",
+        "fed_loss",
+        "central_loss",
+        "local_only_loss",
+        "initial_loss",
+        "engine_overhead",
+    )
+    result = {**{k: result[k] for k in headline}, **result}
     print(write_json("quality", result))
     plot(result, RESULTS / "quality.png")
 

@@ -105,3 +105,9 @@ def test_wrong_target_modules_are_named() -> None:
     base, _ = load_base_model(TINY)
     with pytest.raises(ZenfedError, match=r"\['query'\] are not modules"):
         attach_lora(base, LoraConfig(target_modules=("q_proj", "query")))
+
+
+def test_unreachable_or_unknown_hub_id_is_a_clear_error() -> None:
+    # Here the hub is unreachable; elsewhere this id does not exist: either way one error.
+    with pytest.raises(ZenfedError, match="could not load 'zenfed-test/no-such-model'"):
+        load_base_model(ModelConfig(name="zenfed-test/no-such-model"))

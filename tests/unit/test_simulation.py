@@ -3,8 +3,8 @@ from typing import Any
 
 import pytest
 import torch
-from tests.conftest import tiny_config
 
+from tests.conftest import tiny_config
 from zenfed.errors import ZenfedError
 from zenfed.sim import run_simulation
 from zenfed.sim.setup import build_world
@@ -66,5 +66,11 @@ def test_existing_run_needs_resume_or_fresh(world: Any, tmp_path: Path) -> None:
         run_simulation(other, tmp_path, world=world, resume=True)
     with pytest.raises(ZenfedError, match="nothing to resume"):
         run_simulation(CFG, tmp_path / "empty", world=world, resume=True)
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(ZenfedError, match="not a zenfed run folder"):
+        run_simulation(CFG, precious, world=world, fresh=True)
+    assert (precious / "thesis.tex").read_text() == "years of work"
     with pytest.raises(ZenfedError, match="unknown baseline 'federated'"):
         run_simulation(CFG, tmp_path / "x", world=world, baselines=("federated",))

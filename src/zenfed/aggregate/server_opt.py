@@ -15,7 +15,9 @@ State is a frozen dataclass of named tensors; nothing is mutated in place.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -56,18 +58,6 @@ def _momentum(
     return {k: x[k] - cfg.lr * direction[k] for k in x}, ServerOptState(m=m, step=s.step + 1)
 
 
-def _fedavgm(
-    cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState
-) -> tuple[Tensors, ServerOptState]:
-    return _momentum(cfg, x, g, s, nesterov=False)
-
-
-def _nesterov(
-    cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState
-) -> tuple[Tensors, ServerOptState]:
-    return _momentum(cfg, x, g, s, nesterov=True)
-
-
 def _adaptive(
     cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState, yogi: bool
 ) -> tuple[Tensors, ServerOptState]:
@@ -83,23 +73,11 @@ def _adaptive(
     return new_x, ServerOptState(m=m, v=v, step=s.step + 1)
 
 
-def _fedadam(
-    cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState
-) -> tuple[Tensors, ServerOptState]:
-    return _adaptive(cfg, x, g, s, yogi=False)
-
-
-def _fedyogi(
-    cfg: ServerConfig, x: Tensors, g: Tensors, s: ServerOptState
-) -> tuple[Tensors, ServerOptState]:
-    return _adaptive(cfg, x, g, s, yogi=True)
-
-
-_STEPS = {
+_STEPS: dict[str, Callable[..., tuple[Tensors, ServerOptState]]] = {
     "fedavg": _fedavg,
-    "fedavgm": _fedavgm,
-    "nesterov": _nesterov,
-    "fedadam": _fedadam,
-    "fedyogi": _fedyogi,
+    "fedavgm": partial(_momentum, nesterov=False),
+    "nesterov": partial(_momentum, nesterov=True),
+    "fedadam": partial(_adaptive, yogi=False),
+    "fedyogi": partial(_adaptive, yogi=True),
 }
 SERVER_OPTIMIZERS = tuple(_STEPS)

@@ -67,6 +67,8 @@ class Progress:
         union = row.get("union_loss")
         held = f"  held-out (union) {union:.4f}" if union is not None else ""
         self.console.print(f"round {row['round']}: train loss {row['train_loss']:.4f}{held}")
+        for name, error in row.get("failures", {}).items():
+            self.console.print(f"  [yellow]{name} failed:[/] {error}", highlight=False)
 
     def note(self, text: str) -> None:
         """A line of progress text."""

@@ -48,10 +48,12 @@ def run_simulation(
     if unknown:
         raise ZenfedError(f"unknown baseline '{unknown[0]}'", fix=f"one of {', '.join(BASELINES)}")
     out = Path(out_dir or cfg.run.out_dir)
-    _prepare_out_dir(out, cfg, resume=resume, fresh=fresh)
+    _check_out_dir(out, cfg, resume=resume, fresh=fresh)
     progress = progress or Progress(enabled=False)
     t_start = time.perf_counter()
-    world = world or build_world(cfg)
+    world = world or build_world(cfg)  # every input error surfaces before anything is written
+    if not resume:
+        _init_out_dir(out, cfg)
     coord = Coordinator(cfg, world.initial, {d.name: len(d.train) for d in world.data})
     history: list[dict[str, Any]] = []
     for p in world.participants.values():
@@ -173,10 +175,10 @@ def efficiency(initial: float, fed: float, central: float) -> float:
     return (initial - fed) / (initial - central) if initial != central else float("nan")
 
 
-def _prepare_out_dir(out: Path, cfg: FederationConfig, *, resume: bool, fresh: bool) -> None:
-    config_file = out / "config.json"
+def _check_out_dir(out: Path, cfg: FederationConfig, *, resume: bool, fresh: bool) -> None:
     if resume:
-        if not (out / "checkpoint.pt").is_file():
+        config_file = out / "config.json"
+        if not (out / "checkpoint.pt").is_file() or not config_file.is_file():
             raise ZenfedError(
                 f"nothing to resume in '{out}' (no checkpoint.pt)", fix="run without --resume"
             )
@@ -186,17 +188,24 @@ def _prepare_out_dir(out: Path, cfg: FederationConfig, *, resume: bool, fresh: b
                 f"the run in '{out}' was made with a different config",
                 fix="resume with the same config, or use another --out",
             )
-        return
-    if (out / "checkpoint.pt").exists():
-        if not fresh:
-            raise ZenfedError(
-                f"'{out}' already holds a run",
-                fix="pass --resume to continue it, --fresh to replace it",
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    elif (out / "checkpoint.pt").exists() and not fresh:
+        raise ZenfedError(
+            f"'{out}' already holds a run",
+            fix="pass --resume to continue it, --fresh to replace it",
+        )
+    elif out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ZenfedError(
+            f"'{out}' exists and is not a zenfed run folder; nothing there is touched",
+            fix="choose an empty or new --out folder",
+        )
+
+
+def _init_out_dir(out: Path, cfg: FederationConfig) -> None:
+    if out.exists():
+        shutil.rmtree(out)  # a run folder (checked above): --fresh, or a run killed early
+    out.mkdir(parents=True)
     dump = json.dumps(cfg.model_dump(mode="json"), indent=2).encode()
-    atomic_write(config_file, lambda f: f.write(dump))
+    atomic_write(out / "config.json", lambda f: f.write(dump))
 
 
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
