@@ -135,18 +135,15 @@ def test_participant_with_too_few_examples_is_named(tmp_path: Path, tokenizer: A
 
 
 def test_dirichlet_partition_of_files_names_participants(tmp_path: Path, tokenizer: Any) -> None:
-    srcs = tuple(
-        SourceConfig(
-            name=f"s{i}",
-            path=str(_write(tmp_path / f"d{i}", "jsonl")),
-            columns=ColumnMap(instruction="question", output="answer"),
-        )
-        for i in range(2)
-        if (tmp_path / f"d{i}").mkdir() is None
-    )
+    cols = ColumnMap(instruction="question", output="answer")
+    srcs = []
+    for i in range(2):
+        (tmp_path / f"d{i}").mkdir()
+        path = str(_write(tmp_path / f"d{i}", "jsonl"))
+        srcs.append(SourceConfig(name=f"s{i}", path=path, columns=cols))
     cfg = DataConfig(
         corpus=None,
-        sources=srcs,
+        sources=tuple(srcs),
         partition="dirichlet",
         partition_field="source",
         num_participants=3,

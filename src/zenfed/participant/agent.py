@@ -18,6 +18,7 @@ from peft import PeftModel
 
 from zenfed.config import TrainConfig
 from zenfed.data.examples import ParticipantData
+from zenfed.model.adapter import set_adapter_state
 from zenfed.protocol.messages import EvalReport, Task, Tensors, Update
 from zenfed.train.evaluate import evaluate
 from zenfed.train.trainer import OptimizerState, StepPlan, plan_steps, train_local
@@ -97,8 +98,6 @@ class Participant:
 
     def evaluate(self, task: Task, fetch: Fetch) -> EvalReport:
         """Held-out loss of the task's version on this participant's held-out split."""
-        from zenfed.model.adapter import set_adapter_state
-
         rt = self.runtime
         set_adapter_state(rt.model, fetch(task.version))
         res = evaluate(rt.model, self.data.heldout, rt.eval_batch_size, rt.pad_id)
