@@ -123,7 +123,7 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
             else None,
         ),
         ("optimizer steps (all participants)", s["fed_steps"]),
-        ("wall time (s)", s["seconds"]),
+        ("federated run wall time (s)", s["seconds"]),
     ]
     for label, value in rows:
         if value is not None:
