@@ -47,11 +47,12 @@ def simulate(
 ) -> None:
     """Run N virtual participants in this process through the real round engine."""
     from zenfed.config import load_config
-    from zenfed.sim.progress import Progress
-    from zenfed.sim.runner import run_simulation
 
     try:
-        cfg = load_config(config, _parse_overrides(set_ or []))
+        cfg = load_config(config, _parse_overrides(set_ or []))  # fails fast: no torch yet
+        from zenfed.sim.progress import Progress
+        from zenfed.sim.runner import run_simulation
+
         with Progress(enabled=not quiet, console=console) as progress:
             summary = run_simulation(
                 cfg, out, resume=resume, fresh=fresh, baselines=baseline or [], progress=progress
