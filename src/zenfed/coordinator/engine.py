@@ -14,7 +14,7 @@ example-weighted mean, so memory is O(model), not O(participants x model). Every
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -235,18 +235,7 @@ def _check_tensors(u: Update, shapes: dict[str, tuple[int, ...]]) -> None:
 
 
 def _without_tensors(u: Update) -> Update:
-    return Update(
-        u.round,
-        u.participant,
-        u.base_version,
-        {},
-        u.num_examples,
-        u.examples_seen,
-        u.num_tokens,
-        u.seconds,
-        u.train_loss,
-        u.steps,
-    )
+    return replace(u, tensors={})
 
 
 def _weighted(items: list, value, weight) -> float:  # type: ignore[no-untyped-def,type-arg]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from zenfed.config import FederationConfig
+from zenfed.model.adapter import set_adapter_state
 from zenfed.sim.setup import World
 from zenfed.train.evaluate import EvalResult, combine, evaluate
 from zenfed.train.trainer import StepPlan, train_local
@@ -19,8 +20,6 @@ from zenfed.train.trainer import StepPlan, train_local
 
 def union_eval(world: World, state: dict[str, Any]) -> tuple[EvalResult, dict[str, EvalResult]]:
     """Loss of ``state`` on the union of all held-out splits, and per participant."""
-    from zenfed.model.adapter import set_adapter_state
-
     set_adapter_state(world.model, state)
     rt = world.runtime
     per = {
