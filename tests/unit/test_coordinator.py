@@ -3,6 +3,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from zenfed.config import parse_config
@@ -24,14 +25,21 @@ def _coord(**server: Any) -> Coordinator:
     return Coordinator(cfg, INITIAL, {"p1": 30, "p2": 10, "p3": 60})
 
 
-def _update(c: Coordinator, pid: str, value: float, n: int, **kw: Any) -> Update:
+def _wire(tensors: dict[str, torch.Tensor]) -> bytes:
+    """Tensors as a dense (no codec) payload, whatever their names, shapes and dtypes."""
+    return safetensors.torch.save({f"{k}#v": t for k, t in tensors.items()})
+
+
+def _update(
+    c: Coordinator, pid: str, value: float, n: int, tensors: Any = None, **kw: Any
+) -> Update:
     assert c._open is not None
-    tensors = {k: torch.full_like(v, value) for k, v in INITIAL.items()}
+    tensors = tensors or {k: torch.full_like(v, value) for k, v in INITIAL.items()}
     u = Update(
         round=c._open.round,
         participant=pid,
         base_version=c.version.id,
-        tensors=tensors,
+        payload=_wire(tensors),
         num_examples=n,
         examples_seen=8,
         num_tokens=100,
@@ -65,13 +73,20 @@ def test_a_round_applies_the_example_weighted_mean() -> None:
         ({"base_version": "0" * 64}, "another version"),
         ({"num_examples": 0}, "num_examples 0"),
         ({"train_loss": float("nan")}, "loss nan"),
-        ({"tensors": {"a": torch.zeros(2, 3)}}, "wrong tensor names"),
+        ({"tensors": {"a": torch.zeros(2, 3)}}, "missing part 'b#v'"),
+        (
+            {"tensors": {"a": torch.zeros(2, 3), "b": torch.zeros(4), "c": torch.zeros(1)}},
+            "unexpected part 'c#v'",
+        ),
         ({"tensors": {"a": torch.zeros(3, 2), "b": torch.zeros(4)}}, "expected torch.float32"),
         (
             {"tensors": {"a": torch.zeros(2, 3, dtype=torch.float64), "b": torch.zeros(4)}},
             "float64",
         ),
         ({"tensors": {"a": torch.full((2, 3), float("inf")), "b": torch.zeros(4)}}, "NaN or Inf"),
+        ({"payload": b"not safetensors"}, "not valid safetensors"),
+        ({"payload": _wire(dict(INITIAL))[:-3]}, "not valid safetensors"),
+        ({"payload": b"x" * 10_000_000}, "exceeds the limit"),
     ],
 )
 def test_bad_updates_are_rejected_and_change_nothing(change: dict[str, Any], message: str) -> None:

@@ -111,3 +111,24 @@ def test_unreachable_or_unknown_hub_id_is_a_clear_error() -> None:
     # Here the hub is unreachable; elsewhere this id does not exist: either way one error.
     with pytest.raises(ZenfedError, match="could not load 'zenfed-test/no-such-model'"):
         load_base_model(ModelConfig(name="zenfed-test/no-such-model"))
+
+
+def test_ffa_lora_shares_only_b_and_exports_the_frozen_a(tmp_path: Path) -> None:
+    base, _ = load_base_model(TINY)
+    torch.manual_seed(0)
+    model = attach_lora(base, LoraConfig(r=4, alpha=8, freeze_a=True))
+    state = get_adapter_state(model)
+    assert len(state) == 8 and all("lora_B" in k for k in state)  # half the tensors
+    frozen_a = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+    assert frozen_a and not any(
+        p.requires_grad for n, p in model.named_parameters() if "lora_A" in n
+    )
+    trained = _perturbed(state)
+    export_adapter(model, trained, tmp_path / "ffa")
+    ids = torch.tensor([[1, 5, 9, 13]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    reloaded_base, _ = load_base_model(TINY)
+    loaded = PeftModel.from_pretrained(reloaded_base, tmp_path / "ffa")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, expected)

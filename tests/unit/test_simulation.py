@@ -1,11 +1,16 @@
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import safetensors.torch
 import torch
 
 from tests.conftest import tiny_config
+from zenfed.config import parse_config
+from zenfed.coordinator import Coordinator
 from zenfed.errors import ZenfedError
+from zenfed.protocol import Update
 from zenfed.sim import run_simulation
 from zenfed.sim.setup import build_world
 from zenfed.store import load_checkpoint
@@ -74,3 +79,47 @@ def test_existing_run_needs_resume_or_fresh(world: Any, tmp_path: Path) -> None:
     assert (precious / "thesis.tex").read_text() == "years of work"
     with pytest.raises(ZenfedError, match="unknown baseline 'federated'"):
         run_simulation(CFG, tmp_path / "x", world=world, baselines=("federated",))
+
+
+def test_traffic_is_the_length_of_what_the_transport_carried(
+    world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = [
+        {"codec": "topk", "fraction": 0.05},
+        {"codec": "quantize", "bits": 4},
+        {"codec": "zstd"},
+    ]
+    cfg = CFG.model_copy(
+        update={
+            "compress": parse_config(
+                {**CFG.model_dump(mode="json"), "compress": {"pipeline": pipeline}}
+            ).compress
+        }
+    )
+    carried: dict[tuple[int, str], int] = {}
+    served: dict[str, int] = {}
+    submit, fetch = Coordinator.submit, Coordinator.version_bytes
+
+    def spy_submit(self: Coordinator, update: Update) -> None:
+        carried[(update.round + 1, update.participant)] = len(update.payload)
+        submit(self, update)
+
+    def spy_fetch(self: Coordinator, version: str) -> bytes:
+        served[version[:16]] = len(out := fetch(self, version))
+        return out
+
+    monkeypatch.setattr(Coordinator, "submit", spy_submit)
+    monkeypatch.setattr(Coordinator, "version_bytes", spy_fetch)
+    s = run_simulation(cfg, tmp_path, world=world)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    version_meta = {"format": "zenfed-version/1", "version": "0" * 64}
+    dense = len(safetensors.torch.save(dict(world.initial), version_meta))
+    for row in rows[1:]:
+        ups = {(row["round"], p): t["up"] for p, t in row["traffic"].items()}
+        assert ups == {k: v for k, v in carried.items() if k[0] == row["round"]}
+        assert row["bytes_up"] == sum(ups.values())
+        assert {t["down"] for t in row["traffic"].values()} == {dense}
+    assert set(served.values()) == {dense}
+    assert s["upload_bytes"] == sum(carried.values())
+    assert s["compression_ratio"] == pytest.approx(s["dense_upload_bytes"] / s["upload_bytes"])
+    assert s["compression_ratio"] > 5

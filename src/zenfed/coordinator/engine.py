@@ -5,10 +5,13 @@
     for update in ...: coord.submit(update)        # validated, folded into a running mean
     version = coord.close_round()                  # server optimizer step, new version
 
-Updates are validated (open round, cohort member, no duplicate, right base version, names,
-shapes, dtype, finite values) before they touch anything, and folded into a running
+Updates are validated (open round, cohort member, no duplicate, right base version; then
+the payload decodes through the federation's codec pipeline to the right names, shapes and
+dtype, with finite values) before they touch anything, and folded into a running
 example-weighted mean, so memory is O(model), not O(participants x model). Every transport
-(in-memory for simulation, HTTP for deployment) drives the same methods.
+(in-memory for simulation, HTTP for deployment) drives the same methods. Traffic is
+counted on bytes: an upload costs its payload's length, a download the length of the
+serialized version the coordinator serves (``version_bytes``).
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+import safetensors.torch
 import torch
 
 from zenfed.aggregate.fedavg import WeightedMean
 from zenfed.aggregate.server_opt import ServerOptState, server_step
+from zenfed.compress import CodecError, Pipeline
 from zenfed.config import FederationConfig
 from zenfed.coordinator.strategy import Strategy
 from zenfed.errors import ZenfedError
@@ -35,8 +40,10 @@ class _OpenRound:
     round: int
     cohort: frozenset[str]
     version: str
+    codec_seed: int
     mean: WeightedMean = field(default_factory=WeightedMean)
-    received: dict[str, Update] = field(default_factory=dict)  # metadata; tensors dropped
+    received: dict[str, Update] = field(default_factory=dict)  # metadata; payload dropped
+    bytes_up: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,6 +70,12 @@ class Coordinator:
         self.strategy = Strategy(cfg)
         self.participants = dict(participants)  # id -> declared number of examples
         self.shapes = {k: tuple(v.shape) for k, v in initial.items()}
+        self.codec = Pipeline(cfg.compress, self.shapes)  # a parameter that cannot fit fails here
+        dense = Pipeline(cfg.compress.model_copy(update={"pipeline": ()}), self.shapes)
+        # What one uncompressed float32 update would have cost: the ratio's reference.
+        self.dense_update_bytes = len(dense.to_bytes(dense.encode(initial, shared_seed=0)))
+        self._served: tuple[str, bytes] | None = None
+        self.last_traffic: dict[str, dict[str, int]] = {}
         if state is None:
             root = GlobalVersion(id=tensors_hash(initial), round=-1, parent=None)
             state = CoordinatorState(0, dict(initial), ServerOptState(), [root])
@@ -84,6 +97,14 @@ class Coordinator:
             )
         return self.state.params
 
+    def version_bytes(self, version: str) -> bytes:
+        """``version`` as the wire carries it down (the adapter's safetensors), built once."""
+        self.fetch(version)  # the same check: only the current version is served
+        if self._served is None or self._served[0] != version:
+            meta = {"format": "zenfed-version/1", "version": version}
+            self._served = (version, safetensors.torch.save(self.state.params, metadata=meta))
+        return self._served[1]
+
     def open_round(self) -> list[Task]:
         """Sample a cohort and return its training tasks for the next round."""
         if self._open is not None:
@@ -91,18 +112,28 @@ class Coordinator:
         tasks = self.strategy.configure(
             self.state.round, sorted(self.participants), self.version.id
         )
+        seed = tasks[0].codec_seed if tasks else 0
         self._open = _OpenRound(
-            self.state.round, frozenset(t.participant for t in tasks), self.version.id
+            self.state.round, frozenset(t.participant for t in tasks), self.version.id, seed
         )
         return tasks
 
     def submit(self, update: Update) -> None:
-        """Validate ``update`` and fold it into the round's running mean."""
+        """Validate and decode ``update``, then fold it into the round's running mean."""
         self._validate(update)
-        assert self._open is not None
-        self._open.mean.add(update.tensors, float(update.num_examples))
+        r = self._open
+        assert r is not None
+        try:
+            tensors = self.codec.unpack(update.payload, shared_seed=r.codec_seed)
+        except CodecError as e:
+            raise UpdateRejected(
+                f"update from '{update.participant}': {e.problem}", fix=e.fix
+            ) from e
+        _check_finite(update.participant, tensors)
+        r.mean.add(tensors, float(update.num_examples))
         # Keep only metadata: the running mean already holds the tensors' contribution.
-        self._open.received[update.participant] = _without_tensors(update)
+        r.received[update.participant] = replace(update, payload=b"")
+        r.bytes_up[update.participant] = len(update.payload)
 
     def close_round(self) -> GlobalVersion:
         """Aggregate what arrived, take the server optimizer step, commit a new version."""
@@ -118,6 +149,8 @@ class Coordinator:
             self.cfg.server, self.state.params, r.mean.result(), self.state.server_state
         )
         ups = list(r.received.values())
+        down = len(self.version_bytes(r.version))
+        self.last_traffic = {p: {"up": n, "down": down} for p, n in r.bytes_up.items()}
         metrics = {
             "train_loss": _weighted(ups, lambda u: u.train_loss, lambda u: u.num_tokens),
             "updates": float(len(ups)),
@@ -126,6 +159,9 @@ class Coordinator:
             "examples_seen": float(sum(u.examples_seen for u in ups)),
             "tokens": float(sum(u.num_tokens for u in ups)),
             "client_seconds": float(sum(u.seconds for u in ups)),
+            "bytes_up": float(sum(r.bytes_up.values())),
+            "bytes_down": float(down * len(r.cohort)),
+            "dense_bytes_up": float(self.dense_update_bytes * len(ups)),
         }
         version = GlobalVersion(
             id=tensors_hash(params),
@@ -210,32 +246,15 @@ class Coordinator:
                 f"{u.num_examples} and loss {u.train_loss}",
                 fix="report a positive example count and a finite loss",
             )
-        _check_tensors(u, self.shapes)
 
 
-def _check_tensors(u: Update, shapes: dict[str, tuple[int, ...]]) -> None:
-    if set(u.tensors) != set(shapes):
-        bad = sorted(set(u.tensors) ^ set(shapes))[0]
-        raise UpdateRejected(
-            f"update from '{u.participant}' has wrong tensor names ('{bad}')",
-            fix="send exactly the adapter's tensors",
-        )
-    for name, t in u.tensors.items():
-        if tuple(t.shape) != shapes[name] or t.dtype != torch.float32:
-            raise UpdateRejected(
-                f"tensor '{name}' from '{u.participant}' is {t.dtype} {tuple(t.shape)}, "
-                f"expected torch.float32 {shapes[name]}",
-                fix="send float32 adapter deltas",
-            )
+def _check_finite(participant: str, tensors: Tensors) -> None:
+    for name, t in tensors.items():
         if not bool(torch.isfinite(t).all()):
             raise UpdateRejected(
-                f"tensor '{name}' from '{u.participant}' has NaN or Inf values",
+                f"tensor '{name}' from '{participant}' has NaN or Inf values",
                 fix="discard the update and retrain",
             )
-
-
-def _without_tensors(u: Update) -> Update:
-    return replace(u, tensors={})
 
 
 def _weighted(items: list, value, weight) -> float:  # type: ignore[no-untyped-def,type-arg]

@@ -4,7 +4,9 @@
 
 Client sampling takes ``ceil(fraction * n)`` participants, never fewer than
 ``min_participants`` (nor more than there are), drawn by a generator seeded with the run's
-seed and the round, so a resumed run samples the same cohorts.
+seed and the round, so a resumed run samples the same cohorts. Each round also gets one
+``codec_seed`` that every task shares: codecs that must pick the same coordinates on every
+participant (random-k, count sketch) draw them from it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Strategy:
             participants, self.cfg.sampling.fraction, self.cfg.sampling.min_participants, rng
         )
         steps = train.local_steps or 0  # epoch-based training has no global step schedule
+        codec_seed = int(np.random.default_rng([run.seed, server_round, 1]).integers(2**62))
         return [
             Task(
                 round=server_round,
@@ -54,6 +57,7 @@ class Strategy:
                 lr=train.lr,
                 step_offset=server_round * steps,
                 total_steps=run.rounds * steps,
+                codec_seed=codec_seed,
             )
             for pid in cohort
         ]

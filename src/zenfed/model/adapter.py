@@ -47,7 +47,12 @@ def attach_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
         target_modules=list(cfg.target_modules),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_cfg)
+    peft_model = get_peft_model(model, peft_cfg)
+    if cfg.freeze_a:  # FFA-LoRA: A keeps its (seeded) init and is neither trained nor sent
+        for name, p in peft_model.named_parameters():
+            if ".lora_A." in name:
+                p.requires_grad_(False)
+    return peft_model
 
 
 def adapter_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:

@@ -4,8 +4,10 @@
     update = p.train(task, fetch=coordinator.fetch)     # in-memory transport
     report = p.evaluate(task, fetch=http_client.fetch)  # or any other transport
 
-State that must outlive a round (AdamW moments when ``keep_optimizer_state`` is on) lives in
-``ParticipantState``, which checkpoints save and restore.
+The delta leaves as bytes: encoded by the federation's codec pipeline (``zenfed.compress``).
+State that must outlive a round (AdamW moments when ``keep_optimizer_state`` is on, the
+error-feedback residual of a lossy pipeline) lives in ``ParticipantState``, which
+checkpoints save and restore.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from peft import PeftModel
 
-from zenfed.config import TrainConfig
+from zenfed.compress import Pipeline
+from zenfed.config import CompressConfig, TrainConfig
 from zenfed.data.examples import ParticipantData
 from zenfed.model.adapter import set_adapter_state
 from zenfed.protocol.messages import EvalReport, Task, Tensors, Update
@@ -33,7 +36,19 @@ class Runtime:
     model: PeftModel
     pad_id: int
     train: TrainConfig
+    compress: CompressConfig = field(default_factory=CompressConfig)
     eval_batch_size: int = 16
+    _codec: Pipeline | None = field(default=None, repr=False)
+
+    def configure(self, train: TrainConfig, compress: CompressConfig) -> None:
+        """Follow another federation config (a simulation world reused across runs)."""
+        self.train, self.compress, self._codec = train, compress, None
+
+    def codec(self, shapes: dict[str, tuple[int, ...]]) -> Pipeline:
+        """The federation's codec pipeline for these tensors (built once)."""
+        if self._codec is None or self._codec.shapes != shapes:
+            self._codec = Pipeline(self.compress, shapes)
+        return self._codec
 
 
 @dataclass
@@ -81,13 +96,21 @@ class Participant:
             self.state.optimizer,
             name=self.name,
         )
+        codec = rt.codec({k: tuple(v.shape) for k, v in result.delta.items()})
+        payload, residual = codec.pack(
+            result.delta,
+            self.state.extra.get("error_feedback", {}),
+            shared_seed=task.codec_seed,
+            private_seed=task.seed,
+        )
         self.state.optimizer = result.optimizer_state
+        self.state.extra["error_feedback"] = residual
         self.state.rounds_trained += 1
         return Update(
             round=task.round,
             participant=self.name,
             base_version=task.version,
-            tensors=result.delta,
+            payload=payload,
             num_examples=result.num_examples,
             examples_seen=result.examples_seen,
             num_tokens=result.num_tokens,

@@ -1,7 +1,7 @@
 """The messages of a round, as plain frozen data (what any transport moves).
 
 Task      coordinator -> participant: train (or evaluate) from version V
-Update    participant -> coordinator: the adapter delta and what it cost
+Update    participant -> coordinator: the encoded adapter delta and what it cost
 EvalReport participant -> coordinator: held-out loss sums of version V
 """
 
@@ -28,16 +28,21 @@ class Task:
     lr: float | None = None  # None: the federation's train.lr
     step_offset: int = 0  # where this round's local steps start in the run's schedule
     total_steps: int = 0  # local steps of the whole run (0: no schedule)
+    codec_seed: int = 0  # the round's shared seed (random-k / sketch coordinates)
 
 
 @dataclass(frozen=True)
 class Update:
-    """A participant's result for a training task: named delta tensors plus metadata."""
+    """A participant's result for a training task: the encoded delta plus metadata.
+
+    ``payload`` is the delta as the wire carries it: the federation's codec pipeline
+    (``zenfed.compress``) turned into bytes; its length is what the upload cost.
+    """
 
     round: int
     participant: str
     base_version: str
-    tensors: Tensors
+    payload: bytes
     num_examples: int  # size of the training split: the FedAvg weight
     examples_seen: int
     num_tokens: int

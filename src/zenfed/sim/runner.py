@@ -52,12 +52,18 @@ def run_simulation(
     progress = progress or Progress(enabled=False)
     t_start = time.perf_counter()
     world = world or build_world(cfg)  # every input error surfaces before anything is written
+    if not world.fits(cfg):
+        raise ZenfedError(
+            "the simulation world was built for another model, adapter, data or seed",
+            fix="build_world(cfg) for this config",
+        )
     if not resume:
         _init_out_dir(out, cfg)
     coord = Coordinator(cfg, world.initial, {d.name: len(d.train) for d in world.data})
     history: list[dict[str, Any]] = []
+    world.runtime.configure(cfg.train, cfg.compress)  # a world may be reused with another config
     for p in world.participants.values():
-        p.state = ParticipantState()  # a world may be reused: every run starts clean
+        p.state = ParticipantState()  # and every run starts clean
     if resume:
         coord.state, states, history = load_checkpoint(out / "checkpoint.pt")
         for name, st in states.items():
@@ -108,6 +114,7 @@ def run_round(
         "round": r + 1,
         "version": version.id[:16],
         **version.metrics,
+        "traffic": coord.last_traffic,  # bytes up and down per participant
         "failures": failures,
         "seconds": time.perf_counter() - t0,
     }
@@ -144,6 +151,7 @@ def _finish(
         "fed_loss": final["union_loss"],
         "fed_eval_loss": final["eval_loss"],
         "fed_steps": int(sum(h.get("steps", 0) for h in history)),
+        **_traffic(history),
         "seconds": seconds,
         "version": coord.version.id,
     }
@@ -168,6 +176,19 @@ def _finish(
     plot_losses(history, summary, out / "loss.png")
     atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     return summary
+
+
+def _traffic(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Bytes over the whole run, and the upload's ratio to dense float32 deltas."""
+    up, down, dense = (
+        sum(h.get(k, 0.0) for h in history) for k in ("bytes_up", "bytes_down", "dense_bytes_up")
+    )
+    return {
+        "upload_bytes": up,
+        "download_bytes": down,
+        "dense_upload_bytes": dense,
+        "compression_ratio": dense / up if up else float("nan"),
+    }
 
 
 def efficiency(initial: float, fed: float, central: float) -> float:

@@ -31,6 +31,12 @@ class World:
     runtime: Runtime
     data: list[ParticipantData]
     participants: dict[str, Participant]
+    cfg: FederationConfig  # what the model, adapter and data were built from
+
+    def fits(self, cfg: FederationConfig) -> bool:
+        """Whether a run of ``cfg`` may reuse this world (same model, adapter, data, seed)."""
+        a, b = self.cfg, cfg
+        return (a.model, a.lora, a.data, a.run.seed) == (b.model, b.lora, b.data, b.run.seed)
 
 
 def build_world(cfg: FederationConfig) -> World:
@@ -39,6 +45,8 @@ def build_world(cfg: FederationConfig) -> World:
     torch.manual_seed(cfg.run.seed)  # LoRA A's random init is part of the experiment
     model = attach_lora(base, cfg.lora)
     data = build_participants(cfg.data, tok, cfg.run.seed)
-    runtime = Runtime(model=model, pad_id=int(tok.pad_token_id), train=cfg.train)
+    runtime = Runtime(
+        model=model, pad_id=int(tok.pad_token_id), train=cfg.train, compress=cfg.compress
+    )
     parts = {d.name: Participant(d.name, d, runtime) for d in data}
-    return World(model, tok, get_adapter_state(model), runtime, data, parts)
+    return World(model, tok, get_adapter_state(model), runtime, data, parts, cfg)

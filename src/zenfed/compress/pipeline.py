@@ -1,0 +1,200 @@
+"""A chain of codecs applied to every tensor of an update, with error feedback, to bytes.
+
+    pipe = Pipeline(cfg.compress, shapes)                      # checks every parameter
+    payload, residual = pipe.pack(delta, residual, shared_seed=s, private_seed=p)
+    delta_hat = pipe.unpack(payload, shared_seed=s)            # CodecError if malformed
+
+Stage i encodes the ``values`` part left by stage i - 1 (top-k's kept values can be
+quantized). The parts of every tensor travel as one safetensors file, key
+``"<tensor>#<stage>.<part>"`` (``"<tensor>#v"`` for float values left at the end), then
+through zstd when the pipeline ends with it. With ``error_feedback`` the participant adds
+what the previous rounds dropped before encoding and keeps what this round drops
+(Seide et al. 2014; Karimireddy et al. 2019): residual' = (delta + residual) - decode(encode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import safetensors.torch
+import torch
+import zstandard
+
+from zenfed.compress.base import Codec, CodecError, Parts, PartSpecs, Shape, derive_seed, numel
+from zenfed.compress.lowrank import LowRank
+from zenfed.compress.quantize import Quantize
+from zenfed.compress.randk import RandK
+from zenfed.compress.sign import Sign
+from zenfed.compress.sketch import Sketch
+from zenfed.compress.topk import TopK
+from zenfed.config import CompressConfig
+
+Tensors = dict[str, torch.Tensor]
+FORMAT = "zenfed-update/1"
+
+CODECS: dict[str, Callable[[Any], Codec]] = {
+    "topk": lambda s: TopK(fraction=s.fraction, k=s.k),
+    "randk": lambda s: RandK(fraction=s.fraction),
+    "quantize": lambda s: Quantize(bits=s.bits, block=s.block),
+    "sign": lambda s: Sign(block=s.block),
+    "lowrank": lambda s: LowRank(rank=s.rank),
+    "sketch": lambda s: Sketch(fraction=s.fraction, rows=s.rows),
+}
+
+
+class Pipeline:
+    """The federation's update encoding for a fixed set of tensor names and shapes."""
+
+    def __init__(self, cfg: CompressConfig, shapes: dict[str, Shape]) -> None:
+        self.cfg = cfg
+        self.codecs = [CODECS[s.codec](s) for s in cfg.pipeline if s.codec != "zstd"]
+        zstd = [s for s in cfg.pipeline if s.codec == "zstd"]
+        self.zstd_level: int | None = zstd[0].level if zstd else None
+        self.shapes = {k: tuple(v) for k, v in shapes.items()}
+        self.specs = {name: self._specs(name, shape) for name, shape in self.shapes.items()}
+        self.raw_bytes = sum(
+            numel(shape) * torch.empty(0, dtype=dtype).element_size()
+            for specs in self.specs.values()
+            for shape, dtype in specs.values()
+        )
+
+    @property
+    def linear(self) -> bool:
+        """Whether payloads add up: every codec linear and no entropy coding."""
+        return self.zstd_level is None and all(c.linear for c in self.codecs)
+
+    @property
+    def lossless(self) -> bool:
+        """Whether decode(encode(x)) == x (no codec, or zstd only)."""
+        return not self.codecs
+
+    def require_linear(self, feature: str) -> None:
+        """Raise a CodecError naming the first stage that ``feature`` cannot sum over."""
+        for spec in self.cfg.pipeline:
+            if spec.codec == "zstd" or not CODECS[spec.codec](spec).linear:
+                raise CodecError(
+                    f"compress codec '{spec.codec}' is not linear, so it cannot run under "
+                    f"{feature}",
+                    fix="use only linear codecs (randk, sketch) with it",
+                )
+
+    def max_payload_bytes(self) -> int:
+        """An upper bound on an honest payload's size (for refusing oversized uploads)."""
+        header = 256 * sum(len(s) for s in self.specs.values()) + 4096
+        return int((self.raw_bytes + header) * 1.01) + 1024
+
+    def encode(self, tensors: Tensors, *, shared_seed: int, private_seed: int = 0) -> Parts:
+        """Every tensor through every codec: the flat parts of the payload."""
+        out: Parts = {}
+        for name, x in tensors.items():
+            v = x.detach().to(torch.float32)
+            for i, codec in enumerate(self.codecs):
+                parts = codec.encode(v, self._seed(codec, name, i, shared_seed, private_seed))
+                values = parts.pop("values", None)
+                out.update({f"{name}#{i}.{k}": t.contiguous() for k, t in parts.items()})
+                if values is None:
+                    break
+                v = values
+            else:
+                out[f"{name}#v"] = v.contiguous()
+        return out
+
+    def decode(self, parts: Parts, *, shared_seed: int) -> Tensors:
+        """Check every part's name, shape and dtype, then decode each tensor."""
+        expected = {key for specs in self.specs.values() for key in specs}
+        if set(parts) != expected:
+            odd = sorted(set(parts) ^ expected)[0]
+            what = "unexpected" if odd in parts else "missing"
+            raise CodecError(f"payload has an {what} part '{odd}'", fix="re-encode the update")
+        for specs in self.specs.values():
+            for key, (shape, dtype) in specs.items():
+                t = parts[key]
+                if tuple(t.shape) != shape or t.dtype != dtype:
+                    raise CodecError(
+                        f"payload part '{key}' is {t.dtype} {tuple(t.shape)}, "
+                        f"expected {dtype} {shape}",
+                        fix="encode with the federation's compress settings",
+                    )
+        return {name: self._decode_one(name, parts, shared_seed) for name in self.shapes}
+
+    def to_bytes(self, parts: Parts) -> bytes:
+        """The wire form: safetensors, then zstd if the pipeline ends with it."""
+        raw = safetensors.torch.save(parts, metadata={"format": FORMAT})
+        if self.zstd_level is None:
+            return raw
+        return zstandard.ZstdCompressor(level=self.zstd_level).compress(raw)
+
+    def from_bytes(self, payload: bytes) -> Parts:
+        """Parse the wire form; a CodecError names what is wrong with it."""
+        if len(payload) > self.max_payload_bytes():
+            raise CodecError(
+                f"payload of {len(payload)} bytes exceeds the limit of "
+                f"{self.max_payload_bytes()} for this adapter and pipeline",
+                fix="send one encoded update",
+            )
+        raw = payload
+        if self.zstd_level is not None:
+            try:
+                raw = zstandard.ZstdDecompressor().decompress(
+                    payload, max_output_size=self.max_payload_bytes()
+                )
+            except zstandard.ZstdError as e:
+                raise CodecError(f"payload is not a valid zstd frame ({e})", fix="re-encode") from e
+        try:
+            return dict(safetensors.torch.load(raw))
+        except Exception as e:  # safetensors raises its own SafetensorError and others
+            raise CodecError(f"payload is not valid safetensors ({e})", fix="re-encode") from e
+
+    def pack(
+        self, tensors: Tensors, residual: Tensors, *, shared_seed: int, private_seed: int
+    ) -> tuple[bytes, Tensors]:
+        """Encode ``tensors`` (plus the error-feedback residual) to bytes; the new residual."""
+        x = {
+            k: t.to(torch.float32) + residual[k] if k in residual else t for k, t in tensors.items()
+        }
+        parts = self.encode(x, shared_seed=shared_seed, private_seed=private_seed)
+        if not self.cfg.error_feedback or self.lossless:
+            return self.to_bytes(parts), {}
+        sent = self.decode(parts, shared_seed=shared_seed)
+        return self.to_bytes(parts), {k: x[k] - sent[k] for k in x}
+
+    def unpack(self, payload: bytes, *, shared_seed: int) -> Tensors:
+        """Bytes from the wire back to dense float32 tensors (CodecError if malformed)."""
+        return self.decode(self.from_bytes(payload), shared_seed=shared_seed)
+
+    def _specs(self, name: str, shape: Shape) -> PartSpecs:
+        """Every payload key of tensor ``name`` with its (shape, dtype)."""
+        specs: PartSpecs = {}
+        for i, codec in enumerate(self.codecs):
+            stage = dict(codec.part_specs(shape))
+            stage.pop("values", None)
+            specs.update({f"{name}#{i}.{k}": v for k, v in stage.items()})
+            nxt = codec.values_shape(shape)
+            if nxt is None:
+                return specs
+            shape = nxt
+        specs[f"{name}#v"] = (shape, torch.float32)
+        return specs
+
+    def _decode_one(self, name: str, parts: Parts, shared_seed: int) -> torch.Tensor:
+        shapes = [self.shapes[name]]
+        for codec in self.codecs[:-1]:
+            nxt = codec.values_shape(shapes[-1])
+            assert nxt is not None  # only the last codec may be terminal (config checks it)
+            shapes.append(nxt)
+        values = parts.get(f"{name}#v")
+        for i in reversed(range(len(self.codecs))):
+            codec = self.codecs[i]
+            prefix = f"{name}#{i}."
+            stage = {k[len(prefix) :]: t for k, t in parts.items() if k.startswith(prefix)}
+            if values is not None:
+                stage["values"] = values
+            values = codec.decode(stage, shapes[i], self._seed(codec, name, i, shared_seed, 0))
+        assert values is not None
+        return values.reshape(self.shapes[name])
+
+    @staticmethod
+    def _seed(codec: Codec, name: str, stage: int, shared: int, private: int) -> int:
+        # Linear codecs must pick the same coordinates on every participant: the round's seed.
+        return derive_seed(shared if codec.linear else private, name, stage)
