@@ -285,18 +285,22 @@ class CompressConfig(_Frozen):
 
     pipeline: tuple[CodecSpec, ...] = ()
     error_feedback: bool = True  # the participant keeps what was dropped and adds it next time
+    # Downlink: the coordinator broadcasts each new version as the encoded difference from
+    # the previous one (participants holding that one apply it). Empty: full versions.
+    downlink: tuple[CodecSpec, ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> CompressConfig:
-        names = [c.codec for c in self.pipeline]
-        if "zstd" in names[:-1]:
-            raise ValueError("zstd works on the final bytes: put it last in compress.pipeline")
-        terminal = [i for i, n in enumerate(names) if n in ("quantize", "sign")]
-        if terminal and any(n != "zstd" for n in names[terminal[0] + 1 :]):
-            raise ValueError(
-                f"{names[terminal[0]]} leaves no float values for the codecs after it: "
-                "put quantize or sign last (before zstd)"
-            )
+        for key, stages in (("pipeline", self.pipeline), ("downlink", self.downlink)):
+            names = [c.codec for c in stages]
+            if "zstd" in names[:-1]:
+                raise ValueError(f"zstd works on the final bytes: put it last in compress.{key}")
+            terminal = [i for i, n in enumerate(names) if n in ("quantize", "sign")]
+            if terminal and any(n != "zstd" for n in names[terminal[0] + 1 :]):
+                raise ValueError(
+                    f"{names[terminal[0]]} leaves no float values for the codecs after it: "
+                    f"put quantize or sign last in compress.{key} (before zstd)"
+                )
         return self
 
 

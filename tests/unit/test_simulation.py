@@ -97,29 +97,67 @@ def test_traffic_is_the_length_of_what_the_transport_carried(
         }
     )
     carried: dict[tuple[int, str], int] = {}
-    served: dict[str, int] = {}
-    submit, fetch = Coordinator.submit, Coordinator.version_bytes
+    served: dict[tuple[int, str], int] = {}
+    submit, download = Coordinator.submit, Coordinator.download
 
     def spy_submit(self: Coordinator, update: Update) -> None:
         carried[(update.round + 1, update.participant)] = len(update.payload)
         submit(self, update)
 
-    def spy_fetch(self: Coordinator, version: str) -> bytes:
-        served[version[:16]] = len(out := fetch(self, version))
+    def spy_download(self: Coordinator, version: str, held: str | None, pid: str = "") -> bytes:
+        out = download(self, version, held, pid)
+        if self._open is not None:  # training downloads (evaluation ones are not a round's)
+            served[(self._open.round + 1, pid)] = len(out)
         return out
 
     monkeypatch.setattr(Coordinator, "submit", spy_submit)
-    monkeypatch.setattr(Coordinator, "version_bytes", spy_fetch)
+    monkeypatch.setattr(Coordinator, "download", spy_download)
     s = run_simulation(cfg, tmp_path, world=world)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    version_meta = {"format": "zenfed-version/1", "version": "0" * 64}
-    dense = len(safetensors.torch.save(dict(world.initial), version_meta))
     for row in rows[1:]:
-        ups = {(row["round"], p): t["up"] for p, t in row["traffic"].items()}
-        assert ups == {k: v for k, v in carried.items() if k[0] == row["round"]}
-        assert row["bytes_up"] == sum(ups.values())
-        assert {t["down"] for t in row["traffic"].values()} == {dense}
-    assert set(served.values()) == {dense}
+        this_round = {p: t for p, t in row["traffic"].items()}
+        assert {p: t["up"] for p, t in this_round.items()} == {
+            p: n for (r, p), n in carried.items() if r == row["round"]
+        }
+        assert {p: t["down"] for p, t in this_round.items()} == {
+            p: n for (r, p), n in served.items() if r == row["round"]
+        }
+        assert row["bytes_up"] == sum(t["up"] for t in this_round.values())
+        assert row["bytes_down"] == sum(t["down"] for t in this_round.values())
     assert s["upload_bytes"] == sum(carried.values())
     assert s["compression_ratio"] == pytest.approx(s["dense_upload_bytes"] / s["upload_bytes"])
     assert s["compression_ratio"] > 5
+
+
+def test_downlink_sends_differences_to_holders_and_they_match_the_version(
+    world: Any, tmp_path: Path
+) -> None:
+    raw = CFG.model_dump(mode="json")
+    raw["compress"] = {"downlink": [{"codec": "quantize", "bits": 8}, {"codec": "zstd"}]}
+    raw["sampling"] = {"fraction": 1.0}
+    raw["run"]["eval_every"] = 100  # evaluations before round 1 and after the last only
+    cfg = parse_config(raw)
+    s = run_simulation(cfg, tmp_path, world=world)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    full = len(safetensors.torch.save(dict(world.initial), {"format": "zenfed-version/1"}))
+    # Round 1 starts from the version every participant got in full for the first
+    # evaluation: no download. Later rounds: one 8-bit broadcast each, never the full one.
+    assert all(t["down"] == 0 for t in rows[1]["traffic"].values())
+    downs = [t["down"] for r in rows[2:] for t in r["traffic"].values()]
+    assert downs and all(0 < d * 3 < full for d in downs), (downs, full)
+    assert s["fed_loss"] < s["initial_loss"] - 0.05
+    # the published version is what every participant trained from and evaluated
+    ckpt, _, _ = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt.public is not None and len(ckpt.broadcasts) == 3
+    held = {name: p.state.held for name, p in world.participants.items()}
+    assert all(h is not None and h[0] == s["version"] for h in held.values())
+    for h in held.values():
+        assert h is not None
+        for k in ckpt.public:
+            torch.testing.assert_close(h[1][k], ckpt.public[k], rtol=0, atol=0)
+    resumed = run_simulation(cfg, tmp_path / "r", world=world, stop_after=1)
+    assert resumed["stopped_after"] == 1
+    done = run_simulation(cfg, tmp_path / "r", world=world, resume=True)
+    assert (
+        done["version"] == s["version"]
+    )  # restart: held copies are gone, full download, same result

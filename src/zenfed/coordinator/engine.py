@@ -19,16 +19,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-import safetensors.torch
+import numpy as np
 import torch
 
 from zenfed.aggregate.fedavg import WeightedMean
 from zenfed.aggregate.server_opt import ServerOptState, server_step
 from zenfed.compress import CodecError, Pipeline
+from zenfed.compress.downlink import Broadcast, apply_broadcast, diff_payload, full_payload
 from zenfed.config import FederationConfig
 from zenfed.coordinator.strategy import Strategy
 from zenfed.errors import ZenfedError
 from zenfed.protocol.messages import EvalReport, GlobalVersion, Task, Tensors, Update, tensors_hash
+
+KEEP_BROADCASTS = 16  # participants more rounds behind than this download in full
 
 
 class UpdateRejected(ZenfedError):
@@ -51,9 +54,18 @@ class CoordinatorState:
     """Everything needed to resume: the current global adapter and the server's memory."""
 
     round: int  # the next round to run
-    params: Tensors
+    params: Tensors  # the server's parameters
     server_state: ServerOptState
     versions: list[GlobalVersion]
+    # With a downlink codec: the published version (params as the participants hold them)
+    # and the last broadcasts that lead to it. Without one, public is params itself.
+    public: Tensors | None = None
+    broadcasts: list[Broadcast] = field(default_factory=list)
+
+    @property
+    def published(self) -> Tensors:
+        """The tensors of the current global version: what participants download."""
+        return self.params if self.public is None else self.public
 
 
 class Coordinator:
@@ -71,10 +83,14 @@ class Coordinator:
         self.participants = dict(participants)  # id -> declared number of examples
         self.shapes = {k: tuple(v.shape) for k, v in initial.items()}
         self.codec = Pipeline(cfg.compress, self.shapes)  # a parameter that cannot fit fails here
+        down = cfg.compress.model_copy(update={"pipeline": cfg.compress.downlink})
+        self.downlink = Pipeline(down, self.shapes) if cfg.compress.downlink else None
         dense = Pipeline(cfg.compress.model_copy(update={"pipeline": ()}), self.shapes)
         # What one uncompressed float32 update would have cost: the ratio's reference.
         self.dense_update_bytes = len(dense.to_bytes(dense.encode(initial, shared_seed=0)))
         self._served: tuple[str, bytes] | None = None
+        self._downloads: dict[str, int] = {}
+        self._eval_bytes_down = 0
         self.last_traffic: dict[str, dict[str, int]] = {}
         if state is None:
             root = GlobalVersion(id=tensors_hash(initial), round=-1, parent=None)
@@ -89,21 +105,47 @@ class Coordinator:
         return self.state.versions[-1]
 
     def fetch(self, version: str) -> Tensors:
-        """The tensors of ``version`` (only the current one is held in memory)."""
+        """The tensors of ``version``, by reference (only the current one is held)."""
         if version != self.version.id:
             raise ZenfedError(
                 f"version {version[:12]} is not the current global version",
                 fix=f"fetch {self.version.id[:12]}",
             )
-        return self.state.params
+        return self.state.published
 
     def version_bytes(self, version: str) -> bytes:
-        """``version`` as the wire carries it down (the adapter's safetensors), built once."""
+        """``version`` in full as the wire carries it down (safetensors), built once."""
         self.fetch(version)  # the same check: only the current version is served
         if self._served is None or self._served[0] != version:
-            meta = {"format": "zenfed-version/1", "version": version}
-            self._served = (version, safetensors.torch.save(self.state.params, metadata=meta))
+            self._served = (version, full_payload(self.state.published, version))
         return self._served[1]
+
+    def download(self, version: str, held: str | None, participant: str = "") -> bytes:
+        """What a participant holding ``held`` downloads to get ``version``.
+
+        The broadcasts since ``held`` when a downlink codec is set and they are still kept
+        (and smaller), else the full version. Bytes served to a member of the open round's
+        cohort count as that participant's download in the round's traffic; others as the
+        current evaluation's (``eval_bytes_down``).
+        """
+        payload = self.version_bytes(version)
+        chain = self._chain(held, version)
+        if chain:
+            diff = diff_payload(chain)
+            payload = diff if len(diff) < len(payload) else payload
+        if self._open is not None and participant in self._open.cohort:
+            self._downloads[participant] = self._downloads.get(participant, 0) + len(payload)
+        else:  # an evaluation's download
+            self._eval_bytes_down += len(payload)
+        return payload
+
+    def _chain(self, held: str | None, version: str) -> list[Broadcast]:
+        """The kept broadcasts from ``held`` to ``version``, or [] if they do not connect."""
+        ids = [b.parent for b in self.state.broadcasts]
+        if held is None or held == version or held not in ids:
+            return []
+        chain = self.state.broadcasts[ids.index(held) :]
+        return chain if chain[-1].version == version else []
 
     def open_round(self) -> list[Task]:
         """Sample a cohort and return its training tasks for the next round."""
@@ -116,6 +158,7 @@ class Coordinator:
         self._open = _OpenRound(
             self.state.round, frozenset(t.participant for t in tasks), self.version.id, seed
         )
+        self._downloads = {}
         return tasks
 
     def submit(self, update: Update) -> None:
@@ -149,8 +192,10 @@ class Coordinator:
             self.cfg.server, self.state.params, r.mean.result(), self.state.server_state
         )
         ups = list(r.received.values())
-        down = len(self.version_bytes(r.version))
-        self.last_traffic = {p: {"up": n, "down": down} for p, n in r.bytes_up.items()}
+        self.last_traffic = {
+            p: {"up": r.bytes_up.get(p, 0), "down": self._downloads.get(p, 0)}
+            for p in sorted(r.cohort)
+        }
         metrics = {
             "train_loss": _weighted(ups, lambda u: u.train_loss, lambda u: u.num_tokens),
             "updates": float(len(ups)),
@@ -160,26 +205,52 @@ class Coordinator:
             "tokens": float(sum(u.num_tokens for u in ups)),
             "client_seconds": float(sum(u.seconds for u in ups)),
             "bytes_up": float(sum(r.bytes_up.values())),
-            "bytes_down": float(down * len(r.cohort)),
+            "bytes_down": float(sum(self._downloads.values())),
             "dense_bytes_up": float(self.dense_update_bytes * len(ups)),
         }
+        public, broadcasts = self._publish(params, r.round)
         version = GlobalVersion(
-            id=tensors_hash(params),
+            id=tensors_hash(public if public is not None else params),
             round=r.round,
             parent=r.version,
             participants=tuple(sorted(r.received)),
             num_examples=sum(u.num_examples for u in ups),
             metrics=metrics,
         )
+        if broadcasts:  # the newest broadcast was made before the version id was known
+            broadcasts[-1] = replace(broadcasts[-1], version=version.id)
         self.state = CoordinatorState(
-            r.round + 1, params, server_state, [*self.state.versions, version]
+            r.round + 1,
+            params,
+            server_state,
+            [*self.state.versions, version],
+            public,
+            broadcasts,
         )
         self._open = None
         return version
 
+    def _publish(
+        self, params: Tensors, server_round: int
+    ) -> tuple[Tensors | None, list[Broadcast]]:
+        """Without a downlink codec: nothing to do. With one: encode params minus the
+        published version, advance the published version by the decoded broadcast."""
+        if self.downlink is None:
+            return None, []
+        old = self.state.published
+        seed = int(np.random.default_rng([self.cfg.run.seed, server_round, 2]).integers(2**62))
+        diff = {k: params[k] - old[k] for k in params}
+        payload = self.downlink.to_bytes(
+            self.downlink.encode(diff, shared_seed=seed, private_seed=seed)
+        )
+        public = apply_broadcast(old, self.downlink, payload, seed)
+        kept = self.state.broadcasts[-(KEEP_BROADCASTS - 1) :]
+        return public, [*kept, Broadcast("", self.version.id, seed, payload)]
+
     def evaluation_tasks(self) -> list[Task]:
         """Every enrolled participant evaluates the current version on its held-out split."""
         self._evals = {}
+        self._eval_bytes_down = 0
         return [
             Task(
                 round=self.state.round - 1, participant=p, version=self.version.id, kind="evaluate"
@@ -212,6 +283,7 @@ class Coordinator:
             ),
             "union_loss": sum(r.loss_sum for r in reps) / sum(r.num_tokens for r in reps),
             "eval_participants": float(len(reps)),
+            "eval_bytes_down": float(self._eval_bytes_down),
         }
 
     def evaluation_reports(self) -> dict[str, EvalReport]:

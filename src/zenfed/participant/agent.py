@@ -1,9 +1,11 @@
 """The participant: holds private data and a model, turns tasks into updates.
 
     p = Participant("clinic", data, runtime)
-    update = p.train(task, fetch=coordinator.fetch)     # in-memory transport
-    report = p.evaluate(task, fetch=http_client.fetch)  # or any other transport
+    update = p.train(task, download)     # download(version, held_version) -> bytes
+    report = p.evaluate(task, download)  # from any transport
 
+The global version arrives as bytes, in full or as the broadcasts since the version the
+participant holds (``zenfed.compress.downlink``), and is checked against its hash.
 The delta leaves as bytes: encoded by the federation's codec pipeline (``zenfed.compress``).
 State that must outlive a round (AdamW moments when ``keep_optimizer_state`` is on, the
 error-feedback residual of a lossy pipeline) lives in ``ParticipantState``, which
@@ -19,14 +21,15 @@ import torch
 from peft import PeftModel
 
 from zenfed.compress import Pipeline
+from zenfed.compress.downlink import receive
 from zenfed.config import CompressConfig, TrainConfig
 from zenfed.data.examples import ParticipantData
-from zenfed.model.adapter import set_adapter_state
+from zenfed.model.adapter import adapter_parameters, set_adapter_state
 from zenfed.protocol.messages import EvalReport, Task, Tensors, Update
 from zenfed.train.evaluate import evaluate
 from zenfed.train.trainer import OptimizerState, StepPlan, plan_steps, train_local
 
-Fetch = Callable[[str], Tensors]
+Download = Callable[[str, str | None], bytes]  # (version, held version or None) -> payload
 
 
 @dataclass
@@ -38,17 +41,20 @@ class Runtime:
     train: TrainConfig
     compress: CompressConfig = field(default_factory=CompressConfig)
     eval_batch_size: int = 16
-    _codec: Pipeline | None = field(default=None, repr=False)
+    _codecs: tuple[Pipeline, Pipeline | None] | None = field(default=None, repr=False)
 
     def configure(self, train: TrainConfig, compress: CompressConfig) -> None:
         """Follow another federation config (a simulation world reused across runs)."""
-        self.train, self.compress, self._codec = train, compress, None
+        self.train, self.compress, self._codecs = train, compress, None
 
-    def codec(self, shapes: dict[str, tuple[int, ...]]) -> Pipeline:
-        """The federation's codec pipeline for these tensors (built once)."""
-        if self._codec is None or self._codec.shapes != shapes:
-            self._codec = Pipeline(self.compress, shapes)
-        return self._codec
+    def codecs(self) -> tuple[Pipeline, Pipeline | None]:
+        """The uplink pipeline and the downlink one (None: full versions), built once."""
+        if self._codecs is None:
+            shapes = {k: tuple(p.shape) for k, p in adapter_parameters(self.model).items()}
+            down = self.compress.model_copy(update={"pipeline": self.compress.downlink})
+            downlink = Pipeline(down, shapes) if self.compress.downlink else None
+            self._codecs = (Pipeline(self.compress, shapes), downlink)
+        return self._codecs
 
 
 @dataclass
@@ -58,6 +64,9 @@ class ParticipantState:
     optimizer: OptimizerState | None = None
     rounds_trained: int = 0
     extra: dict[str, Tensors] = field(default_factory=dict)
+    # The last global version received, kept only with a downlink codec (to apply the
+    # broadcasts to). Not checkpointed: after a restart the next download is in full.
+    held: tuple[str, Tensors] | None = None
 
 
 class Participant:
@@ -75,7 +84,7 @@ class Participant:
         self.runtime = runtime
         self.state = state or ParticipantState()
 
-    def train(self, task: Task, fetch: Fetch) -> Update:
+    def train(self, task: Task, download: Download) -> Update:
         """Train from the task's version on the private training split; return the delta."""
         rt = self.runtime
         torch.manual_seed(task.seed)  # LoRA dropout and anything else random: reproducible
@@ -90,14 +99,13 @@ class Participant:
             rt.model,
             self.data.train,
             rt.train,
-            fetch(task.version),
+            self.receive(task.version, download),
             plan,
             rt.pad_id,
             self.state.optimizer,
             name=self.name,
         )
-        codec = rt.codec({k: tuple(v.shape) for k, v in result.delta.items()})
-        payload, residual = codec.pack(
+        payload, residual = rt.codecs()[0].pack(
             result.delta,
             self.state.extra.get("error_feedback", {}),
             shared_seed=task.codec_seed,
@@ -119,11 +127,23 @@ class Participant:
             steps=result.steps,
         )
 
-    def evaluate(self, task: Task, fetch: Fetch) -> EvalReport:
+    def evaluate(self, task: Task, download: Download) -> EvalReport:
         """Held-out loss of the task's version on this participant's held-out split."""
         rt = self.runtime
-        set_adapter_state(rt.model, fetch(task.version))
+        set_adapter_state(rt.model, self.receive(task.version, download))
         res = evaluate(rt.model, self.data.heldout, rt.eval_batch_size, rt.pad_id)
         return EvalReport(
             task.round, self.name, task.version, res.loss_sum, res.num_tokens, res.num_examples
         )
+
+    def receive(self, version: str, download: Download) -> Tensors:
+        """The tensors of ``version``: downloaded (as a difference when possible), checked."""
+        held = self.state.held
+        if held is not None and held[0] == version:
+            return held[1]  # already here: nothing to download
+        payload = download(version, held[0] if held else None)
+        downlink = self.runtime.codecs()[1]
+        tensors = receive(payload, held[1] if held else None, downlink, version)
+        if downlink is not None:
+            self.state.held = (version, tensors)
+        return tensors

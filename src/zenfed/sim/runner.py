@@ -170,9 +170,10 @@ def _finish(
         summary["fed_own_loss"] = sum(final["own_loss"].values()) / len(final["own_loss"])
         summary["local_only"] = loc["participants"]
     summary["baseline_seconds"] = time.perf_counter() - tb
-    export_adapter(world.model, coord.state.params, out / "adapter")
+    final_tensors = coord.fetch(coord.version.id)
+    export_adapter(world.model, final_tensors, out / "adapter")
     if cfg.run.sample_prompts:
-        summary["samples"] = sample_generations(world, coord.state.params, cfg.run.sample_prompts)
+        summary["samples"] = sample_generations(world, final_tensors, cfg.run.sample_prompts)
     plot_losses(history, summary, out / "loss.png")
     atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     return summary
@@ -180,12 +181,14 @@ def _finish(
 
 def _traffic(history: list[dict[str, Any]]) -> dict[str, float]:
     """Bytes over the whole run, and the upload's ratio to dense float32 deltas."""
+    evals = sum(h.get("eval_bytes_down", 0.0) for h in history)
     up, down, dense = (
         sum(h.get(k, 0.0) for h in history) for k in ("bytes_up", "bytes_down", "dense_bytes_up")
     )
     return {
         "upload_bytes": up,
-        "download_bytes": down,
+        "download_bytes": down + evals,
+        "eval_download_bytes": evals,
         "dense_upload_bytes": dense,
         "compression_ratio": dense / up if up else float("nan"),
     }

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from zenfed.aggregate.server_opt import ServerOptState
+from zenfed.compress.downlink import Broadcast
 from zenfed.coordinator.engine import CoordinatorState
 from zenfed.errors import ZenfedError
 from zenfed.participant.agent import ParticipantState
@@ -44,6 +45,11 @@ def save_checkpoint(
             "step": coord.server_state.step,
         },
         "versions": [asdict(v) for v in coord.versions],
+        "public": coord.public,
+        "broadcasts": [
+            {**asdict(b), "payload": torch.frombuffer(bytearray(b.payload), dtype=torch.uint8)}
+            for b in coord.broadcasts
+        ],
         "participants": {
             k: {"optimizer": s.optimizer, "rounds_trained": s.rounds_trained, "extra": s.extra}
             for k, s in participants.items()
@@ -74,8 +80,17 @@ def load_checkpoint(
     versions = [
         GlobalVersion(**{**v, "participants": tuple(v["participants"])}) for v in blob["versions"]
     ]
+    broadcasts = [
+        Broadcast(**{**b, "payload": b["payload"].numpy().tobytes()})
+        for b in blob.get("broadcasts", [])
+    ]
     coord = CoordinatorState(
-        blob["round"], blob["params"], ServerOptState(m=s["m"], v=s["v"], step=s["step"]), versions
+        blob["round"],
+        blob["params"],
+        ServerOptState(m=s["m"], v=s["v"], step=s["step"]),
+        versions,
+        blob.get("public"),
+        broadcasts,
     )
     parts = {
         k: ParticipantState(

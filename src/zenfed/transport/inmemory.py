@@ -3,8 +3,9 @@
     transport = InMemoryTransport(coordinator, participants)
     failures = transport.run(tasks, on_done=lambda pid: ...)
 
-No process, no thread hop, no serialization per participant: the participant reads the
-coordinator's current tensors directly (read-only) and hands back its delta tensors. A
+No process and no thread hop: the participant is called directly. What crosses is what
+would cross a network, bytes: the version it downloads (in full, or as the broadcasts
+since the one it holds) and its encoded update; the coordinator counts both. A
 participant that raises a ZenfedError (say, a NaN loss) is recorded as a failure for the
 round; the round goes on without it.
 """
@@ -33,11 +34,15 @@ class InMemoryTransport:
         failures: dict[str, str] = {}
         for task in tasks:
             p = self.participants[task.participant]
+
+            def download(version: str, held: str | None, pid: str = task.participant) -> bytes:
+                return self.coordinator.download(version, held, pid)
+
             try:
                 if task.kind == "train":
-                    self.coordinator.submit(p.train(task, self.coordinator.fetch))
+                    self.coordinator.submit(p.train(task, download))
                 else:
-                    self.coordinator.submit_evaluation(p.evaluate(task, self.coordinator.fetch))
+                    self.coordinator.submit_evaluation(p.evaluate(task, download))
             except ZenfedError as e:
                 failures[task.participant] = str(e)
             if on_done is not None:
