@@ -109,6 +109,10 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
 def _print_summary(s: dict[str, Any], out: Path) -> None:
     table = Table(title="zenfed simulation", show_header=False)
     rows = [
@@ -124,6 +128,8 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
             else None,
         ),
         ("optimizer steps (all participants)", s["fed_steps"]),
+        ("bytes uploaded / downloaded", f"{_mb(s['upload_bytes'])} / {_mb(s['download_bytes'])}"),
+        ("upload compression vs dense float32", f"{s['compression_ratio']:.1f}x"),
         ("federated run wall time (s)", s["seconds"]),
     ]
     for label, value in rows:

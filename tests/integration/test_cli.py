@@ -137,6 +137,13 @@ def test_export_writes_a_loadable_peft_adapter(config: Path, tmp_path: Path) -> 
             '[data]\ncorpus = "chatterbot"\ncategories = ["ai"]\nmax_seq_len = 20\n',
             "participant 'ai' has 0 usable examples",
         ),
+        (
+            '[data]\ncorpus = "chatterbot"\ncategories = ["ai"]\n'
+            '[[compress.pipeline]]\ncodec = "topk"\nk = 100000\n',
+            "topk k=100000 exceeds a tensor of 512 values",
+        ),
+        ('[[compress.pipeline]]\ncodec = "quantize"\nbits = 3\n', "bits"),
+        ('[[compress.pipeline]]\ncodec = "gzip"\n', "unknown codec 'gzip'"),
     ],
 )
 def test_bad_input_gets_one_line_and_leaves_nothing(

@@ -57,9 +57,10 @@ def run_simulation(
             "the simulation world was built for another model, adapter, data or seed",
             fix="build_world(cfg) for this config",
         )
+    # The coordinator checks the codec settings against the adapter's shapes: before writing.
+    coord = Coordinator(cfg, world.initial, {d.name: len(d.train) for d in world.data})
     if not resume:
         _init_out_dir(out, cfg)
-    coord = Coordinator(cfg, world.initial, {d.name: len(d.train) for d in world.data})
     history: list[dict[str, Any]] = []
     world.runtime.configure(cfg.train, cfg.compress)  # a world may be reused with another config
     for p in world.participants.values():
