@@ -1,0 +1,201 @@
+"""The coordinator's database: SQLAlchemy models, SQLite by default, any URL (PostgreSQL).
+
+    db = Database("sqlite:///state/zenfed.db")   # or postgresql+psycopg://...
+    db.upgrade()                                  # Alembic migrations to the newest schema
+    with db.transaction() as s:                   # one commit, or none
+        s.add(Participant(...)); audit(s, "operator", "invite", {...})
+
+Tensors never live here: versions and updates are rows naming blobs (sha256) in the
+:class:`~zenfed.store.blobs.BlobStore`. Every state change is written with an ``Audit``
+row in the same transaction, so the audit log is complete by construction. SQLite runs in
+WAL mode with full fsync and foreign keys on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Engine,
+    ForeignKey,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Participant(Base):
+    """An enrolled data holder: its public key and what it declared (never its data)."""
+
+    __tablename__ = "participants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the public key
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    capacity: Mapped[dict[str, Any]]
+    data_profile: Mapped[dict[str, Any]]
+    enrolled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class EnrollmentToken(Base):
+    """A single-use invitation; only its hash is stored."""
+
+    __tablename__ = "enrollment_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    used_by: Mapped[str | None] = mapped_column(ForeignKey("participants.id"))
+
+
+class Round(Base):
+    """One training round: its cohort, the version it starts from, how it ended."""
+
+    __tablename__ = "rounds"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)  # 0-based number
+    status: Mapped[str] = mapped_column(String(16))  # open | closed | aborted
+    base_version: Mapped[str] = mapped_column(ForeignKey("versions.id"))
+    codec_seed: Mapped[int] = mapped_column(BigInteger)  # up to 2**62: 64-bit everywhere
+    cohort: Mapped[list[Any]]
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    result_version: Mapped[str | None] = mapped_column(ForeignKey("versions.id"))
+    reason: Mapped[str | None] = mapped_column(String(500))
+
+
+class Update(Base):
+    """An accepted update: its metadata and the blob holding its payload."""
+
+    __tablename__ = "updates"
+    __table_args__ = (UniqueConstraint("round_id", "participant_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))
+    participant_id: Mapped[str] = mapped_column(ForeignKey("participants.id"))
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    num_examples: Mapped[int]
+    examples_seen: Mapped[int]
+    num_tokens: Mapped[int]
+    seconds: Mapped[float]
+    train_loss: Mapped[float]
+    steps: Mapped[int]
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Version(Base):
+    """A committed global version: its tensors' blob, parent and what went into it."""
+
+    __tablename__ = "versions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # tensors_hash
+    round: Mapped[int]  # -1 for the initial version
+    parent: Mapped[str | None] = mapped_column(String(64))
+    blob_sha256: Mapped[str] = mapped_column(String(64))
+    server_state_sha256: Mapped[str | None] = mapped_column(String(64))
+    participants: Mapped[list[Any]]
+    num_examples: Mapped[int]
+    metrics: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Nonce(Base):
+    """A request nonce already seen from a participant (replays are refused)."""
+
+    __tablename__ = "nonces"
+
+    participant_id: Mapped[str] = mapped_column(ForeignKey("participants.id"), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Audit(Base):
+    """One line of the audit trail: who did what, when, with which details."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]]
+
+
+def audit(session: Session, actor: str, action: str, detail: dict[str, Any]) -> None:
+    """Add an audit row to ``session`` (committed with the change it records)."""
+    session.add(Audit(actor=actor, action=action, detail=detail))
+
+
+class Database:
+    """An engine, a session factory, and the schema's migrations."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration (creates it on a fresh database)."""
+        with self.engine.begin() as conn:
+            cfg = alembic_config(self.url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose changes commit together at the end, or roll back on error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        """Release the engine's connections."""
+        self.engine.dispose()
+
+
+def alembic_config(url: str) -> Config:
+    """Alembic's config for our migrations folder and ``url``."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
