@@ -163,6 +163,14 @@ class Coordinator:
 
     def submit(self, update: Update) -> None:
         """Validate and decode ``update``, then fold it into the round's running mean."""
+        self.accept(update, self.check(update))
+
+    def check(self, update: Update) -> Tensors:
+        """Validate ``update`` and decode its payload; changes nothing (UpdateRejected).
+
+        A service persists the accepted payload between ``check`` and ``accept``, so an
+        update is counted only once it is stored.
+        """
         self._validate(update)
         r = self._open
         assert r is not None
@@ -173,6 +181,16 @@ class Coordinator:
                 f"update from '{update.participant}': {e.problem}", fix=e.fix
             ) from e
         _check_finite(update.participant, tensors)
+        return tensors
+
+    def accept(self, update: Update, tensors: Tensors) -> None:
+        """Fold a checked update's decoded tensors into the round's running mean."""
+        r = self._open
+        if r is None or update.participant in r.received:
+            raise UpdateRejected(
+                f"update from '{update.participant}' cannot be accepted twice or outside a round",
+                fix="check it first",
+            )
         r.mean.add(tensors, float(update.num_examples))
         # Keep only metadata: the running mean already holds the tensors' contribution.
         r.received[update.participant] = replace(update, payload=b"")
