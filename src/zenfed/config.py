@@ -327,6 +327,25 @@ class RunConfig(_Frozen):
     sample_prompts: tuple[str, ...] = ()
 
 
+class ServiceConfig(_Frozen):
+    """The networked coordinator: who may join, when rounds close, request limits."""
+
+    quorum: float = 1.0  # a round closes once this fraction of its cohort has uploaded
+    round_timeout_s: float = 600.0  # ...or at this deadline, with what arrived (stragglers noted)
+    min_memory_gb: float = 0.0  # enrollment requirement on the declared capacity
+    min_examples: int = 1  # enrollment requirement on the declared data
+    invite_ttl_s: float = 7 * 24 * 3600.0
+    long_poll_s: float = 20.0
+
+    @model_validator(mode="after")
+    def _check(self) -> ServiceConfig:
+        if not 0.0 < self.quorum <= 1.0:
+            raise ValueError("service.quorum must be in (0, 1]")
+        if self.round_timeout_s <= 0 or self.long_poll_s < 0:
+            raise ValueError("service.round_timeout_s must be positive, long_poll_s >= 0")
+        return self
+
+
 class FederationConfig(_Frozen):
     """The whole policy of one training effort."""
 
@@ -339,6 +358,7 @@ class FederationConfig(_Frozen):
     compress: CompressConfig = CompressConfig()
     sampling: SamplingConfig = SamplingConfig()
     run: RunConfig = RunConfig()
+    service: ServiceConfig = ServiceConfig()
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> FederationConfig:

@@ -84,7 +84,7 @@ def _version() -> Version:
         round=-1,
         parent=None,
         blob_sha256="b" * 64,
-        server_state_sha256=None,
+        server_state_sha256="d" * 64,
         participants=[],
         num_examples=0,
         metrics={},
@@ -111,16 +111,17 @@ def test_one_update_per_participant_and_round(db: Database) -> None:
         s.flush()
         s.add(
             Round(
-                id=0,
+                id=1,
+                number=0,
                 status="open",
                 base_version="a" * 64,
                 codec_seed=2**62,
-                cohort=[p.id],
+                tasks=[{"participant": p.id}],
                 deadline_at=datetime.now(UTC) + timedelta(minutes=5),
             )
         )
     row = {
-        "round_id": 0,
+        "round_id": 1,
         "participant_id": p.id,
         "payload_sha256": "c" * 64,
         "size": 10,
@@ -136,5 +137,5 @@ def test_one_update_per_participant_and_round(db: Database) -> None:
     with pytest.raises(IntegrityError), db.transaction() as s:
         s.add(Update(**row))
     with db.transaction() as s:
-        assert s.get(Round, 0).codec_seed == 2**62  # type: ignore[union-attr]
+        assert s.get(Round, 1).codec_seed == 2**62  # type: ignore[union-attr]
         assert len(s.scalars(select(Update)).all()) == 1

@@ -154,12 +154,42 @@ class Coordinator:
         tasks = self.strategy.configure(
             self.state.round, sorted(self.participants), self.version.id
         )
-        seed = tasks[0].codec_seed if tasks else 0
+        self.restore_round(tasks)
+        return tasks
+
+    def restore_round(self, tasks: list[Task]) -> None:
+        """Open the next round with exactly these tasks (a restarted service's stored ones)."""
+        if not tasks or any(t.round != self.state.round for t in tasks):
+            raise ZenfedError(
+                f"tasks do not belong to round {self.state.round}", fix="restore the open round"
+            )
+        if tasks[0].version != self.version.id:
+            raise ZenfedError(
+                "the stored round starts from another version than the latest",
+                fix="the store is inconsistent; restore it from a backup",
+            )
         self._open = _OpenRound(
-            self.state.round, frozenset(t.participant for t in tasks), self.version.id, seed
+            self.state.round,
+            frozenset(t.participant for t in tasks),
+            self.version.id,
+            tasks[0].codec_seed,
         )
         self._downloads = {}
-        return tasks
+
+    def abort_round(self) -> None:
+        """Drop the open round without a new version (what arrived is discarded)."""
+        self._open = None
+        self._downloads = {}
+
+    def enroll(self, participant: str, num_examples: int) -> None:
+        """Add a participant (it joins cohorts from the next round on)."""
+        self.participants[participant] = num_examples
+
+    @property
+    def open_round_info(self) -> tuple[int, frozenset[str], frozenset[str]] | None:
+        """(round, cohort, who has uploaded) of the open round, or None."""
+        r = self._open
+        return None if r is None else (r.round, r.cohort, frozenset(r.received))
 
     def submit(self, update: Update) -> None:
         """Validate and decode ``update``, then fold it into the round's running mean."""

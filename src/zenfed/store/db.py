@@ -77,15 +77,20 @@ class EnrollmentToken(Base):
 
 
 class Round(Base):
-    """One training round: its cohort, the version it starts from, how it ended."""
+    """One attempt at a training round: its tasks, the version it starts from, its end.
+
+    ``number`` is the engine's 0-based round; an aborted attempt (nobody uploaded by the
+    deadline) is kept and the number is tried again.
+    """
 
     __tablename__ = "rounds"
 
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)  # 0-based number
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[int]
     status: Mapped[str] = mapped_column(String(16))  # open | closed | aborted
     base_version: Mapped[str] = mapped_column(ForeignKey("versions.id"))
     codec_seed: Mapped[int] = mapped_column(BigInteger)  # up to 2**62: 64-bit everywhere
-    cohort: Mapped[list[Any]]
+    tasks: Mapped[list[Any]]  # the tasks as sent (participant, seeds, lr, ...)
     opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -121,8 +126,11 @@ class Version(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # tensors_hash
     round: Mapped[int]  # -1 for the initial version
     parent: Mapped[str | None] = mapped_column(String(64))
-    blob_sha256: Mapped[str] = mapped_column(String(64))
-    server_state_sha256: Mapped[str | None] = mapped_column(String(64))
+    blob_sha256: Mapped[str] = mapped_column(String(64))  # the version as downloaded in full
+    server_state_sha256: Mapped[str] = mapped_column(String(64))  # params + optimizer state
+    # With a downlink codec: the broadcast that leads from the parent to this version.
+    broadcast_sha256: Mapped[str | None] = mapped_column(String(64))
+    broadcast_seed: Mapped[int | None] = mapped_column(BigInteger)
     participants: Mapped[list[Any]]
     num_examples: Mapped[int]
     metrics: Mapped[dict[str, Any]]

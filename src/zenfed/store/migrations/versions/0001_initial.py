@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 02:23:28.338939
+Create Date: 2026-11-22 02:27:03.981352
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ def upgrade() -> None:
         sa.Column("round", sa.Integer(), nullable=False),
         sa.Column("parent", sa.String(length=64), nullable=True),
         sa.Column("blob_sha256", sa.String(length=64), nullable=False),
-        sa.Column("server_state_sha256", sa.String(length=64), nullable=True),
+        sa.Column("server_state_sha256", sa.String(length=64), nullable=False),
+        sa.Column("broadcast_sha256", sa.String(length=64), nullable=True),
+        sa.Column("broadcast_seed", sa.BigInteger(), nullable=True),
         sa.Column("participants", sa.JSON(), nullable=False),
         sa.Column("num_examples", sa.Integer(), nullable=False),
         sa.Column("metrics", sa.JSON(), nullable=False),
@@ -78,11 +80,12 @@ def upgrade() -> None:
     )
     op.create_table(
         "rounds",
-        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("number", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("base_version", sa.String(length=64), nullable=False),
         sa.Column("codec_seed", sa.BigInteger(), nullable=False),
-        sa.Column("cohort", sa.JSON(), nullable=False),
+        sa.Column("tasks", sa.JSON(), nullable=False),
         sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("deadline_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),

@@ -1,0 +1,468 @@
+"""The coordinator of a deployment: the round engine, with a database and a blob store
+under it so that enrollment, every accepted update and every version survive a crash.
+
+    fed = PersistentCoordinator(cfg, initial, Database(url), BlobStore(root))
+    token = fed.invite("clinic-7")                                  # operator
+    pid = fed.enroll(token, "clinic-7", public_key, capacity, data)  # participant
+    fed.tick()                                                      # open/close on time
+    task = fed.next_task(pid)                                       # None: nothing to do
+    fed.submit(update)                                              # stored, then counted
+
+A submit runs ``engine.check`` (validate and decode; nothing changes), writes the payload
+to the blob store (atomic), commits one transaction (the update's row and its audit
+line), and only then ``engine.accept``. A crash before the commit loses nothing that was
+acknowledged: the participant retries. After it, a restart replays the open round's
+stored updates into the engine, so none is lost and none counted twice. A retry of an
+accepted upload (same participant, round and payload hash) is acknowledged again and not
+counted. This class knows nothing of HTTP: ``transport.http`` serves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import safetensors.torch
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from zenfed.aggregate.server_opt import ServerOptState
+from zenfed.compress.downlink import Broadcast
+from zenfed.config import FederationConfig
+from zenfed.coordinator.engine import (
+    KEEP_BROADCASTS,
+    Coordinator,
+    CoordinatorState,
+    UpdateRejected,
+)
+from zenfed.errors import ZenfedError
+from zenfed.protocol.auth import MAX_SKEW_S, AuthError, participant_id, verify_request
+from zenfed.protocol.messages import GlobalVersion, Task, Tensors, Update
+from zenfed.store.blobs import BlobStore
+from zenfed.store.db import Audit, Database, EnrollmentToken, Nonce, Participant, Round, Version
+from zenfed.store.db import Update as UpdateRow
+from zenfed.store.db import audit as audit_row
+
+
+class EnrollmentRefused(ZenfedError):
+    """An enrollment that cannot proceed (token, requirements, identity)."""
+
+
+class PersistentCoordinator:
+    """The engine plus durable state: what ``zenfed serve`` runs."""
+
+    def __init__(
+        self,
+        cfg: FederationConfig,
+        initial: Tensors,
+        db: Database,
+        blobs: BlobStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg, self.db, self.blobs, self.clock = cfg, db, blobs, clock
+        self.rejections: Counter[str] = Counter()
+        db.upgrade()
+        self.engine = Coordinator(cfg, initial, {})
+        self._round_id: int | None = None  # the open attempt's row
+        self._tasks: dict[str, Task] = {}
+        self._deadline = 0.0
+        with db.transaction() as s:
+            known = s.scalar(select(Version.id).limit(1))
+        if known is None:
+            self._store_version(None, None, "initial")
+        else:
+            self._recover()
+
+    # ---- enrollment ----------------------------------------------------------------------
+
+    def invite(self, label: str = "", ttl_s: float | None = None) -> str:
+        """A new single-use enrollment token (only its hash is stored)."""
+        token = secrets.token_urlsafe(24)
+        ttl = self.cfg.service.invite_ttl_s if ttl_s is None else ttl_s
+        with self.db.transaction() as s:
+            s.add(
+                EnrollmentToken(
+                    token_hash=_sha(token.encode()),
+                    label=label,
+                    expires_at=self._now() + timedelta(seconds=ttl),
+                )
+            )
+            audit_row(s, "operator", "invite", {"label": label, "ttl_s": ttl})
+        return token
+
+    def enroll(
+        self,
+        token: str,
+        name: str,
+        public_key: bytes,
+        capacity: dict[str, Any],
+        data_profile: dict[str, Any],
+    ) -> str:
+        """Enroll a participant with a token; returns its id. Refusals name the reason."""
+        svc = self.cfg.service
+        if len(public_key) != 32:
+            raise EnrollmentRefused("public key is not 32 raw Ed25519 bytes", fix="send the key")
+        memory = capacity.get("memory_gb", 0.0)
+        if not isinstance(memory, int | float) or memory < svc.min_memory_gb:
+            raise EnrollmentRefused(
+                f"declared memory {memory} GB is below the federation's {svc.min_memory_gb} GB",
+                fix="join from a machine that meets the requirements",
+            )
+        examples = data_profile.get("examples", 0)
+        if not isinstance(examples, int) or examples < svc.min_examples:
+            raise EnrollmentRefused(
+                f"declared {examples} examples; the federation needs at least {svc.min_examples}",
+                fix="declare the number of training examples",
+            )
+        pid = participant_id(public_key)
+        with self.db.transaction() as s:
+            tok = s.get(EnrollmentToken, _sha(token.encode()), with_for_update=True)
+            if tok is None:
+                raise EnrollmentRefused("unknown enrollment token", fix="ask the operator")
+            if tok.used_at is not None:
+                raise EnrollmentRefused("enrollment token was already used", fix="ask for another")
+            if _aware(tok.expires_at) < self._now():
+                raise EnrollmentRefused("enrollment token has expired", fix="ask for another")
+            if s.get(Participant, pid) is not None:
+                raise EnrollmentRefused("this key is already enrolled", fix="use a new identity")
+            if s.scalar(select(Participant.id).where(Participant.name == name)) is not None:
+                raise EnrollmentRefused(f"the name '{name}' is taken", fix="choose another name")
+            s.add(
+                Participant(
+                    id=pid,
+                    name=name,
+                    public_key=public_key,
+                    capacity=capacity,
+                    data_profile=data_profile,
+                )
+            )
+            s.flush()
+            tok.used_at, tok.used_by = self._now(), pid
+            audit_row(s, pid, "enroll", {"name": name, "capacity": capacity, "data": data_profile})
+        self.engine.enroll(pid, examples)
+        return pid
+
+    def revoke(self, pid: str) -> None:
+        """Remove a participant: its requests are refused from now on."""
+        with self.db.transaction() as s:
+            p = s.get(Participant, pid)
+            if p is None:
+                raise ZenfedError(f"no participant {pid[:12]}", fix="check the id")
+            p.revoked_at = self._now()
+            audit_row(s, "operator", "revoke", {"participant": pid})
+        self.engine.participants.pop(pid, None)
+
+    def authenticate(
+        self, pid: str, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> str:
+        """Check a signed request from ``pid``; records its nonce. Returns ``pid``."""
+        with self.db.transaction() as s:
+            p = s.get(Participant, pid)
+            if p is None or p.revoked_at is not None:
+                what = "unknown" if p is None else "revoked"
+                raise AuthError(f"participant {pid[:12]} is {what}", fix="enroll again")
+            nonce = verify_request(p.public_key, method, path, body, headers, self.clock())
+        try:
+            with self.db.transaction() as s:
+                s.add(Nonce(participant_id=pid, nonce=nonce))
+        except IntegrityError as e:
+            raise AuthError("request nonce was already used (a replay)", fix="sign anew") from e
+        return pid
+
+    # ---- rounds ----------------------------------------------------------------------------
+
+    def tick(self) -> GlobalVersion | None:
+        """Open a round when none is open, close one at quorum or deadline."""
+        info = self.engine.open_round_info
+        if info is None:
+            if self._can_open():
+                self._open()
+            return None
+        _, cohort, received = info
+        if len(received) >= math.ceil(self.cfg.service.quorum * len(cohort)):
+            return self._close("quorum")
+        if self.clock() >= self._deadline:
+            if received:
+                return self._close("deadline")
+            self._abort("deadline passed with no update")
+        return None
+
+    def next_task(self, pid: str) -> Task | None:
+        """The open round's task for ``pid``, unless it has none or already uploaded."""
+        info = self.engine.open_round_info
+        if info is None or pid not in self._tasks or pid in info[2]:
+            return None
+        return self._tasks[pid]
+
+    def submit(self, update: Update) -> Literal["accepted", "duplicate"]:
+        """Validate, store, then count ``update``; a retry of a stored one is acknowledged."""
+        digest = _sha(update.payload)
+        if self._round_id is not None and update.round == self.engine.state.round:
+            with self.db.transaction() as s:
+                prior = s.scalar(
+                    select(UpdateRow).where(
+                        UpdateRow.round_id == self._round_id,
+                        UpdateRow.participant_id == update.participant,
+                    )
+                )
+            if prior is not None and prior.payload_sha256 == digest:
+                return "duplicate"
+        try:
+            tensors = self.engine.check(update)
+        except UpdateRejected as e:
+            self.rejections[_reason(e.problem)] += 1
+            raise
+        self.blobs.put(update.payload)
+        with self.db.transaction() as s:
+            s.add(_update_row(update, self._round_id or 0, digest))
+            audit_row(
+                s,
+                update.participant,
+                "upload",
+                {"round": update.round, "sha256": digest, "bytes": len(update.payload)},
+            )
+        self.engine.accept(update, tensors)
+        return "accepted"
+
+    def version_blob(self, version: str) -> str:
+        """The blob digest of a committed version (as downloaded in full)."""
+        with self.db.transaction() as s:
+            row = s.get(Version, version)
+        if row is None:
+            raise ZenfedError(f"no version {version[:12]}", fix="ask for the current one")
+        return row.blob_sha256
+
+    def status(self) -> dict[str, Any]:
+        """The federation at a glance: round, version, participants, open round."""
+        info = self.engine.open_round_info
+        return {
+            "round": self.engine.state.round,
+            "rounds": self.cfg.run.rounds,
+            "version": self.engine.version.id,
+            "participants": len(self.engine.participants),
+            "open_round": None
+            if info is None
+            else {
+                "round": info[0],
+                "cohort": len(info[1]),
+                "received": len(info[2]),
+                "deadline_in_s": round(self._deadline - self.clock(), 1),
+            },
+            "rejections": dict(self.rejections),
+        }
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _can_open(self) -> bool:
+        enough = len(self.engine.participants) >= max(1, self.cfg.sampling.min_participants)
+        return enough and self.engine.state.round < self.cfg.run.rounds
+
+    def _open(self) -> None:
+        tasks = self.engine.open_round()
+        deadline = self.clock() + self.cfg.service.round_timeout_s
+        try:
+            with self.db.transaction() as s:
+                row = Round(
+                    number=tasks[0].round,
+                    status="open",
+                    base_version=tasks[0].version,
+                    codec_seed=tasks[0].codec_seed,
+                    tasks=[asdict(t) for t in tasks],
+                    deadline_at=datetime.fromtimestamp(deadline, UTC),
+                )
+                s.add(row)
+                s.flush()
+                audit_row(s, "coordinator", "open_round", {"round": row.number, "id": row.id})
+                self._round_id = row.id
+        except BaseException:
+            self.engine.abort_round()
+            raise
+        self._tasks = {t.participant: t for t in tasks}
+        self._deadline = deadline
+        # Nonces older than the accepted clock skew can never be replayed: forget them.
+        with self.db.transaction() as s:
+            cutoff = self._now() - timedelta(seconds=2 * MAX_SKEW_S)
+            s.execute(delete(Nonce).where(Nonce.seen_at < cutoff))
+
+    def _close(self, why: str) -> GlobalVersion:
+        version = self.engine.close_round()
+        self._store_version(version, self._round_id, why)
+        self._round_id, self._tasks = None, {}
+        return version
+
+    def _abort(self, reason: str) -> None:
+        with self.db.transaction() as s:
+            row = s.get(Round, self._round_id)
+            assert row is not None
+            row.status, row.closed_at, row.reason = "aborted", self._now(), reason
+            audit_row(s, "coordinator", "abort_round", {"round": row.number, "reason": reason})
+        self.engine.abort_round()
+        self._round_id, self._tasks = None, {}
+
+    def _store_version(self, version: GlobalVersion | None, round_id: int | None, why: str) -> None:
+        """Blobs first (atomic, idempotent), then one transaction for the rows."""
+        st = self.engine.state
+        v = version or self.engine.version
+        full = self.blobs.put(self.engine.version_bytes(v.id))
+        server = self.blobs.put(_server_state_bytes(st))
+        bc = st.broadcasts[-1] if st.broadcasts and st.broadcasts[-1].version == v.id else None
+        bc_sha = self.blobs.put(bc.payload) if bc else None
+        with self.db.transaction() as s:
+            s.add(
+                Version(
+                    id=v.id,
+                    round=v.round,
+                    parent=v.parent,
+                    blob_sha256=full,
+                    server_state_sha256=server,
+                    broadcast_sha256=bc_sha,
+                    broadcast_seed=bc.seed if bc else None,
+                    participants=list(v.participants),
+                    num_examples=v.num_examples,
+                    metrics=v.metrics,
+                )
+            )
+            if round_id is not None:
+                row = s.get(Round, round_id)
+                assert row is not None
+                row.status, row.closed_at, row.result_version = "closed", self._now(), v.id
+                row.reason = why
+            audit_row(s, "coordinator", "commit_version", {"version": v.id, "round": v.round})
+
+    def _recover(self) -> None:
+        """Rebuild the engine from the store: participants, versions, the open round."""
+        with self.db.transaction() as s:
+            people = s.scalars(select(Participant).where(Participant.revoked_at.is_(None))).all()
+            rows = s.scalars(select(Version).order_by(Version.round, Version.created_at)).all()
+            open_row = s.scalar(select(Round).where(Round.status == "open"))
+            stored = (
+                s.scalars(select(UpdateRow).where(UpdateRow.round_id == open_row.id)).all()
+                if open_row
+                else []
+            )
+        for p in people:
+            self.engine.enroll(p.id, int(p.data_profile.get("examples", 1)))
+        latest = rows[-1]
+        params, server_state = _load_server_state(self.blobs.get(latest.server_state_sha256))
+        published = dict(safetensors.torch.load(self.blobs.get(latest.blob_sha256)))
+        broadcasts = [
+            Broadcast(
+                r.id, r.parent or "", r.broadcast_seed or 0, self.blobs.get(r.broadcast_sha256)
+            )
+            for r in rows[-KEEP_BROADCASTS:]
+            if r.broadcast_sha256
+        ]
+        versions = [
+            GlobalVersion(r.id, r.round, r.parent, tuple(r.participants), r.num_examples, r.metrics)
+            for r in rows
+        ]
+        public = published if self.engine.downlink is not None else None
+        self.engine.state = CoordinatorState(
+            latest.round + 1, params, server_state, versions, public, broadcasts
+        )
+        if open_row is None:
+            return
+        tasks = [Task(**t) for t in open_row.tasks]
+        self.engine.restore_round(tasks)
+        self._round_id, self._tasks = open_row.id, {t.participant: t for t in tasks}
+        deadline = open_row.deadline_at
+        self._deadline = _aware(deadline).timestamp() if deadline else self.clock()
+        for row in stored:  # replay: validated again, counted once
+            u = _update_from_row(row, self.blobs.get(row.payload_sha256), open_row)
+            self.engine.accept(u, self.engine.check(u))
+
+    def audit_log(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """Every audit line, oldest first, as (actor, action, detail)."""
+        with self.db.transaction() as s:
+            return [
+                (a.actor, a.action, a.detail) for a in s.scalars(select(Audit).order_by(Audit.id))
+            ]
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _aware(dt: datetime) -> datetime:
+    # SQLite returns naive datetimes even for timezone-aware columns: they are UTC.
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def _reason(problem: str) -> str:
+    """A short, bounded label for a rejection (for the metrics' reason label)."""
+    for key in (
+        "not open",
+        "cohort",
+        "already uploaded",
+        "another version",
+        "num_examples",
+        "payload",
+        "part",
+        "NaN",
+        "exceeds",
+    ):
+        if key in problem:
+            return key.replace(" ", "_").lower()
+    return "other"
+
+
+def _update_row(u: Update, round_id: int, digest: str) -> UpdateRow:
+    return UpdateRow(
+        round_id=round_id,
+        participant_id=u.participant,
+        payload_sha256=digest,
+        size=len(u.payload),
+        num_examples=u.num_examples,
+        examples_seen=u.examples_seen,
+        num_tokens=u.num_tokens,
+        seconds=u.seconds,
+        train_loss=u.train_loss,
+        steps=u.steps,
+    )
+
+
+def _update_from_row(row: UpdateRow, payload: bytes, round_row: Round) -> Update:
+    return Update(
+        round=round_row.number,
+        participant=row.participant_id,
+        base_version=round_row.base_version,
+        payload=payload,
+        num_examples=row.num_examples,
+        examples_seen=row.examples_seen,
+        num_tokens=row.num_tokens,
+        seconds=row.seconds,
+        train_loss=row.train_loss,
+        steps=row.steps,
+    )
+
+
+def _server_state_bytes(st: CoordinatorState) -> bytes:
+    """The server's parameters and optimizer moments as one safetensors blob."""
+    tensors = {f"params/{k}": v for k, v in st.params.items()}
+    tensors |= {f"m/{k}": v for k, v in st.server_state.m.items()}
+    tensors |= {f"v/{k}": v for k, v in st.server_state.v.items()}
+    meta = {"format": "zenfed-server-state/1", "step": str(st.server_state.step)}
+    return safetensors.torch.save({k: t.contiguous() for k, t in tensors.items()}, metadata=meta)
+
+
+def _load_server_state(data: bytes) -> tuple[Tensors, ServerOptState]:
+    tensors = safetensors.torch.load(data)
+    n = int.from_bytes(data[:8], "little")
+    import json
+
+    step = int(json.loads(data[8 : 8 + n])["__metadata__"]["step"])
+    parts: dict[str, Tensors] = {"params": {}, "m": {}, "v": {}}
+    for key, t in tensors.items():
+        kind, name = key.split("/", 1)
+        parts[kind][name] = t
+    return parts["params"], ServerOptState(m=parts["m"], v=parts["v"], step=step)

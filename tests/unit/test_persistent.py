@@ -1,0 +1,213 @@
+"""The deployment's coordinator: enrollment, durable rounds, restart after a crash."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from zenfed.config import FederationConfig, parse_config
+from zenfed.coordinator.engine import UpdateRejected
+from zenfed.coordinator.persistent import EnrollmentRefused, PersistentCoordinator
+from zenfed.protocol import Update
+from zenfed.protocol.auth import AuthError, Identity, sign_request
+from zenfed.store.blobs import BlobStore
+from zenfed.store.db import Database
+
+INITIAL = {"a": torch.zeros(2, 3), "b": torch.ones(4)}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _cfg(**service: Any) -> FederationConfig:
+    return parse_config(
+        {
+            "data": {"categories": ["ai"]},
+            "server": {"optimizer": "fedavgm", "lr": 1.0, "momentum": 0.5},
+            "sampling": {"fraction": 1.0, "min_participants": 2},
+            "run": {"rounds": 3},
+            "service": {"quorum": 1.0, "round_timeout_s": 60.0, **service},
+        }
+    )
+
+
+def _fed(tmp: Path, clock: Clock, cfg: FederationConfig | None = None) -> PersistentCoordinator:
+    db = Database(f"sqlite:///{tmp / 'fed.db'}")
+    return PersistentCoordinator(cfg or _cfg(), INITIAL, db, BlobStore(tmp / "blobs"), clock)
+
+
+def _join(fed: PersistentCoordinator, name: str, examples: int = 10) -> tuple[str, Identity]:
+    me = Identity(Ed25519PrivateKey.generate())
+    pid = fed.enroll(
+        fed.invite(name), name, me.public_key, {"memory_gb": 32}, {"examples": examples}
+    )
+    return pid, me
+
+
+def _upload(fed: PersistentCoordinator, pid: str, value: float, examples: int = 10) -> Update:
+    task = fed.next_task(pid)
+    assert task is not None
+    codec = fed.engine.codec
+    tensors = {k: torch.full_like(v, value) for k, v in INITIAL.items()}
+    return Update(
+        round=task.round,
+        participant=pid,
+        base_version=task.version,
+        payload=codec.to_bytes(codec.encode(tensors, shared_seed=task.codec_seed)),
+        num_examples=examples,
+        examples_seen=8,
+        num_tokens=100,
+        seconds=1.0,
+        train_loss=2.0,
+        steps=1,
+    )
+
+
+def test_enrolled_participants_train_a_round_and_everything_is_recorded(tmp_path: Path) -> None:
+    clock = Clock()
+    fed = _fed(tmp_path, clock)
+    a, _ = _join(fed, "clinic", 30)
+    fed.tick()
+    assert fed.engine.open_round_info is None  # one participant is below min_participants
+    b, _ = _join(fed, "lab", 10)
+    fed.tick()
+    assert fed.next_task(a) is not None and fed.next_task(b) is not None
+    assert fed.submit(_upload(fed, a, 1.0, 30)) == "accepted"
+    assert fed.next_task(a) is None  # uploaded: nothing more to do this round
+    fed.submit(_upload(fed, b, 5.0, 10))
+    version = fed.tick()  # quorum reached
+    assert version is not None and version.round == 0
+    torch.testing.assert_close(fed.engine.state.params["a"], torch.full((2, 3), 2.0))
+    blob = fed.version_blob(version.id)
+    assert fed.blobs.has(blob)
+    actions = [action for _, action, _ in fed.audit_log()]
+    assert actions == [
+        "commit_version",
+        "invite",
+        "enroll",
+        "invite",
+        "enroll",
+        "open_round",
+        "upload",
+        "upload",
+        "commit_version",
+    ]
+
+
+def test_enrollment_refusals_name_the_reason(tmp_path: Path) -> None:
+    fed = _fed(tmp_path, Clock(), _cfg(min_memory_gb=16.0))
+    key = Identity(Ed25519PrivateKey.generate()).public_key
+    token = fed.invite("x")
+    with pytest.raises(EnrollmentRefused, match="memory 8 GB is below the federation's 16.0 GB"):
+        fed.enroll(token, "small", key, {"memory_gb": 8}, {"examples": 5})
+    with pytest.raises(EnrollmentRefused, match="unknown enrollment token"):
+        fed.enroll("forged", "p", key, {"memory_gb": 32}, {"examples": 5})
+    fed.enroll(token, "p", key, {"memory_gb": 32}, {"examples": 5})
+    other = Identity(Ed25519PrivateKey.generate()).public_key
+    with pytest.raises(EnrollmentRefused, match="already used"):
+        fed.enroll(token, "q", other, {"memory_gb": 32}, {"examples": 5})
+    with pytest.raises(EnrollmentRefused, match="already enrolled"):
+        fed.enroll(fed.invite(), "r", key, {"memory_gb": 32}, {"examples": 5})
+    with pytest.raises(EnrollmentRefused, match="name 'p' is taken"):
+        fed.enroll(fed.invite(), "p", other, {"memory_gb": 32}, {"examples": 5})
+    expired = fed.invite(ttl_s=10)
+    fed.clock.t += 11  # type: ignore[attr-defined]
+    with pytest.raises(EnrollmentRefused, match="expired"):
+        fed.enroll(expired, "late", other, {"memory_gb": 32}, {"examples": 5})
+
+
+def test_retried_upload_is_acknowledged_once_and_a_different_one_refused(tmp_path: Path) -> None:
+    fed = _fed(tmp_path, Clock())
+    a, _ = _join(fed, "a")
+    _join(fed, "b")
+    fed.tick()
+    up = _upload(fed, a, 1.0)
+    assert fed.submit(up) == "accepted"
+    assert fed.submit(up) == "duplicate"
+    with pytest.raises(UpdateRejected, match="already uploaded"):
+        fed.submit(_upload_again(fed, up, 7.0))
+    assert fed.engine.open_round_info is not None
+    assert len(fed.engine.open_round_info[2]) == 1
+    assert fed.rejections == {"already_uploaded": 1}
+
+
+def _upload_again(fed: PersistentCoordinator, up: Update, value: float) -> Update:
+    from dataclasses import replace
+
+    codec = fed.engine.codec
+    tensors = {k: torch.full_like(v, value) for k, v in INITIAL.items()}
+    return replace(up, payload=codec.to_bytes(codec.encode(tensors, shared_seed=0)))
+
+
+def test_a_restart_mid_round_loses_no_accepted_update_and_counts_none_twice(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    fed = _fed(tmp_path / "crash", clock)
+    ref = _fed(tmp_path / "ref", Clock())
+    ids = {}
+    for f in (fed, ref):
+        ids[id(f)] = [_join(f, n, e) for n, e in (("a", 30), ("b", 10))]
+        f.tick()
+    (a, _), (b, _) = ids[id(fed)]
+    fed.submit(_upload(fed, a, 1.0, 30))
+    del fed  # the process dies here: nothing but the database and blobs remain
+    fed = _fed(tmp_path / "crash", clock)
+    assert fed.engine.open_round_info is not None
+    assert fed.engine.open_round_info[2] == {a}  # the accepted update is back, once
+    assert fed.next_task(a) is None and fed.next_task(b) is not None
+    fed.submit(_upload(fed, b, 5.0, 10))
+    v = fed.tick()
+    (ra, _), (rb, _) = ids[id(ref)]
+    ref.submit(_upload(ref, ra, 1.0, 30))
+    ref.submit(_upload(ref, rb, 5.0, 10))
+    rv = ref.tick()
+    assert v is not None and rv is not None and v.id == rv.id
+    # and after the round: the version, server momentum and round number survive a restart
+    fed.tick()
+    again = _fed(tmp_path / "crash", clock)
+    assert again.engine.version.id == v.id and again.engine.state.round == 1
+    for k in INITIAL:
+        torch.testing.assert_close(
+            again.engine.state.server_state.m[k], fed.engine.state.server_state.m[k]
+        )
+    assert again.engine.open_round_info is not None and again.engine.open_round_info[0] == 1
+
+
+def test_deadline_closes_with_stragglers_or_aborts_an_empty_round(tmp_path: Path) -> None:
+    clock = Clock()
+    fed = _fed(tmp_path, clock)
+    a, _ = _join(fed, "a")
+    _join(fed, "b")
+    fed.tick()
+    clock.t += 61
+    assert fed.tick() is None and fed.engine.open_round_info is None  # aborted, nobody uploaded
+    fed.tick()  # round 0 again, new attempt
+    fed.submit(_upload(fed, a, 1.0))
+    clock.t += 61
+    v = fed.tick()
+    assert v is not None and v.metrics["stragglers"] == 1.0
+    assert [act for _, act, _ in fed.audit_log()].count("abort_round") == 1
+
+
+def test_signed_requests_refuse_replays_and_revoked_participants(tmp_path: Path) -> None:
+    clock = Clock()
+    fed = _fed(tmp_path, clock)
+    pid, me = _join(fed, "a")
+    h = sign_request(me, "GET", "/v1/task", b"", now=clock.t)
+    assert fed.authenticate(pid, "GET", "/v1/task", b"", h) == pid
+    with pytest.raises(AuthError, match="replay"):
+        fed.authenticate(pid, "GET", "/v1/task", b"", h)
+    with pytest.raises(AuthError, match="unknown"):
+        fed.authenticate("0" * 64, "GET", "/v1/task", b"", h)
+    fed.revoke(pid)
+    h2 = sign_request(me, "GET", "/v1/task", b"", now=clock.t)
+    with pytest.raises(AuthError, match="revoked"):
+        fed.authenticate(pid, "GET", "/v1/task", b"", h2)
