@@ -2,6 +2,10 @@
 
     zenfed simulate --config examples/demo.toml --baseline centralized
     zenfed export --run runs/demo --out exported --merged
+    zenfed serve --config federation.toml --state state/        # the coordinator service
+    zenfed invite --url http://127.0.0.1:8000 --state state/    # an enrollment token
+    zenfed join --url http://127.0.0.1:8000 --token T --name clinic --data notes.jsonl
+    zenfed status --url http://127.0.0.1:8000 --state state/
 
 Errors a user can fix print one line (problem; fix) and exit with status 2.
 """
@@ -71,7 +75,8 @@ def export(
 ) -> None:
     """Export a run's global adapter as a PEFT folder (or a merged transformers model)."""
     from zenfed.config import parse_config
-    from zenfed.model import attach_lora, export_adapter, export_merged, load_base_model
+    from zenfed.model import export_adapter, export_merged
+    from zenfed.model.build import adapter_model
     from zenfed.store.checkpoint import load_checkpoint
 
     try:
@@ -83,15 +88,123 @@ def export(
             )
         cfg = parse_config(json.loads(cfg_file.read_text()), origin=str(cfg_file))
         state, _, _ = load_checkpoint(run / "checkpoint.pt")
-        base, tok = load_base_model(cfg.model)
-        model = attach_lora(base, cfg.lora)
+        model, tok = adapter_model(cfg)
         if merged:
-            export_merged(model, state.params, tok, out)
+            export_merged(model, state.published, tok, out)
         else:
-            export_adapter(model, state.params, out)
+            export_adapter(model, state.published, out)
     except ZenfedError as e:
         _fail(e)
     console.print(f"wrote {'merged model' if merged else 'PEFT adapter'} to {out}")
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option(help="federation TOML file")],
+    state: Annotated[Path, typer.Option(help="folder for the database, blobs, operator token")],
+    db: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in --state)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+) -> None:
+    """Run the coordinator service (state survives restarts)."""
+    from zenfed.config import load_config
+
+    try:
+        cfg = load_config(config)
+        from zenfed.deploy import serve as run_service
+
+        run_service(cfg, state, db, host, port, tls_cert, tls_key)
+    except ZenfedError as e:
+        _fail(e)
+
+
+def _tls(cafile: Path | None) -> Any:
+    import ssl
+
+    return ssl.create_default_context(cafile=str(cafile)) if cafile else True
+
+
+def _operator(state: Path | None, token: str | None) -> str:
+    if token:
+        return token
+    if state is not None and (state / "operator-token").is_file():
+        return (state / "operator-token").read_text().strip()
+    raise ZenfedError("no operator credential", fix="pass --state (of serve) or --operator-token")
+
+
+@app.command()
+def invite(
+    url: Annotated[str, typer.Option(help="the coordinator's URL")],
+    state: Annotated[Path | None, typer.Option(help="the coordinator's --state")] = None,
+    operator_token: Annotated[str | None, typer.Option(help="the operator token")] = None,
+    label: Annotated[str, typer.Option(help="who the token is for")] = "",
+    cafile: Annotated[Path | None, typer.Option(help="CA certificate for TLS")] = None,
+) -> None:
+    """Print a single-use enrollment token."""
+    import httpx
+
+    try:
+        headers = {"authorization": f"Bearer {_operator(state, operator_token)}"}
+        r = httpx.post(
+            f"{url.rstrip('/')}/v1/invites",
+            json={"label": label},
+            headers=headers,
+            verify=_tls(cafile),
+        )
+        if r.status_code != 200:
+            raise ZenfedError(f"coordinator refused ({r.status_code}): {r.text}", fix="")
+    except (ZenfedError, httpx.HTTPError) as e:
+        _fail(e if isinstance(e, ZenfedError) else ZenfedError(str(e), fix="is it running?"))
+        return
+    print(r.json()["token"])
+
+
+@app.command()
+def status(
+    url: Annotated[str, typer.Option(help="the coordinator's URL")],
+    state: Annotated[Path | None, typer.Option(help="the coordinator's --state")] = None,
+    operator_token: Annotated[str | None, typer.Option(help="the operator token")] = None,
+    cafile: Annotated[Path | None, typer.Option(help="CA certificate for TLS")] = None,
+) -> None:
+    """Show the federation's state as a table."""
+    import httpx
+
+    try:
+        headers = {"authorization": f"Bearer {_operator(state, operator_token)}"}
+        r = httpx.get(f"{url.rstrip('/')}/v1/status", headers=headers, verify=_tls(cafile))
+        if r.status_code != 200:
+            raise ZenfedError(f"coordinator refused ({r.status_code}): {r.text}", fix="")
+    except (ZenfedError, httpx.HTTPError) as e:
+        _fail(e if isinstance(e, ZenfedError) else ZenfedError(str(e), fix="is it running?"))
+        return
+    table = Table(title="zenfed federation", show_header=False)
+    for key, value in r.json().items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    console.print(table)
+
+
+@app.command()
+def join(
+    url: Annotated[str, typer.Option(help="the coordinator's URL")],
+    name: Annotated[str, typer.Option(help="this participant's name")],
+    identity: Annotated[Path, typer.Option(help="Ed25519 key file (created 0600 if absent)")],
+    token: Annotated[str | None, typer.Option(help="enrollment token (first time)")] = None,
+    data: Annotated[Path | None, typer.Option(help="local data file (JSONL, CSV, ...)")] = None,
+    chatterbot: Annotated[str | None, typer.Option(help="or a chatterbot category")] = None,
+    cafile: Annotated[Path | None, typer.Option(help="CA certificate for TLS")] = None,
+    memory_gb: Annotated[float | None, typer.Option(help="declared memory")] = None,
+) -> None:
+    """Enroll with the coordinator and train until the federation finishes."""
+    try:
+        from zenfed.deploy import join as run_join
+
+        run_join(url, name, identity, token, data, chatterbot, cafile, memory_gb)
+    except ZenfedError as e:
+        _fail(e)
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:

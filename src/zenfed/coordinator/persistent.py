@@ -231,6 +231,12 @@ class PersistentCoordinator:
         self.engine.accept(update, tensors)
         return "accepted"
 
+    def finished(self) -> bool:
+        """Whether every round has run (no round is open and none will be)."""
+        return (
+            self.engine.open_round_info is None and self.engine.state.round >= self.cfg.run.rounds
+        )
+
     def version_blob(self, version: str) -> str:
         """The blob digest of a committed version (as downloaded in full)."""
         with self.db.transaction() as s:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from zenfed.config import FederationConfig
 from zenfed.data.examples import ParticipantData
 from zenfed.data.federated import build_participants
-from zenfed.model.adapter import attach_lora, get_adapter_state
-from zenfed.model.loading import load_base_model
+from zenfed.model.adapter import get_adapter_state
+from zenfed.model.build import adapter_model
 from zenfed.participant.agent import Participant, Runtime
 from zenfed.protocol.messages import Tensors
 
@@ -41,9 +40,7 @@ class World:
 
 def build_world(cfg: FederationConfig) -> World:
     """Load the base model, attach LoRA (seeded), build every participant's data."""
-    base, tok = load_base_model(cfg.model)
-    torch.manual_seed(cfg.run.seed)  # LoRA A's random init is part of the experiment
-    model = attach_lora(base, cfg.lora)
+    model, tok = adapter_model(cfg)
     data = build_participants(cfg.data, tok, cfg.run.seed)
     runtime = Runtime(
         model=model, pad_id=int(tok.pad_token_id), train=cfg.train, compress=cfg.compress

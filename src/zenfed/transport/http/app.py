@@ -12,7 +12,9 @@ the (signed) query string and the payload as the raw body.
     GET  /v1/status         (operator)     the federation at a glance
     POST /v1/enroll                        {"token", "name", "public_key" (base64), "capacity",
                                             "data_profile"} -> {"participant", "config"}
-    GET  /v1/task?wait=S    (signed)       200 the task, or 204 after S seconds of nothing
+    GET  /v1/federation                    the federation's config (public: what joining means)
+    GET  /v1/task?wait=S    (signed)       200 the task, 204 after S seconds of nothing, 410
+                                           once every round has run
     GET  /v1/versions/{id}?held=H (signed) the version: the broadcasts since H, or in full
                                            (ETag, HTTP Range, so a broken download resumes)
     PUT  /v1/rounds/{r}/update?... (signed) the payload; 200 {"status": accepted|duplicate}
@@ -208,6 +210,11 @@ def create_app(fed: PersistentCoordinator, operator_token: str, tick_s: float = 
         )
         return JSONResponse({"participant": pid, "config": fed.cfg.model_dump(mode="json")})
 
+    @app.get("/v1/federation")
+    async def federation() -> Response:
+        """The federation's config: model, adapter, training and codec settings, rules."""
+        return JSONResponse(fed.cfg.model_dump(mode="json"))
+
     @app.get("/v1/task")
     @guard
     async def task(request: Request, wait: float = 0.0) -> Response:
@@ -218,6 +225,11 @@ def create_app(fed: PersistentCoordinator, operator_token: str, tick_s: float = 
             t = await run(lambda: fed.next_task(pid))
             if t is not None:
                 return JSONResponse(asdict(t))
+            if await run(fed.finished):
+                return JSONResponse(
+                    {"error": "the federation has finished", "fix": "nothing to do"},
+                    status_code=410,
+                )
             if time.monotonic() >= deadline:
                 return Response(status_code=204)
             await asyncio.sleep(0.2)

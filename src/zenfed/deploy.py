@@ -1,0 +1,162 @@
+"""The networked deployment's two programs: the coordinator service and a participant.
+
+    zenfed serve --config federation.toml --state state/      # the operator
+    zenfed invite --url http://coord:8000 --operator-token-file state/operator-token
+    zenfed join --url http://coord:8000 --token T --name clinic-7 --data notes.jsonl
+
+``serve`` keeps everything under ``--state``: the SQLite database (unless ``--db`` names
+another), the blob store, and the operator token (created 0600 on first start). ``join``
+keeps the participant's Ed25519 identity (0600) and its enrollment beside it, so a
+restarted participant goes on without a new token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from zenfed.config import DataConfig, FederationConfig, SourceConfig, parse_config
+from zenfed.errors import ZenfedError
+
+
+def operator_token(state: Path) -> str:
+    """The operator token in ``state/operator-token`` (made, 0600, on first use)."""
+    path = state / "operator-token"
+    if path.is_file():
+        return path.read_text().strip()
+    state.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def serve(
+    cfg: FederationConfig,
+    state: Path,
+    db_url: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> None:
+    """Run the coordinator service until interrupted."""
+    import uvicorn
+
+    from zenfed.coordinator.persistent import PersistentCoordinator
+    from zenfed.model.adapter import get_adapter_state
+    from zenfed.model.build import adapter_model
+    from zenfed.store.blobs import BlobStore
+    from zenfed.store.db import Database
+    from zenfed.transport.http import create_app
+
+    if (tls_cert is None) != (tls_key is None):
+        raise ZenfedError("TLS needs both --tls-cert and --tls-key", fix="give both or neither")
+    for f in (tls_cert, tls_key):
+        if f is not None and not f.is_file():
+            raise ZenfedError(f"TLS file '{f}' does not exist", fix="check the path")
+    state.mkdir(parents=True, exist_ok=True)
+    token = operator_token(state)
+    model, _ = adapter_model(cfg)
+    db = Database(db_url or f"sqlite:///{state / 'zenfed.db'}")
+    fed = PersistentCoordinator(cfg, get_adapter_state(model), db, BlobStore(state / "blobs"))
+    del model
+    uvicorn.run(
+        create_app(fed, token),
+        host=host,
+        port=port,
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+        log_level="info",
+    )
+
+
+def local_data(cfg: FederationConfig, data: Path | None, chatterbot: str | None) -> DataConfig:
+    """The data section for one participant: its own file, or one chatterbot category."""
+    base = cfg.data.model_dump()
+    if (data is None) == (chatterbot is None):
+        raise ZenfedError("give exactly one of --data FILE and --chatterbot CATEGORY", fix="")
+    if data is not None:
+        if not data.is_file():
+            raise ZenfedError(f"data file '{data}' does not exist", fix="check --data")
+        src = SourceConfig(name="local", path=str(data))
+        raw = {
+            **base,
+            "corpus": None,
+            "sources": (src.model_dump(),),
+            "partition": "natural",
+            "partition_field": "source",
+        }
+    else:
+        raw = {
+            **base,
+            "corpus": "chatterbot",
+            "categories": (chatterbot,),
+            "sources": (),
+            "partition": "natural",
+            "partition_field": "category",
+        }
+    return DataConfig.model_validate(raw)
+
+
+def join(
+    url: str,
+    name: str,
+    identity_path: Path,
+    token: str | None,
+    data: Path | None = None,
+    chatterbot: str | None = None,
+    cafile: Path | None = None,
+    memory_gb: float | None = None,
+    wait_s: float = 20.0,
+) -> int:
+    """Enroll (first time) and train for the federation until it finishes."""
+    from zenfed.data.federated import build_participants
+    from zenfed.model.build import adapter_model
+    from zenfed.participant.agent import Participant, Runtime
+    from zenfed.participant.remote import run_participant
+    from zenfed.protocol.auth import Identity
+    from zenfed.transport.http.client import CoordinatorClient
+
+    record = identity_path.with_suffix(".enrollment.json")
+    me = Identity.load(identity_path) if identity_path.exists() else Identity.create(identity_path)
+    client = CoordinatorClient(url, me, verify=str(cafile) if cafile else True)
+    try:
+        cfg = parse_config(client.federation(), origin=url)
+        model, tok = adapter_model(cfg)
+        mine = local_data(cfg, data, chatterbot)
+        (pdata,) = build_participants(mine, tok, cfg.run.seed)
+        if not record.is_file():
+            if not token:
+                raise ZenfedError("this identity is not enrolled yet", fix="pass --token")
+            profile = {
+                "examples": len(pdata.train),
+                "tokens": sum(len(e.input_ids) for e in pdata.train),
+                "domain": chatterbot or pdata.meta.get("source", "local"),
+                "language": cfg.data.language,
+            }
+            capacity = {
+                "memory_gb": memory_gb if memory_gb is not None else _memory_gb(),
+                "device": "cpu",
+                "threads": os.cpu_count() or 1,
+            }
+            pid, _ = client.enroll(token, name, capacity, profile)
+            _json(record, {"url": url, "participant": pid, "name": name})
+        runtime = Runtime(
+            model=model, pad_id=int(tok.pad_token_id), train=cfg.train, compress=cfg.compress
+        )
+        return run_participant(client, Participant(name, pdata, runtime), wait_s=wait_s)
+    finally:
+        client.close()
+
+
+def _memory_gb() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def _json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2))

@@ -1,0 +1,173 @@
+"""The participant's side of the HTTP transport: signed requests with retries (httpx).
+
+    client = CoordinatorClient("https://coord:8443", identity, verify="ca.pem")
+    pid, config = client.enroll(token, "clinic-7", capacity, data_profile)
+    task = client.task(wait=20)                 # None: no task yet; FederationFinished: done
+    payload = client.download(task.version, held)
+    client.upload(update)                       # "accepted" or "duplicate" (a retried one)
+
+Network errors and 5xx answers are retried with exponential backoff and full jitter (a
+coordinator restart is just a pause); a 4xx answer is final and raised as a ZenfedError
+carrying the server's problem and fix. A download that breaks resumes where it stopped
+with an HTTP Range request, and a full version is checked against its ETag (sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import ssl
+import time
+from dataclasses import asdict
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from zenfed.errors import ZenfedError
+from zenfed.protocol.auth import Identity, sign_request
+from zenfed.protocol.messages import Task, Update
+
+
+class FederationFinished(ZenfedError):
+    """The coordinator has run every round: nothing more to do."""
+
+
+class CoordinatorClient:
+    """Signed, retried requests to one coordinator."""
+
+    def __init__(
+        self,
+        url: str,
+        identity: Identity,
+        verify: str | bool | ssl.SSLContext = True,
+        timeout_s: float = 60.0,
+        retries: int = 8,
+        backoff_s: float = 0.5,
+    ) -> None:
+        self.identity = identity
+        if isinstance(verify, str):  # a CA file: trust it (and only what it signs)
+            verify = ssl.create_default_context(cafile=verify)
+        self.http = httpx.Client(base_url=url.rstrip("/"), verify=verify, timeout=timeout_s)
+        self.retries, self.backoff_s = retries, backoff_s
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+    def enroll(
+        self, token: str, name: str, capacity: dict[str, Any], data_profile: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """Enroll this identity; returns (participant id, the federation's config)."""
+        import base64
+
+        body = {
+            "token": token,
+            "name": name,
+            "public_key": base64.b64encode(self.identity.public_key).decode(),
+            "capacity": capacity,
+            "data_profile": data_profile,
+        }
+        r = self._send("POST", "/v1/enroll", json_body=body, signed=False)
+        data = r.json()
+        return str(data["participant"]), dict(data["config"])
+
+    def federation(self) -> dict[str, Any]:
+        """The federation's config (public: what joining means, before enrolling)."""
+        return dict(self._send("GET", "/v1/federation", signed=False).json())
+
+    def task(self, wait: float = 20.0) -> Task | None:
+        """This participant's task in the open round, waiting up to ``wait`` seconds."""
+        r = self._send("GET", f"/v1/task?wait={wait:g}")
+        if r.status_code == 204:
+            return None
+        return Task(**r.json())
+
+    def download(self, version: str, held: str | None) -> bytes:
+        """The version's payload (the broadcasts since ``held``, or in full, resumable)."""
+        path = f"/v1/versions/{version}" + (f"?{urlencode({'held': held})}" if held else "")
+        data = b""
+        etag = ""
+        for attempt in range(self.retries + 1):
+            headers = {"range": f"bytes={len(data)}-"} if data else {}
+            try:
+                with self.http.stream(
+                    "GET",
+                    path,
+                    headers={**sign_request(self.identity, "GET", path, b""), **headers},
+                ) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        _raise(r)
+                    if r.status_code == 200:
+                        data = b""  # the server sent it all (no range or a diff): start over
+                    etag = r.headers.get("etag", "").strip('"')
+                    for chunk in r.iter_bytes():
+                        data += chunk
+                break
+            except (httpx.TransportError, _ServerError):
+                if attempt == self.retries:
+                    raise
+                self._sleep(attempt)
+        if etag and hashlib.sha256(data).hexdigest() != etag:
+            raise ZenfedError("downloaded version does not match its ETag", fix="download again")
+        return data
+
+    def upload(self, update: Update) -> str:
+        """Upload ``update``'s payload with its metadata; "accepted" or "duplicate"."""
+        meta = {k: v for k, v in asdict(update).items() if k not in ("payload", "participant")}
+        meta.pop("round")
+        path = f"/v1/rounds/{update.round}/update?{urlencode(meta)}"
+        r = self._send("PUT", path, body=update.payload, content_type="application/octet-stream")
+        return str(r.json()["status"])
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        json_body: Any = None,
+        content_type: str | None = None,
+        signed: bool = True,
+    ) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            headers = sign_request(self.identity, method, path, body) if signed else {}
+            if content_type:
+                headers["content-type"] = content_type
+            try:
+                r = self.http.request(
+                    method,
+                    path,
+                    content=body if json_body is None else None,
+                    json=json_body,
+                    headers=headers,
+                )
+                if r.status_code >= 500:
+                    raise _ServerError(r.text)
+                if r.status_code == 410:
+                    raise FederationFinished("the federation has finished", fix="nothing to do")
+                if r.status_code >= 400:
+                    _raise(r)
+                return r
+            except (httpx.TransportError, _ServerError):
+                if attempt == self.retries:
+                    raise
+                self._sleep(attempt)
+        raise AssertionError("unreachable")
+
+    def _sleep(self, attempt: int) -> None:
+        # Exponential backoff with full jitter (AWS architecture blog's recommendation).
+        time.sleep(random.uniform(0, self.backoff_s * 2**attempt))
+
+
+class _ServerError(Exception):
+    pass
+
+
+def _raise(r: httpx.Response) -> None:
+    try:
+        body = r.json()
+        problem, fix = str(body.get("error", r.text)), str(body.get("fix", ""))
+    except ValueError:
+        problem, fix = r.text[:200], ""
+    raise ZenfedError(f"coordinator refused ({r.status_code}): {problem}", fix=fix)

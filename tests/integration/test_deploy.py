@@ -1,0 +1,268 @@
+"""The networked deployment as an operator runs it: a coordinator service and three
+participant processes on loopback, a SIGKILL of the coordinator, TLS."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import safetensors.torch
+from sqlalchemy import select
+
+from zenfed.config import load_config
+from zenfed.sim.baselines import union_eval
+from zenfed.sim.setup import build_world
+from zenfed.store.blobs import BlobStore
+from zenfed.store.db import Audit, Database, Round, Update, Version
+
+pytestmark = pytest.mark.integration
+
+FED_TOML = """
+[model]
+name = "tiny-llama"
+[data]
+corpus = "chatterbot"
+categories = ["ai", "emotion", "literature"]
+max_seq_len = 48
+[train]
+lr = 1e-2
+local_steps = 2
+batch_size = 4
+[sampling]
+min_participants = 3
+[run]
+rounds = 2
+[service]
+round_timeout_s = 300
+long_poll_s = 2
+"""
+CATEGORIES = ("ai", "emotion", "literature")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _zenfed(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "zenfed.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[str], verify: Any = True) -> None:
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise AssertionError(f"coordinator exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"{url}/healthz", verify=verify, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("coordinator did not come up")
+
+
+@pytest.fixture
+def fed_toml(tmp_path: Path) -> Path:
+    p = tmp_path / "federation.toml"
+    p.write_text(FED_TOML)
+    return p
+
+
+def _serve(cfg: Path, state: Path, port: int, *tls: str) -> subprocess.Popen[str]:
+    return _zenfed("serve", "--config", str(cfg), "--state", str(state), "--port", str(port), *tls)
+
+
+def _invite(url: str, state: Path, verify: Any = True) -> str:
+    token = (state / "operator-token").read_text().strip()
+    r = httpx.post(
+        f"{url}/v1/invites", json={}, headers={"authorization": f"Bearer {token}"}, verify=verify
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["token"])
+
+
+def _join(url: str, state: Path, tmp: Path, cat: str, *extra: str) -> subprocess.Popen[str]:
+    return _zenfed(
+        "join",
+        "--url",
+        url,
+        "--name",
+        cat,
+        "--identity",
+        str(tmp / f"{cat}.pem"),
+        "--token",
+        _invite(url, state, _ctx(extra[1]) if extra else True),
+        "--chatterbot",
+        cat,
+        *extra,
+    )
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def _finish(agents: list[subprocess.Popen[str]], timeout: float = 600) -> None:
+    end = time.monotonic() + timeout
+    for a in agents:
+        out, _ = a.communicate(timeout=max(1.0, end - time.monotonic()))
+        assert a.returncode == 0, out
+        assert "federation finished; 2 updates accepted" in out, out
+
+
+def _check_store(state: Path, cfg_path: Path) -> None:
+    db = Database(f"sqlite:///{state / 'zenfed.db'}")
+    blobs = BlobStore(state / "blobs")
+    with db.transaction() as s:
+        ups = s.scalars(select(Update)).all()
+        versions = s.scalars(select(Version).order_by(Version.round)).all()
+        rounds = s.scalars(select(Round).where(Round.status == "closed")).all()
+        actions = [a.action for a in s.scalars(select(Audit).order_by(Audit.id))]
+    # every accepted update is in the database and the blob store, once per round
+    assert len(ups) == 6 and len({(u.round_id, u.participant_id) for u in ups}) == 6
+    assert all(blobs.has(u.payload_sha256) for u in ups)
+    assert [v.round for v in versions] == [-1, 0, 1] and len(rounds) == 2
+    assert all(blobs.has(v.blob_sha256) and blobs.has(v.server_state_sha256) for v in versions)
+    for action, n in (
+        ("invite", 3),
+        ("enroll", 3),
+        ("open_round", 2),
+        ("upload", 6),
+        ("commit_version", 3),
+    ):
+        assert actions.count(action) == n, (action, actions)
+    # the global adapter improved on the participants' held-out data
+    world = build_world(load_config(cfg_path))
+    final = dict(safetensors.torch.load(blobs.get(versions[-1].blob_sha256)))
+    before, after = union_eval(world, world.initial)[0].loss, union_eval(world, final)[0].loss
+    assert after < before - 0.02, (before, after)
+    db.close()
+
+
+def test_a_coordinator_and_three_participants_train_two_rounds(
+    tmp_path: Path, fed_toml: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    port, state = _port(), tmp_path / "state"
+    url = f"http://127.0.0.1:{port}"
+    procs.append(_serve(fed_toml, state, port))
+    _wait_healthy(url, procs[0])
+    agents = [_join(url, state, tmp_path, c) for c in CATEGORIES]
+    procs.extend(agents)
+    _finish(agents)
+    _check_store(state, fed_toml)
+
+
+def test_coordinator_sigkill_mid_round_then_restart_finishes_without_duplicates(
+    tmp_path: Path, fed_toml: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    port, state = _port(), tmp_path / "state"
+    url = f"http://127.0.0.1:{port}"
+    server = _serve(fed_toml, state, port)
+    procs.append(server)
+    _wait_healthy(url, server)
+    agents = [_join(url, state, tmp_path, c) for c in CATEGORIES]
+    procs.extend(agents)
+    db = Database(f"sqlite:///{state / 'zenfed.db'}")
+    for _ in range(3000):  # kill once round 1 (the second) has some but not all uploads
+        with db.transaction() as s:
+            n = len(s.scalars(select(Update)).all())
+        if n >= 4:
+            break
+        time.sleep(0.05)
+    server.send_signal(signal.SIGKILL)
+    server.wait()
+    with db.transaction() as s:  # the kill really came mid-round
+        open_round = s.scalar(select(Round).where(Round.status == "open"))
+        assert open_round is not None and open_round.number == 1
+        stored = s.scalars(select(Update).where(Update.round_id == open_round.id)).all()
+        assert 1 <= len(stored) < 3
+    db.close()
+    time.sleep(1.0)  # the agents see connection errors and back off meanwhile
+    restarted = _serve(fed_toml, state, port)
+    procs.append(restarted)
+    _wait_healthy(url, restarted)
+    _finish(agents)
+    _check_store(state, fed_toml)
+
+
+def test_the_service_runs_over_tls(
+    tmp_path: Path, fed_toml: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    port, state = _port(), tmp_path / "state"
+    url = f"https://127.0.0.1:{port}"
+    server = _serve(fed_toml, state, port, "--tls-cert", str(cert), "--tls-key", str(key))
+    procs.append(server)
+    _wait_healthy(url, server, verify=_ctx(str(cert)))
+    with pytest.raises(httpx.ConnectError):  # an unknown certificate is refused
+        httpx.get(f"{url}/healthz")
+    agents = [_join(url, state, tmp_path, c, "--cafile", str(cert)) for c in CATEGORIES]
+    procs.extend(agents)
+    _finish(agents)
+
+
+def _ctx(cafile: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=cafile)
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
