@@ -97,9 +97,19 @@ class Metrics:
         self.round_seconds = Histogram("zenfed_round_seconds", "round duration", registry=r)
 
 
-def create_app(fed: PersistentCoordinator, operator_token: str, tick_s: float = 0.5) -> FastAPI:
-    """The service for ``fed``; ``operator_token`` guards the operator routes."""
+def create_app(
+    fed: PersistentCoordinator,
+    operator_token: str,
+    tick_s: float = 0.5,
+    max_concurrent_uploads: int = 4,
+) -> FastAPI:
+    """The service for ``fed``; ``operator_token`` guards the operator routes.
+
+    At most ``max_concurrent_uploads`` request bodies are read at once (the others wait
+    in their connections), so memory does not grow with the number of participants.
+    """
     lock = threading.Lock()
+    uploads = asyncio.Semaphore(max_concurrent_uploads)
     metrics = Metrics()
     opened = {"at": time.monotonic()}
 
@@ -257,6 +267,10 @@ def create_app(fed: PersistentCoordinator, operator_token: str, tick_s: float = 
     @guard
     async def upload(request: Request, server_round: int) -> Response:
         """Upload this round's update: raw payload body, metadata in the signed query."""
+        async with uploads:
+            return await _upload(request, server_round)
+
+    async def _upload(request: Request, server_round: int) -> Response:
         if request.headers.get("content-type", "") != "application/octet-stream":
             err = ZenfedError("an update must be sent as application/octet-stream", fix="set it")
             return refuse(415, "content_type", err)
