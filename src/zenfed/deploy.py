@@ -59,6 +59,9 @@ def serve(
     for f in (tls_cert, tls_key):
         if f is not None and not f.is_file():
             raise ZenfedError(f"TLS file '{f}' does not exist", fix="check the path")
+    from zenfed.logs import configure_json_logging
+
+    configure_json_logging()
     state.mkdir(parents=True, exist_ok=True)
     token = operator_token(state)
     model, _ = adapter_model(cfg)

@@ -211,3 +211,22 @@ def test_signed_requests_refuse_replays_and_revoked_participants(tmp_path: Path)
     h2 = sign_request(me, "GET", "/v1/task", b"", now=clock.t)
     with pytest.raises(AuthError, match="revoked"):
         fed.authenticate(pid, "GET", "/v1/task", b"", h2)
+
+
+def test_state_changes_are_logged_as_json_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from zenfed.logs import configure_json_logging
+
+    configure_json_logging()
+    fed = _fed(tmp_path, Clock())
+    a, _ = _join(fed, "a")
+    _join(fed, "b")
+    fed.tick()
+    fed.submit(_upload(fed, a, 1.0))
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+    events = [x["event"] for x in lines]
+    assert events == ["enroll", "enroll", "open_round", "upload"]
+    assert lines[-1]["participant"] == a and lines[-1]["bytes"] > 0 and lines[-1]["round"] == 0

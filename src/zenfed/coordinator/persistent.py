@@ -20,6 +20,7 @@ counted. This class knows nothing of HTTP: ``transport.http`` serves it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import secrets
 import time
@@ -49,6 +50,12 @@ from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Audit, Database, EnrollmentToken, Nonce, Participant, Round, Version
 from zenfed.store.db import Update as UpdateRow
 from zenfed.store.db import audit as audit_row
+
+log = logging.getLogger(__name__)
+
+
+def _log(event: str, level: int = logging.INFO, **fields: Any) -> None:
+    log.log(level, event, extra={"fields": fields})
 
 
 class EnrollmentRefused(ZenfedError):
@@ -147,6 +154,7 @@ class PersistentCoordinator:
             tok.used_at, tok.used_by = self._now(), pid
             audit_row(s, pid, "enroll", {"name": name, "capacity": capacity, "data": data_profile})
         self.engine.enroll(pid, examples)
+        _log("enroll", participant=pid, name=name, examples=examples)
         return pid
 
     def revoke(self, pid: str) -> None:
@@ -218,6 +226,7 @@ class PersistentCoordinator:
             tensors = self.engine.check(update)
         except UpdateRejected as e:
             self.rejections[_reason(e.problem)] += 1
+            _log("reject", logging.WARNING, participant=update.participant, reason=e.problem)
             raise
         self.blobs.put(update.payload)
         with self.db.transaction() as s:
@@ -229,6 +238,9 @@ class PersistentCoordinator:
                 {"round": update.round, "sha256": digest, "bytes": len(update.payload)},
             )
         self.engine.accept(update, tensors)
+        _log(
+            "upload", participant=update.participant, round=update.round, bytes=len(update.payload)
+        )
         return "accepted"
 
     def finished(self) -> bool:
@@ -292,6 +304,7 @@ class PersistentCoordinator:
             raise
         self._tasks = {t.participant: t for t in tasks}
         self._deadline = deadline
+        _log("open_round", round=tasks[0].round, cohort=len(tasks))
         # Nonces older than the accepted clock skew can never be replayed: forget them.
         with self.db.transaction() as s:
             cutoff = self._now() - timedelta(seconds=2 * MAX_SKEW_S)
@@ -300,6 +313,9 @@ class PersistentCoordinator:
     def _close(self, why: str) -> GlobalVersion:
         version = self.engine.close_round()
         self._store_version(version, self._round_id, why)
+        _log(
+            "close_round", round=version.round, version=version.id, why=why, metrics=version.metrics
+        )
         self._round_id, self._tasks = None, {}
         return version
 
@@ -311,6 +327,7 @@ class PersistentCoordinator:
             audit_row(s, "coordinator", "abort_round", {"round": row.number, "reason": reason})
         self.engine.abort_round()
         self._round_id, self._tasks = None, {}
+        _log("abort_round", logging.WARNING, reason=reason)
 
     def _store_version(self, version: GlobalVersion | None, round_id: int | None, why: str) -> None:
         """Blobs first (atomic, idempotent), then one transaction for the rows."""
@@ -383,6 +400,7 @@ class PersistentCoordinator:
         for row in stored:  # replay: validated again, counted once
             u = _update_from_row(row, self.blobs.get(row.payload_sha256), open_row)
             self.engine.accept(u, self.engine.check(u))
+        _log("recovered", round=open_row.number, replayed=len(stored))
 
     def audit_log(self) -> list[tuple[str, str, dict[str, Any]]]:
         """Every audit line, oldest first, as (actor, action, detail)."""
