@@ -32,20 +32,20 @@ _SIGN = [{"codec": "sign"}, _Z]
 # name -> overrides of the quality recipe
 PIPELINES: dict[str, dict[str, Any]] = {
     "dense": {},
-    "quantize8+zstd": {"compress.pipeline": [{**_Q, "bits": 8}, _Z]},
-    "quantize2+zstd": {"compress.pipeline": [{**_Q, "bits": 2}, _Z]},
     "sign+zstd": {"compress.pipeline": _SIGN},
     "ffa-lora+sign+zstd": {"lora.freeze_a": True, "compress.pipeline": _SIGN},
     "topk10%+quantize4+zstd": {
         "compress.pipeline": [{"codec": "topk", "fraction": 0.1}, {**_Q, "bits": 4}, _Z]
     },
-    "randk25%+sign": {"compress.pipeline": [{"codec": "randk", "fraction": 0.25}, *_SIGN]},
     "randk10%+sign": {"compress.pipeline": [{"codec": "randk", "fraction": 0.1}, *_SIGN]},
     "ffa-lora+randk10%+sign": {
         "lora.freeze_a": True,
         "compress.pipeline": [{"codec": "randk", "fraction": 0.1}, *_SIGN],
     },
-    "randk3%+sign": {"compress.pipeline": [{"codec": "randk", "fraction": 0.03}, *_SIGN]},
+    "ffa-lora+randk3%+sign": {
+        "lora.freeze_a": True,
+        "compress.pipeline": [{"codec": "randk", "fraction": 0.03}, *_SIGN],
+    },
     "4-local-steps-dense": {"run.rounds": 15, "train.local_steps": 4},
     "sign+zstd, downlink quantize4+zstd": {
         "compress.pipeline": _SIGN,
