@@ -129,7 +129,7 @@ class Coordinator:
         current evaluation's (``eval_bytes_down``).
         """
         payload = self.version_bytes(version)
-        chain = self._chain(held, version)
+        chain = self.broadcasts_since(held, version)
         if chain:
             diff = diff_payload(chain)
             payload = diff if len(diff) < len(payload) else payload
@@ -139,7 +139,7 @@ class Coordinator:
             self._eval_bytes_down += len(payload)
         return payload
 
-    def _chain(self, held: str | None, version: str) -> list[Broadcast]:
+    def broadcasts_since(self, held: str | None, version: str) -> list[Broadcast]:
         """The kept broadcasts from ``held`` to ``version``, or [] if they do not connect."""
         ids = [b.parent for b in self.state.broadcasts]
         if held is None or held == version or held not in ids:

@@ -250,7 +250,7 @@ def create_app(
         """The version in full (a file: ETag, Range) or as broadcasts since ``held``."""
         await signed(request, b"")
         if held:
-            chain = await run(lambda: fed.engine._chain(held, version))
+            chain = await run(lambda: fed.engine.broadcasts_since(held, version))
             if chain:
                 payload = diff_payload(chain)
                 metrics.bytes_out.inc(len(payload))
