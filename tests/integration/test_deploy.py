@@ -210,9 +210,14 @@ def test_coordinator_sigkill_mid_round_then_restart_finishes_without_duplicates(
     _check_store(state, fed_toml)
 
 
-def test_the_service_runs_over_tls(
+def test_the_service_runs_over_tls_with_compressed_uplink_and_downlink(
     tmp_path: Path, fed_toml: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
+    fed_toml.write_text(
+        FED_TOML
+        + '[[compress.pipeline]]\ncodec = "sign"\n[[compress.pipeline]]\ncodec = "zstd"\n'
+        + '[[compress.downlink]]\ncodec = "quantize"\nbits = 8\n'
+    )
     cert, key = _self_signed(tmp_path)
     port, state = _port(), tmp_path / "state"
     url = f"https://127.0.0.1:{port}"
@@ -224,6 +229,14 @@ def test_the_service_runs_over_tls(
     agents = [_join(url, state, tmp_path, c, "--cafile", str(cert)) for c in CATEGORIES]
     procs.extend(agents)
     _finish(agents)
+    db = Database(f"sqlite:///{state / 'zenfed.db'}")
+    with db.transaction() as s:
+        sizes = [u.size for u in s.scalars(select(Update))]
+        versions = s.scalars(select(Version).order_by(Version.round)).all()
+    dense = BlobStore(state / "blobs").size(versions[0].blob_sha256)
+    assert len(sizes) == 6 and max(sizes) * 10 < dense  # 1-bit signs, not float32
+    assert all(v.broadcast_sha256 for v in versions[1:])  # each version was broadcast
+    db.close()
 
 
 def _ctx(cafile: str) -> ssl.SSLContext:
