@@ -152,9 +152,39 @@ def join(
         runtime = Runtime(
             model=model, pad_id=int(tok.pad_token_id), train=cfg.train, compress=cfg.compress
         )
-        return run_participant(client, Participant(name, pdata, runtime), wait_s=wait_s)
+        state_file = identity_path.with_suffix(".state.pt")
+        me_p = Participant(name, pdata, runtime, load_participant_state(state_file))
+        return run_participant(
+            client, me_p, wait_s=wait_s, save_state=lambda p: save_participant_state(p, state_file)
+        )
     finally:
         client.close()
+
+
+def save_participant_state(participant: Any, path: Path) -> None:
+    """Write what the participant keeps across rounds (atomically, readable by it only)."""
+    import torch
+
+    from zenfed.store.checkpoint import atomic_write
+
+    st = participant.state
+    blob = {"optimizer": st.optimizer, "rounds_trained": st.rounds_trained, "extra": st.extra}
+    atomic_write(path, lambda f: torch.save(blob, f))
+    path.chmod(0o600)
+
+
+def load_participant_state(path: Path) -> Any:
+    """The state saved by :func:`save_participant_state`, or a fresh one."""
+    import torch
+
+    from zenfed.participant.agent import ParticipantState
+
+    if not path.is_file():
+        return ParticipantState()
+    blob = torch.load(path, weights_only=True)
+    return ParticipantState(
+        optimizer=blob["optimizer"], rounds_trained=blob["rounds_trained"], extra=blob["extra"]
+    )
 
 
 def _memory_gb() -> float:

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -237,6 +238,13 @@ def test_the_service_runs_over_tls_with_compressed_uplink_and_downlink(
     assert len(sizes) == 6 and max(sizes) * 10 < dense  # 1-bit signs, not float32
     assert all(v.broadcast_sha256 for v in versions[1:])  # each version was broadcast
     db.close()
+    import torch
+
+    for c in CATEGORIES:  # each agent kept its error-feedback residual on disk, private
+        state_file = tmp_path / f"{c}.state.pt"
+        assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+        kept = torch.load(state_file, weights_only=True)
+        assert kept["rounds_trained"] == 2 and kept["extra"]["error_feedback"]
 
 
 def _ctx(cafile: str) -> ssl.SSLContext:

@@ -22,8 +22,13 @@ def run_participant(
     participant: Participant,
     wait_s: float = 20.0,
     log: Callable[[str], None] = print,
+    save_state: Callable[[Participant], None] | None = None,
 ) -> int:
-    """Train every task the coordinator hands out; returns the number of updates accepted."""
+    """Train every task the coordinator hands out; returns the number of updates accepted.
+
+    ``save_state`` is called after every accepted upload (the error-feedback residual and
+    optimizer state then survive a restart of this process).
+    """
     accepted = 0
     while True:
         try:
@@ -40,4 +45,6 @@ def run_participant(
             log(f"round {task.round + 1}: update refused: {e}")
             continue
         accepted += status == "accepted"
+        if save_state is not None:
+            save_state(participant)
         log(f"round {task.round + 1}: update {status} (loss {update.train_loss:.4f})")
