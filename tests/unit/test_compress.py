@@ -314,3 +314,15 @@ def test_pipeline_order_is_checked() -> None:
     ]:
         with pytest.raises(ZenfedError, match=message):
             parse_config({"data": {"categories": ["ai"]}, "compress": {"pipeline": stages}})
+
+
+@settings(max_examples=30, deadline=None)
+@given(x=tensors(), level=st.integers(1, 19))
+def test_zstd_is_lossless_on_any_tensor(x: torch.Tensor, level: int) -> None:
+    pipe = Pipeline(
+        CompressConfig.model_validate({"pipeline": ({"codec": "zstd", "level": level},)}),
+        {"t": tuple(x.shape)},
+    )
+    payload, residual = pipe.pack({"t": x}, {}, shared_seed=0, private_seed=0)
+    assert residual == {}
+    assert torch.equal(pipe.unpack(payload, shared_seed=0)["t"], x)
