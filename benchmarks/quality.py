@@ -186,6 +186,8 @@ def main() -> None:
     if args.reuse_central:  # centralized runs depend only on the train config, not the recipe
         prev = json.loads((RESULTS / "quality.json").read_text())
         central = {float(k): v for k, v in prev.get("central_by_lr", {}).items()}
+        result["central_by_lr"] = {str(k): v for k, v in central.items()}
+        result["central_reused_from"] = prev.get("machine", {}).get("date")
     for lr in grid:
         if lr in central:
             continue
