@@ -63,7 +63,13 @@ def serve(state: Path, port: int, agents: int, rounds: int) -> None:
         Database(f"sqlite:///{state / 'zenfed.db'}"),
         BlobStore(state / "blobs"),
     )
-    uvicorn.run(create_app(fed, "op"), host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(
+        create_app(fed, "op"),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        timeout_keep_alive=75,
+    )
 
 
 async def agent(

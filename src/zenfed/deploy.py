@@ -75,6 +75,7 @@ def serve(
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
         log_level="info",
+        timeout_keep_alive=75,  # longer than a long-poll: idle agents keep their connection
     )
 
 
