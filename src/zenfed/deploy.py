@@ -147,6 +147,9 @@ def join(
                 "memory_gb": memory_gb if memory_gb is not None else _memory_gb(),
                 "device": "cpu",
                 "threads": os.cpu_count() or 1,
+                "train_tokens_per_s": measure_throughput(
+                    model, pdata.train, cfg.train.batch_size, int(tok.pad_token_id)
+                ),
             }
             pid, _ = client.enroll(token, name, capacity, profile)
             _json(record, {"url": url, "participant": pid, "name": name})
@@ -160,6 +163,29 @@ def join(
         )
     finally:
         client.close()
+
+
+def measure_throughput(model: Any, examples: Any, batch_size: int, pad_id: int) -> float:
+    """Tokens per second of forward + backward on real batches (a short self-benchmark).
+
+    Two steps, the first as warm-up; gradients are dropped and no weight changes.
+    """
+    import time
+
+    from zenfed.train.batching import batches
+    from zenfed.train.loss import loss_sum
+
+    stream = batches(examples, batch_size, seed=0, pad_id=pad_id)
+    model.train()
+    rate = 0.0
+    for _ in range(2):
+        batch = next(stream)
+        t0 = time.perf_counter()
+        total, _n = loss_sum(model, batch)
+        total.backward()
+        rate = int(batch["attention_mask"].sum()) / (time.perf_counter() - t0)
+    model.zero_grad(set_to_none=True)
+    return round(rate, 1)
 
 
 def save_participant_state(participant: Any, path: Path) -> None:

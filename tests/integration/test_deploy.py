@@ -25,7 +25,7 @@ from zenfed.config import load_config
 from zenfed.sim.baselines import union_eval
 from zenfed.sim.setup import build_world
 from zenfed.store.blobs import BlobStore
-from zenfed.store.db import Audit, Database, Round, Update, Version
+from zenfed.store.db import Audit, Database, Participant, Round, Update, Version
 
 pytestmark = pytest.mark.integration
 
@@ -140,10 +140,14 @@ def _check_store(state: Path, cfg_path: Path) -> None:
     db = Database(f"sqlite:///{state / 'zenfed.db'}")
     blobs = BlobStore(state / "blobs")
     with db.transaction() as s:
+        people = s.scalars(select(Participant)).all()
         ups = s.scalars(select(Update)).all()
         versions = s.scalars(select(Version).order_by(Version.round)).all()
         rounds = s.scalars(select(Round).where(Round.status == "closed")).all()
         actions = [a.action for a in s.scalars(select(Audit).order_by(Audit.id))]
+    # enrollment declared capacity (with a measured throughput) and data, never data
+    assert len(people) == 3 and all(p.capacity["train_tokens_per_s"] > 0 for p in people)
+    assert all(p.data_profile["examples"] > 0 and p.data_profile["tokens"] > 0 for p in people)
     # every accepted update is in the database and the blob store, once per round
     assert len(ups) == 6 and len({(u.round_id, u.participant_id) for u in ups}) == 6
     assert all(blobs.has(u.payload_sha256) for u in ups)
