@@ -192,10 +192,9 @@ def save_participant_state(participant: Any, path: Path) -> None:
     """Write what the participant keeps across rounds (atomically, readable by it only)."""
     import torch
 
-    from zenfed.store.checkpoint import atomic_write
+    from zenfed.store.checkpoint import atomic_write, participant_blob
 
-    st = participant.state
-    blob = {"optimizer": st.optimizer, "rounds_trained": st.rounds_trained, "extra": st.extra}
+    blob = participant_blob(participant.state)
     atomic_write(path, lambda f: torch.save(blob, f))
     path.chmod(0o600)
 
@@ -205,13 +204,11 @@ def load_participant_state(path: Path) -> Any:
     import torch
 
     from zenfed.participant.agent import ParticipantState
+    from zenfed.store.checkpoint import participant_from_blob
 
     if not path.is_file():
         return ParticipantState()
-    blob = torch.load(path, weights_only=True)
-    return ParticipantState(
-        optimizer=blob["optimizer"], rounds_trained=blob["rounds_trained"], extra=blob["extra"]
-    )
+    return participant_from_blob(torch.load(path, weights_only=True))
 
 
 def _memory_gb() -> float:

@@ -50,10 +50,7 @@ def save_checkpoint(
             {**asdict(b), "payload": torch.frombuffer(bytearray(b.payload), dtype=torch.uint8)}
             for b in coord.broadcasts
         ],
-        "participants": {
-            k: {"optimizer": s.optimizer, "rounds_trained": s.rounds_trained, "extra": s.extra}
-            for k, s in participants.items()
-        },
+        "participants": {k: participant_blob(s) for k, s in participants.items()},
         "history": history,
     }
     atomic_write(path, lambda f: torch.save(blob, f))
@@ -92,13 +89,24 @@ def load_checkpoint(
         blob.get("public"),
         broadcasts,
     )
-    parts = {
-        k: ParticipantState(
-            optimizer=p["optimizer"], rounds_trained=p["rounds_trained"], extra=p["extra"]
-        )
-        for k, p in blob["participants"].items()
-    }
+    parts = {k: participant_from_blob(p) for k, p in blob["participants"].items()}
     return coord, parts, blob["history"]
+
+
+def participant_blob(state: ParticipantState) -> dict[str, Any]:
+    """What of a participant's state is saved (``held`` is not: it is re-downloaded)."""
+    return {
+        "optimizer": state.optimizer,
+        "rounds_trained": state.rounds_trained,
+        "extra": state.extra,
+    }
+
+
+def participant_from_blob(blob: dict[str, Any]) -> ParticipantState:
+    """Inverse of :func:`participant_blob`."""
+    return ParticipantState(
+        optimizer=blob["optimizer"], rounds_trained=blob["rounds_trained"], extra=blob["extra"]
+    )
 
 
 def atomic_write(path: Path, write: Any) -> None:
