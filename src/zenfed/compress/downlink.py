@@ -26,9 +26,11 @@ from dataclasses import dataclass
 import safetensors.torch
 import torch
 
+from zenfed.compress.base import Shape
 from zenfed.compress.pipeline import Pipeline
+from zenfed.config import CompressConfig
 from zenfed.errors import ZenfedError
-from zenfed.protocol.messages import Tensors, tensors_hash
+from zenfed.protocol.messages import Tensors, safetensors_metadata, tensors_hash
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,13 @@ def apply_broadcast(public: Tensors, codec: Pipeline, payload: bytes, seed: int)
     return {k: public[k] + step[k] for k in public}
 
 
+def downlink_pipeline(cfg: CompressConfig, shapes: dict[str, Shape]) -> Pipeline | None:
+    """The pipeline of ``compress.downlink`` for these tensors, or None (full versions)."""
+    if not cfg.downlink:
+        return None
+    return Pipeline(cfg.model_copy(update={"pipeline": cfg.downlink}), shapes)
+
+
 def receive(payload: bytes, held: Tensors | None, codec: Pipeline | None, expected: str) -> Tensors:
     """The tensors of version ``expected`` from a download; its hash is checked."""
     tensors, meta = _load(payload)
@@ -95,8 +104,7 @@ def receive(payload: bytes, held: Tensors | None, codec: Pipeline | None, expect
 def _load(payload: bytes) -> tuple[Tensors, dict[str, str]]:
     try:
         tensors = dict(safetensors.torch.load(payload))
-        n = int.from_bytes(payload[:8], "little")
-        meta = json.loads(payload[8 : 8 + n]).get("__metadata__", {})
+        meta = safetensors_metadata(payload)
     except Exception as e:
         raise ZenfedError(f"download is not a valid version payload ({e})", fix="retry") from e
     return tensors, meta

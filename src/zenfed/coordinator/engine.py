@@ -25,7 +25,13 @@ import torch
 from zenfed.aggregate.fedavg import WeightedMean
 from zenfed.aggregate.server_opt import ServerOptState, server_step
 from zenfed.compress import CodecError, Pipeline
-from zenfed.compress.downlink import Broadcast, apply_broadcast, diff_payload, full_payload
+from zenfed.compress.downlink import (
+    Broadcast,
+    apply_broadcast,
+    diff_payload,
+    downlink_pipeline,
+    full_payload,
+)
 from zenfed.config import FederationConfig
 from zenfed.coordinator.strategy import Strategy
 from zenfed.errors import ZenfedError
@@ -83,8 +89,7 @@ class Coordinator:
         self.participants = dict(participants)  # id -> declared number of examples
         self.shapes = {k: tuple(v.shape) for k, v in initial.items()}
         self.codec = Pipeline(cfg.compress, self.shapes)  # a parameter that cannot fit fails here
-        down = cfg.compress.model_copy(update={"pipeline": cfg.compress.downlink})
-        self.downlink = Pipeline(down, self.shapes) if cfg.compress.downlink else None
+        self.downlink = downlink_pipeline(cfg.compress, self.shapes)
         dense = Pipeline(cfg.compress.model_copy(update={"pipeline": ()}), self.shapes)
         # What one uncompressed float32 update would have cost: the ratio's reference.
         self.dense_update_bytes = len(dense.to_bytes(dense.encode(initial, shared_seed=0)))

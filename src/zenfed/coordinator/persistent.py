@@ -45,7 +45,7 @@ from zenfed.coordinator.engine import (
 )
 from zenfed.errors import ZenfedError
 from zenfed.protocol.auth import MAX_SKEW_S, AuthError, participant_id, verify_request
-from zenfed.protocol.messages import GlobalVersion, Task, Tensors, Update
+from zenfed.protocol.messages import GlobalVersion, Task, Tensors, Update, safetensors_metadata
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Audit, Database, EnrollmentToken, Nonce, Participant, Round, Version
 from zenfed.store.db import Update as UpdateRow
@@ -481,10 +481,7 @@ def _server_state_bytes(st: CoordinatorState) -> bytes:
 
 def _load_server_state(data: bytes) -> tuple[Tensors, ServerOptState]:
     tensors = safetensors.torch.load(data)
-    n = int.from_bytes(data[:8], "little")
-    import json
-
-    step = int(json.loads(data[8 : 8 + n])["__metadata__"]["step"])
+    step = int(safetensors_metadata(data)["step"])
     parts: dict[str, Tensors] = {"params": {}, "m": {}, "v": {}}
     for key, t in tensors.items():
         kind, name = key.split("/", 1)

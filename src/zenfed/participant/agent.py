@@ -21,7 +21,7 @@ import torch
 from peft import PeftModel
 
 from zenfed.compress import Pipeline
-from zenfed.compress.downlink import receive
+from zenfed.compress.downlink import downlink_pipeline, receive
 from zenfed.config import CompressConfig, TrainConfig
 from zenfed.data.examples import ParticipantData
 from zenfed.model.adapter import adapter_parameters, set_adapter_state
@@ -51,9 +51,10 @@ class Runtime:
         """The uplink pipeline and the downlink one (None: full versions), built once."""
         if self._codecs is None:
             shapes = {k: tuple(p.shape) for k, p in adapter_parameters(self.model).items()}
-            down = self.compress.model_copy(update={"pipeline": self.compress.downlink})
-            downlink = Pipeline(down, shapes) if self.compress.downlink else None
-            self._codecs = (Pipeline(self.compress, shapes), downlink)
+            self._codecs = (
+                Pipeline(self.compress, shapes),
+                downlink_pipeline(self.compress, shapes),
+            )
         return self._codecs
 
 

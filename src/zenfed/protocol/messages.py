@@ -8,6 +8,7 @@ EvalReport participant -> coordinator: held-out loss sums of version V
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -83,3 +84,12 @@ def tensors_hash(tensors: Tensors) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def safetensors_metadata(payload: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes (safetensors reads it only from files).
+
+    Format: an 8-byte little-endian header length, then the JSON header.
+    """
+    n = int.from_bytes(payload[:8], "little")
+    return dict(json.loads(payload[8 : 8 + n]).get("__metadata__", {}))
