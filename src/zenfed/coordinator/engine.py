@@ -133,16 +133,22 @@ class Coordinator:
         cohort count as that participant's download in the round's traffic; others as the
         current evaluation's (``eval_bytes_down``).
         """
-        payload = self.version_bytes(version)
-        chain = self.broadcasts_since(held, version)
-        if chain:
-            diff = diff_payload(chain)
-            payload = diff if len(diff) < len(payload) else payload
+        full = self.version_bytes(version)
+        payload = self.diff_since(held, version, len(full)) or full
         if self._open is not None and participant in self._open.cohort:
             self._downloads[participant] = self._downloads.get(participant, 0) + len(payload)
         else:  # an evaluation's download
             self._eval_bytes_down += len(payload)
         return payload
+
+    def diff_since(self, held: str | None, version: str, full_size: int) -> bytes | None:
+        """The broadcasts from ``held`` to ``version`` as one payload, if they are kept and
+        smaller than the full version (``full_size`` bytes); else None."""
+        chain = self.broadcasts_since(held, version)
+        if not chain:
+            return None
+        diff = diff_payload(chain)
+        return diff if len(diff) < full_size else None
 
     def broadcasts_since(self, held: str | None, version: str) -> list[Broadcast]:
         """The kept broadcasts from ``held`` to ``version``, or [] if they do not connect."""

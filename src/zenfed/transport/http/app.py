@@ -43,7 +43,6 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from zenfed.compress.downlink import diff_payload
 from zenfed.coordinator.engine import UpdateRejected
 from zenfed.coordinator.persistent import EnrollmentRefused, PersistentCoordinator
 from zenfed.errors import ZenfedError
@@ -249,14 +248,13 @@ def create_app(
     async def version(request: Request, version: str, held: str | None = None) -> Response:
         """The version in full (a file: ETag, Range) or as broadcasts since ``held``."""
         await signed(request, b"")
-        if held:
-            chain = await run(lambda: fed.engine.broadcasts_since(held, version))
-            if chain:
-                payload = diff_payload(chain)
-                metrics.bytes_out.inc(len(payload))
-                return Response(payload, media_type="application/octet-stream")
         digest = await run(lambda: fed.version_blob(version))
-        metrics.bytes_out.inc(fed.blobs.size(digest))
+        size = fed.blobs.size(digest)
+        diff = await run(lambda: fed.engine.diff_since(held, version, size))
+        if diff is not None:
+            metrics.bytes_out.inc(len(diff))
+            return Response(diff, media_type="application/octet-stream")
+        metrics.bytes_out.inc(size)
         return FileResponse(
             fed.blobs.path(digest),
             media_type="application/octet-stream",
