@@ -128,6 +128,32 @@ def _tls(cafile: Path | None) -> Any:
     return ssl.create_default_context(cafile=str(cafile)) if cafile else True
 
 
+def _operator_call(
+    method: str,
+    url: str,
+    path: str,
+    state: Path | None,
+    token: str | None,
+    cafile: Path | None,
+    body: Any = None,
+) -> Any:
+    """An operator request; a refusal or an unreachable coordinator exits with one line."""
+    import httpx
+
+    try:
+        headers = {"authorization": f"Bearer {_operator(state, token)}"}
+        r = httpx.request(
+            method, f"{url.rstrip('/')}{path}", json=body, headers=headers, verify=_tls(cafile)
+        )
+        if r.status_code != 200:
+            raise ZenfedError(f"coordinator refused ({r.status_code}): {r.text}", fix="")
+    except httpx.HTTPError as e:
+        _fail(ZenfedError(str(e), fix="is it running?"))
+    except ZenfedError as e:
+        _fail(e)
+    return r
+
+
 def _operator(state: Path | None, token: str | None) -> str:
     if token:
         return token
@@ -145,21 +171,7 @@ def invite(
     cafile: Annotated[Path | None, typer.Option(help="CA certificate for TLS")] = None,
 ) -> None:
     """Print a single-use enrollment token."""
-    import httpx
-
-    try:
-        headers = {"authorization": f"Bearer {_operator(state, operator_token)}"}
-        r = httpx.post(
-            f"{url.rstrip('/')}/v1/invites",
-            json={"label": label},
-            headers=headers,
-            verify=_tls(cafile),
-        )
-        if r.status_code != 200:
-            raise ZenfedError(f"coordinator refused ({r.status_code}): {r.text}", fix="")
-    except (ZenfedError, httpx.HTTPError) as e:
-        _fail(e if isinstance(e, ZenfedError) else ZenfedError(str(e), fix="is it running?"))
-        return
+    r = _operator_call("POST", url, "/v1/invites", state, operator_token, cafile, {"label": label})
     print(r.json()["token"])
 
 
@@ -171,16 +183,7 @@ def status(
     cafile: Annotated[Path | None, typer.Option(help="CA certificate for TLS")] = None,
 ) -> None:
     """Show the federation's state as a table."""
-    import httpx
-
-    try:
-        headers = {"authorization": f"Bearer {_operator(state, operator_token)}"}
-        r = httpx.get(f"{url.rstrip('/')}/v1/status", headers=headers, verify=_tls(cafile))
-        if r.status_code != 200:
-            raise ZenfedError(f"coordinator refused ({r.status_code}): {r.text}", fix="")
-    except (ZenfedError, httpx.HTTPError) as e:
-        _fail(e if isinstance(e, ZenfedError) else ZenfedError(str(e), fix="is it running?"))
-        return
+    r = _operator_call("GET", url, "/v1/status", state, operator_token, cafile)
     table = Table(title="zenfed federation", show_header=False)
     for key, value in r.json().items():
         table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
