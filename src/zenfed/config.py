@@ -305,8 +305,14 @@ class CompressConfig(_Frozen):
 
 
 class SamplingConfig(_Frozen):
-    """Which participants train in a round: a fraction, never fewer than a minimum."""
+    """Which participants train in a round.
 
+    ``fixed``: a cohort of ``ceil(fraction * n)``, never fewer than ``min_participants``.
+    ``poisson``: each participant independently with probability ``fraction`` (what the
+    differential-privacy accountant assumes; the cohort size varies, may be small).
+    """
+
+    method: Literal["fixed", "poisson"] = "fixed"
     fraction: float = 1.0
     min_participants: int = 1
 
@@ -314,6 +320,79 @@ class SamplingConfig(_Frozen):
     def _check(self) -> SamplingConfig:
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError("sampling.fraction must be in (0, 1]")
+        return self
+
+
+class PrivacyConfig(_Frozen):
+    """Participant-level differential privacy (DP-FedAvg) and its accountant.
+
+    Set ``clip_norm`` and one of ``noise_multiplier`` or ``target_epsilon`` (the noise is
+    then calibrated to reach it after ``run.rounds``). ``target_epsilon`` is also the
+    budget: a round that would exceed it is not run. ``noise = "distributed"`` has each
+    participant add its share of the noise under secure aggregation, so no party sees the
+    un-noised sum; ``"central"`` has the coordinator add it.
+    """
+
+    clip_norm: float | None = None  # participant-level L2 bound C (also without noise)
+    noise_multiplier: float | None = None  # z: the sum's noise has stddev z * C
+    target_epsilon: float | None = None
+    target_delta: float = 1e-6
+    accountant: Literal["rdp", "pld"] = "rdp"
+    noise: Literal["central", "distributed"] = "central"
+    adaptive_clipping: bool = False  # Andrew et al. 2021: C tracks a quantile of norms
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    clip_count_stddev: float | None = None  # None: expected cohort size / 20
+
+    @property
+    def enabled(self) -> bool:
+        """Whether updates get noise (and epsilon is accounted)."""
+        return self.noise_multiplier is not None or self.target_epsilon is not None
+
+    @model_validator(mode="after")
+    def _check(self) -> PrivacyConfig:
+        if self.enabled and self.clip_norm is None:
+            raise ValueError("differential privacy needs privacy.clip_norm (the bound C)")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ValueError("privacy.clip_norm must be positive")
+        if self.noise_multiplier is not None and self.noise_multiplier <= 0:
+            raise ValueError("privacy.noise_multiplier must be positive")
+        if self.target_epsilon is not None and self.target_epsilon <= 0:
+            raise ValueError("privacy.target_epsilon must be positive")
+        if not 0.0 < self.target_delta < 1.0:
+            raise ValueError("privacy.target_delta must be in (0, 1)")
+        if not 0.0 < self.target_quantile < 1.0 or self.clip_lr <= 0:
+            raise ValueError("privacy.target_quantile must be in (0, 1), clip_lr positive")
+        return self
+
+
+class SecAggConfig(_Frozen):
+    """Secure aggregation (SecAgg+, Bell et al. 2020): the coordinator learns only the sum.
+
+    Each participant masks with ``degree`` neighbours of a random regular graph (None:
+    about 2 log2 n, at least 2), secret-shares its mask secrets among them with threshold
+    ``floor(threshold * degree) + 1``, and the round aborts below ``min_survivors`` uploads.
+    Values are clipped to ``clip_norm`` (or privacy.clip_norm) and summed as fixed-point
+    integers modulo 2^32.
+    """
+
+    enabled: bool = False
+    degree: int | None = None
+    threshold: float = 0.5
+    min_survivors: int = 2
+    clip_norm: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SecAggConfig:
+        if not 0.5 <= self.threshold < 1.0:
+            raise ValueError(
+                "secagg.threshold must be in [0.5, 1): below one half a curious coordinator "
+                "could collect both secrets of a participant"
+            )
+        if self.degree is not None and self.degree < 1:
+            raise ValueError("secagg.degree must be at least 1")
+        if self.min_survivors < 1:
+            raise ValueError("secagg.min_survivors must be at least 1")
         return self
 
 
@@ -325,6 +404,15 @@ class RunConfig(_Frozen):
     eval_every: int = 1  # evaluate the global adapter every k rounds (and always at the end)
     out_dir: str = "runs/zenfed"
     sample_prompts: tuple[str, ...] = ()
+    # Simulation only: the chance that a sampled participant drops out of a round (at a
+    # random stage of secure aggregation, or before uploading without it).
+    dropout: float = 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("run.dropout must be in [0, 1)")
+        return self
 
 
 class ServiceConfig(_Frozen):
@@ -359,6 +447,27 @@ class FederationConfig(_Frozen):
     sampling: SamplingConfig = SamplingConfig()
     run: RunConfig = RunConfig()
     service: ServiceConfig = ServiceConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    secagg: SecAggConfig = SecAggConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> FederationConfig:
+        if self.privacy.enabled and self.sampling.method != "poisson":
+            raise ValueError(
+                "differential privacy is accounted for Poisson sampling of participants: "
+                "set sampling.method = 'poisson'"
+            )
+        if self.privacy.noise == "distributed" and self.privacy.enabled and not self.secagg.enabled:
+            raise ValueError(
+                "privacy.noise = 'distributed' adds the noise in shares under secure "
+                "aggregation: set secagg.enabled = true (or privacy.noise = 'central')"
+            )
+        if self.secagg.enabled and (self.secagg.clip_norm or self.privacy.clip_norm) is None:
+            raise ValueError(
+                "secure aggregation sums fixed-point integers whose range comes from a "
+                "clipping bound: set secagg.clip_norm or privacy.clip_norm"
+            )
+        return self
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> FederationConfig:

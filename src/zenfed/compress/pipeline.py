@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import safetensors.torch
 import torch
 import zstandard
@@ -158,6 +159,67 @@ class Pipeline:
             return self.to_bytes(parts), {}
         sent = self.decode(parts, shared_seed=shared_seed)
         return self.to_bytes(parts), {k: x[k] - sent[k] for k in x}
+
+    def flat_length(self) -> int:
+        """Values in the flat vector of a linear pipeline's parts (what secure aggregation
+        masks)."""
+        self._require_float_parts()
+        return sum(numel(shape) for specs in self.specs.values() for shape, _ in specs.values())
+
+    def flatten(self, parts: Parts) -> np.ndarray:
+        """The float32 parts, in key order, as one vector (linear pipelines only)."""
+        self._require_float_parts()
+        keys = sorted(k for specs in self.specs.values() for k in specs)
+        return np.concatenate([parts[k].reshape(-1).numpy() for k in keys]).astype(np.float32)
+
+    def unflatten(self, vector: np.ndarray) -> Parts:
+        """Inverse of :meth:`flatten`: the vector cut back into named parts."""
+        specs = {k: v for s in self.specs.values() for k, v in s.items()}
+        out: Parts = {}
+        at = 0
+        for key in sorted(specs):
+            shape, _ = specs[key]
+            n = numel(shape)
+            out[key] = torch.from_numpy(np.ascontiguousarray(vector[at : at + n], np.float32))
+            out[key] = out[key].reshape(shape)
+            at += n
+        if at != len(vector):
+            raise CodecError(f"flat vector of {len(vector)} values, expected {at}", fix="re-encode")
+        return out
+
+    def pack_flat(
+        self,
+        tensors: Tensors,
+        residual: Tensors,
+        *,
+        shared_seed: int,
+        private_seed: int,
+        clip_norm: float | None = None,
+    ) -> tuple[np.ndarray, Tensors]:
+        """Like :meth:`pack`, to a flat float32 vector (clipped to L2 ``clip_norm``) instead
+        of bytes: what a participant masks under secure aggregation."""
+        x = {
+            k: t.to(torch.float32) + residual[k] if k in residual else t for k, t in tensors.items()
+        }
+        flat = self.flatten(self.encode(x, shared_seed=shared_seed, private_seed=private_seed))
+        if clip_norm is not None:
+            norm = float(np.linalg.norm(flat.astype(np.float64)))
+            if norm > clip_norm:
+                flat = (flat * (clip_norm / norm)).astype(np.float32)
+        if not self.cfg.error_feedback or (self.lossless and clip_norm is None):
+            return flat, {}
+        sent = self.decode(self.unflatten(flat), shared_seed=shared_seed)
+        return flat, {k: x[k] - sent[k] for k in x}
+
+    def _require_float_parts(self) -> None:
+        self.require_linear("secure aggregation")
+        for specs in self.specs.values():
+            for key, (_, dtype) in specs.items():
+                if dtype != torch.float32:
+                    raise CodecError(
+                        f"payload part '{key}' is {dtype}, not float32: it cannot be summed",
+                        fix="use only linear codecs under secure aggregation",
+                    )
 
     def unpack(self, payload: bytes, *, shared_seed: int) -> Tensors:
         """Bytes from the wire back to dense float32 tensors (CodecError if malformed)."""

@@ -17,9 +17,11 @@ serialized version the coordinator serves (``version_bytes``).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import safetensors.numpy
 import torch
 
 from zenfed.aggregate.fedavg import WeightedMean
@@ -35,6 +37,9 @@ from zenfed.compress.downlink import (
 from zenfed.config import FederationConfig
 from zenfed.coordinator.strategy import Strategy
 from zenfed.errors import ZenfedError
+from zenfed.privacy import dp
+from zenfed.privacy.secagg import SecAggError, SecAggServer
+from zenfed.privacy.secagg.protocol import decode_sum
 from zenfed.protocol.messages import EvalReport, GlobalVersion, Task, Tensors, Update, tensors_hash
 
 KEEP_BROADCASTS = 16  # participants more rounds behind than this download in full
@@ -42,6 +47,11 @@ KEEP_BROADCASTS = 16  # participants more rounds behind than this download in fu
 
 class UpdateRejected(ZenfedError):
     """An update that failed validation; nothing was changed."""
+
+
+class RoundAborted(ZenfedError):
+    """A round that cannot produce a version (empty cohort, too few secure survivors);
+    the global version stays."""
 
 
 @dataclass
@@ -53,6 +63,9 @@ class _OpenRound:
     mean: WeightedMean = field(default_factory=WeightedMean)
     received: dict[str, Update] = field(default_factory=dict)  # metadata; payload dropped
     bytes_up: dict[str, int] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
+    secagg: SecAggServer | None = None
+    below_clip: float = 0.0  # plaintext adaptive clipping: updates within the bound
 
 
 @dataclass
@@ -67,6 +80,7 @@ class CoordinatorState:
     # and the last broadcasts that lead to it. Without one, public is params itself.
     public: Tensors | None = None
     broadcasts: list[Broadcast] = field(default_factory=list)
+    privacy: dp.PrivacyLedger = field(default_factory=dp.PrivacyLedger)
 
     @property
     def published(self) -> Tensors:
@@ -83,8 +97,10 @@ class Coordinator:
         initial: Tensors,
         participants: dict[str, int],
         state: CoordinatorState | None = None,
+        verify_keys: dict[str, bytes] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.verify_keys = dict(verify_keys or {})  # Ed25519 identities (secure aggregation)
         self.strategy = Strategy(cfg)
         self.participants = dict(participants)  # id -> declared number of examples
         self.shapes = {k: tuple(v.shape) for k, v in initial.items()}
@@ -97,11 +113,30 @@ class Coordinator:
         self._downloads: dict[str, int] = {}
         self._eval_bytes_down = 0
         self.last_traffic: dict[str, dict[str, int]] = {}
+        pc = cfg.privacy
+        # DP: the noise multiplier, calibrated to the target epsilon over the whole run.
+        self.noise_multiplier: float | None = pc.noise_multiplier
+        if pc.enabled and self.noise_multiplier is None:
+            assert pc.target_epsilon is not None
+            self.noise_multiplier = dp.calibrate_noise(
+                pc.target_epsilon,
+                pc.target_delta,
+                cfg.sampling.fraction,
+                cfg.run.rounds,
+                pc.accountant,
+            )
+        if cfg.secagg.enabled:
+            self.codec.require_linear("secure aggregation")
+            self.codec.flat_length()  # every part must be float32 to be summed
         if state is None:
             root = GlobalVersion(id=tensors_hash(initial), round=-1, parent=None)
             state = CoordinatorState(0, dict(initial), ServerOptState(), [root])
+            state.privacy.clip_norm = pc.clip_norm or cfg.secagg.clip_norm
         self.state = state
+        if self.participants:
+            self.round_noise()  # a noise setting that cannot work fails here, before round 1
         self._open: _OpenRound | None = None
+        self.last_skip = ""  # why the last skipped round produced no version
         self._evals: dict[str, EvalReport] = {}
 
     @property
@@ -162,11 +197,110 @@ class Coordinator:
         """Sample a cohort and return its training tasks for the next round."""
         if self._open is not None:
             raise ZenfedError(f"round {self._open.round} is still open", fix="close it first")
+        self.check_budget()
         tasks = self.strategy.configure(
             self.state.round, sorted(self.participants), self.version.id
         )
+        if not tasks:
+            raise RoundAborted(
+                f"round {self.state.round + 1}: the Poisson sample drew no participant",
+                fix="the round is skipped (raise sampling.fraction to make this rarer)",
+            )
+        tasks = self._privacy_tasks(tasks)
         self.restore_round(tasks)
         return tasks
+
+    @property
+    def expected_cohort(self) -> float:
+        """q * N under Poisson sampling: the fixed denominator of DP-FedAvg."""
+        return self.cfg.sampling.fraction * len(self.participants)
+
+    def round_noise(self) -> tuple[float, float]:
+        """(stddev of the update sum's noise, stddev of the clip count's noise) this round."""
+        z, clip = self.noise_multiplier, self.state.privacy.clip_norm
+        if z is None or clip is None:
+            return 0.0, 0.0
+        pc = self.cfg.privacy
+        z_update = dp.update_noise_multiplier(pc, z, self.expected_cohort)
+        count = dp.count_stddev(pc, self.expected_cohort, z) if pc.adaptive_clipping else 0.0
+        return z_update * clip, count
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far at the federation's target delta (0 without DP)."""
+        pc = self.cfg.privacy
+        return self.state.privacy.spent(pc.target_delta, pc.accountant)
+
+    def check_budget(self) -> None:
+        """PrivacyBudgetExceeded if one more round would spend more than the target epsilon."""
+        pc, z = self.cfg.privacy, self.noise_multiplier
+        if z is None or pc.target_epsilon is None:
+            return
+        after = [*self.state.privacy.rounds, (self.cfg.sampling.fraction, z)]
+        eps = dp.epsilon(after, pc.target_delta, pc.accountant)
+        if eps > pc.target_epsilon * (1 + 1e-9):
+            raise dp.PrivacyBudgetExceeded(
+                f"round {self.state.round + 1} would spend epsilon {eps:.3f} > the budget "
+                f"{pc.target_epsilon:g} (delta {pc.target_delta:g}); training stops here",
+                fix="release the current version, or start a new federation with a new budget",
+            )
+
+    def _privacy_tasks(self, tasks: list[Task]) -> list[Task]:
+        """Clip bound, noise shares, weights and secure-aggregation setups for the tasks."""
+        pc, sc = self.cfg.privacy, self.cfg.secagg
+        clip = self.state.privacy.clip_norm
+        if clip is None:
+            return tasks
+        update_std, count_std = self.round_noise()
+        distributed = sc.enabled and pc.noise == "distributed"
+        share = max(1, sc.min_survivors) ** 0.5  # survivors >= min_survivors: noise >= target
+        top = max(self.participants[t.participant] for t in tasks)
+        out = []
+        for t in tasks:
+            weight = 1.0 if pc.enabled else self.participants[t.participant] / top
+            out.append(
+                replace(
+                    t,
+                    clip_norm=clip,
+                    noise_std=update_std / share if distributed else 0.0,
+                    report_clip=pc.adaptive_clipping,
+                    count_noise_std=count_std / share if distributed else 0.0,
+                    weight=weight if sc.enabled else 1.0,
+                )
+            )
+        if not sc.enabled:
+            return out
+        server = self._secagg_server(out)
+        return [replace(t, secagg=server.setup_for(t.participant)) for t in out]
+
+    def _secagg_server(self, tasks: list[Task]) -> SecAggServer:
+        sc, t0 = self.cfg.secagg, tasks[0]
+        clip = t0.clip_norm or 1.0
+        bound = max(clip, 1.0) + 8 * max(t0.noise_std, t0.count_noise_std)
+        length = self.codec.flat_length() + (1 if t0.report_clip else 0)
+        return SecAggServer(
+            t0.round,
+            [t.participant for t in tasks],
+            self.verify_keys,
+            length=length,
+            bound=bound,
+            degree=sc.degree,
+            threshold=sc.threshold,
+            min_survivors=sc.min_survivors,
+            seed=t0.codec_seed,
+        )
+
+    @property
+    def secagg(self) -> SecAggServer:
+        """The open round's secure-aggregation server (its stages are driven by a transport)."""
+        if self._open is None or self._open.secagg is None:
+            raise ZenfedError("no secure-aggregation round is open", fix="open one first")
+        return self._open.secagg
+
+    def skip_round(self, reason: str) -> None:
+        """Abort the open round (if any) and move on to the next round number."""
+        self.abort_round()
+        self.state.round += 1
+        self.last_skip = reason
 
     def restore_round(self, tasks: list[Task]) -> None:
         """Open the next round with exactly these tasks (a restarted service's stored ones)."""
@@ -184,6 +318,8 @@ class Coordinator:
             frozenset(t.participant for t in tasks),
             self.version.id,
             tasks[0].codec_seed,
+            tasks={t.participant: t for t in tasks},
+            secagg=self._secagg_server(tasks) if tasks[0].secagg is not None else None,
         )
         self._downloads = {}
 
@@ -215,6 +351,13 @@ class Coordinator:
         self._validate(update)
         r = self._open
         assert r is not None
+        if r.secagg is not None:
+            words = _masked_words(update)
+            try:
+                r.secagg.check_masked(update.participant, words)
+            except SecAggError as e:
+                raise UpdateRejected(e.problem, fix=e.fix) from e
+            return {"masked": torch.from_numpy(words.view(np.int32))}
         try:
             tensors = self.codec.unpack(update.payload, shared_seed=r.codec_seed)
         except CodecError as e:
@@ -232,7 +375,17 @@ class Coordinator:
                 f"update from '{update.participant}' cannot be accepted twice or outside a round",
                 fix="check it first",
             )
-        r.mean.add(tensors, float(update.num_examples))
+        if r.secagg is not None:
+            r.secagg.receive_masked(update.participant, tensors["masked"].numpy().view(np.uint32))
+        elif r.tasks[update.participant].clip_norm is not None:
+            # The coordinator sees plaintext updates: it clips them itself (central DP).
+            clip = float(r.tasks[update.participant].clip_norm or 0.0)
+            clipped, norm = dp.clip_l2(tensors, clip)
+            r.below_clip += float(norm <= clip)
+            weight = 1.0 if self.cfg.privacy.enabled else float(update.num_examples)
+            r.mean.add(clipped, weight)
+        else:
+            r.mean.add(tensors, float(update.num_examples))
         # Keep only metadata: the running mean already holds the tensors' contribution.
         r.received[update.participant] = replace(update, payload=b"")
         r.bytes_up[update.participant] = len(update.payload)
@@ -247,8 +400,13 @@ class Coordinator:
                 f"round {r.round} received no updates; the global version stays",
                 fix="check the participants' errors",
             )
+        mean, privacy_metrics = self._aggregate(r)
+        ledger = self._ledger_after(privacy_metrics)
+        if self.noise_multiplier is not None:
+            pc = self.cfg.privacy
+            privacy_metrics["epsilon"] = ledger.spent(pc.target_delta, pc.accountant)
         params, server_state = server_step(
-            self.cfg.server, self.state.params, r.mean.result(), self.state.server_state
+            self.cfg.server, self.state.params, mean, self.state.server_state
         )
         ups = list(r.received.values())
         self.last_traffic = {
@@ -266,6 +424,7 @@ class Coordinator:
             "bytes_up": float(sum(r.bytes_up.values())),
             "bytes_down": float(sum(self._downloads.values())),
             "dense_bytes_up": float(self.dense_update_bytes * len(ups)),
+            **privacy_metrics,
         }
         public, broadcasts = self._publish(params, r.round)
         version = GlobalVersion(
@@ -285,9 +444,52 @@ class Coordinator:
             [*self.state.versions, version],
             public,
             broadcasts,
+            ledger,
         )
         self._open = None
         return version
+
+    def _aggregate(self, r: _OpenRound) -> tuple[Tensors, dict[str, float]]:
+        """The round's mean update and its privacy metrics (noised under DP; unmasked under
+        secure aggregation). SecAggAborted if the secure sum cannot be reconstructed."""
+        if r.secagg is None and r.tasks[next(iter(r.received))].clip_norm is None:
+            return r.mean.result(), {}
+        update_std, count_std = self.round_noise()
+        pc = self.cfg.privacy
+        if r.secagg is not None:
+            total = decode_sum(r.secagg.finish(), r.secagg.scale)
+            n = self.codec.flat_length()
+            parts = self.codec.unflatten(total[:n].astype(np.float32))
+            summed = self.codec.decode(parts, shared_seed=r.codec_seed)
+            below = float(total[n]) if len(total) > n else 0.0
+            weight = sum(r.tasks[p].weight for p in r.received)
+        else:
+            summed = {k: v * r.mean.total_weight for k, v in r.mean.result().items()}
+            below, weight = r.below_clip, r.mean.total_weight
+        metrics: dict[str, float] = {
+            "clip_norm": float(r.tasks[next(iter(r.tasks))].clip_norm or 0)
+        }
+        if pc.enabled:
+            if pc.noise == "central" or r.secagg is None:
+                gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+                noise = dp.gaussian_like(summed, update_std, gen)
+                summed = {k: v + noise[k] for k, v in summed.items()}
+                below += float(torch.randn((), generator=gen)) * count_std
+            weight = self.expected_cohort  # the fixed denominator q * N
+            metrics["noise_std"] = update_std
+        if pc.adaptive_clipping:
+            metrics["below_clip_fraction"] = below / max(weight, 1e-12)
+        return {k: (v / weight).to(torch.float32) for k, v in summed.items()}, metrics
+
+    def _ledger_after(self, metrics: dict[str, float]) -> dp.PrivacyLedger:
+        old = self.state.privacy
+        rounds = list(old.rounds)
+        if self.noise_multiplier is not None:
+            rounds.append((self.cfg.sampling.fraction, self.noise_multiplier))
+        clip = old.clip_norm
+        if clip is not None and "below_clip_fraction" in metrics:
+            clip = dp.next_clip_norm(self.cfg.privacy, clip, metrics["below_clip_fraction"])
+        return dp.PrivacyLedger(rounds, clip)
 
     def _publish(
         self, params: Tensors, server_round: int
@@ -377,6 +579,23 @@ class Coordinator:
                 f"{u.num_examples} and loss {u.train_loss}",
                 fix="report a positive example count and a finite loss",
             )
+
+
+def _masked_words(update: Update) -> np.ndarray:
+    """The uint32 words of a masked upload (safetensors with one tensor, ``masked``)."""
+    try:
+        words = safetensors.numpy.load(update.payload)["masked"]
+    except Exception as e:  # safetensors raises its own errors and KeyError
+        raise UpdateRejected(
+            f"masked upload from '{update.participant}' is not a safetensors 'masked' tensor",
+            fix="upload what SecAggClient.mask returned",
+        ) from e
+    if words.dtype != np.uint32 or words.ndim != 1:
+        raise UpdateRejected(
+            f"masked upload from '{update.participant}' is {words.dtype}, {words.ndim}-d",
+            fix="upload a 1-d uint32 vector",
+        )
+    return words
 
 
 def _check_finite(participant: str, tensors: Tensors) -> None:

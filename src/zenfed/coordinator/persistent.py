@@ -73,6 +73,13 @@ class PersistentCoordinator:
         blobs: BlobStore,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if cfg.secagg.enabled or cfg.privacy.enabled:
+            raise ZenfedError(
+                "the networked coordinator does not run secure aggregation or differential "
+                "privacy yet (the stages have no HTTP routes and the privacy ledger is not "
+                "stored in the database)",
+                fix="use zenfed simulate for secagg/privacy runs, or turn them off",
+            )
         self.cfg, self.db, self.blobs, self.clock = cfg, db, blobs, clock
         self.rejections: Counter[str] = Counter()
         db.upgrade()

@@ -3,7 +3,9 @@
     tasks = strategy.configure(server_round=3, participants=["a", "b"], version=v)
 
 Client sampling takes ``ceil(fraction * n)`` participants, never fewer than
-``min_participants`` (nor more than there are), drawn by a generator seeded with the run's
+``min_participants`` (nor more than there are), or, with ``sampling.method = "poisson"``,
+each participant independently with probability ``fraction`` (the cohort may be empty);
+drawn by a generator seeded with the run's
 seed and the round, so a resumed run samples the same cohorts. Each round also gets one
 ``codec_seed`` that every task shares: codecs that must pick the same coordinates on every
 participant (random-k, count sketch) draw them from it.
@@ -43,9 +45,14 @@ class Strategy:
         """The training tasks of ``server_round`` (0-based) starting from ``version``."""
         run, train = self.cfg.run, self.cfg.train
         rng = np.random.default_rng([run.seed, server_round])
-        cohort = sample_participants(
-            participants, self.cfg.sampling.fraction, self.cfg.sampling.min_participants, rng
-        )
+        sc = self.cfg.sampling
+        if sc.method == "poisson":
+            if not participants:
+                raise ZenfedError("no participants are enrolled", fix="enroll one")
+            chosen = rng.random(len(participants)) < sc.fraction
+            cohort = [p for p, c in zip(participants, chosen, strict=True) if c]
+        else:
+            cohort = sample_participants(participants, sc.fraction, sc.min_participants, rng)
         steps = train.local_steps or 0  # epoch-based training has no global step schedule
         codec_seed = int(np.random.default_rng([run.seed, server_round, 1]).integers(2**62))
         return [

@@ -17,14 +17,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+import safetensors.numpy
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peft import PeftModel
 
 from zenfed.compress import Pipeline
 from zenfed.compress.downlink import downlink_pipeline, receive
 from zenfed.config import CompressConfig, TrainConfig
 from zenfed.data.examples import ParticipantData
+from zenfed.errors import ZenfedError
 from zenfed.model.adapter import adapter_parameters, set_adapter_state
+from zenfed.privacy import dp
+from zenfed.privacy.secagg import AdvertiseKeys, SecAggClient, UnmaskRequest
 from zenfed.protocol.messages import EvalReport, Task, Tensors, Update
 from zenfed.train.evaluate import evaluate
 from zenfed.train.trainer import OptimizerState, StepPlan, plan_steps, train_local
@@ -79,11 +85,16 @@ class Participant:
         data: ParticipantData,
         runtime: Runtime,
         state: ParticipantState | None = None,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.name = name
         self.data = data
         self.runtime = runtime
         self.state = state or ParticipantState()
+        # Signs this participant's secure-aggregation keys (its identity; in simulation an
+        # in-memory key per virtual participant).
+        self.signing_key = signing_key or Ed25519PrivateKey.generate()
+        self._secagg: SecAggClient | None = None
 
     def train(self, task: Task, download: Download) -> Update:
         """Train from the task's version on the private training split; return the delta."""
@@ -106,12 +117,19 @@ class Participant:
             self.state.optimizer,
             name=self.name,
         )
-        payload, residual = rt.codecs()[0].pack(
-            result.delta,
-            self.state.extra.get("error_feedback", {}),
-            shared_seed=task.codec_seed,
-            private_seed=task.seed,
-        )
+        delta, below = result.delta, None
+        if task.clip_norm is not None:
+            delta, norm = dp.clip_l2(delta, task.clip_norm)
+            below = norm <= task.clip_norm
+        if task.secagg is None:
+            payload, residual = rt.codecs()[0].pack(
+                delta,
+                self.state.extra.get("error_feedback", {}),
+                shared_seed=task.codec_seed,
+                private_seed=task.seed,
+            )
+        else:
+            payload, residual = self._masked(task, delta, bool(below))
         self.state.optimizer = result.optimizer_state
         self.state.extra["error_feedback"] = residual
         self.state.rounds_trained += 1
@@ -126,7 +144,44 @@ class Participant:
             seconds=result.seconds,
             train_loss=result.train_loss,
             steps=result.steps,
+            below_clip=below if task.report_clip and task.secagg is None else None,
         )
+
+    def _masked(self, task: Task, delta: Tensors, below: bool) -> tuple[bytes, Tensors]:
+        client = self._secagg
+        if client is None or client.setup.round != task.round:
+            raise ZenfedError(
+                f"{self.name}: no secure-aggregation keys for round {task.round}",
+                fix="run the advertise and share stages first",
+            )
+        residual = self.state.extra.get("error_feedback", {})
+        return masked_update(client, self.runtime.codecs()[0], task, delta, residual, below)
+
+    def secagg_advertise(self, task: Task) -> AdvertiseKeys:
+        """Stage 1 of secure aggregation: fresh keys for the task's round, signed."""
+        if task.secagg is None:
+            raise ZenfedError(f"round {task.round} runs no secure aggregation", fix="train")
+        self._secagg = SecAggClient(self.name, task.secagg, self.signing_key.sign)
+        return self._secagg.advertise()
+
+    def secagg_share(
+        self, keys: dict[str, AdvertiseKeys], verify_keys: dict[str, bytes]
+    ) -> dict[str, bytes]:
+        """Stage 2: check the neighbours' keys and encrypt each its shares."""
+        return self._client().share_keys(keys, verify_keys)
+
+    def secagg_receive(self, inbox: dict[str, bytes]) -> None:
+        """Before stage 3: the shares the neighbours sent (they are the mask partners)."""
+        self._client().receive_shares(inbox)
+
+    def secagg_unmask(self, request: UnmaskRequest) -> dict[str, bytes]:
+        """Stage 4: the shares that let the coordinator remove the masks."""
+        return self._client().unmask(request)
+
+    def _client(self) -> SecAggClient:
+        if self._secagg is None:
+            raise ZenfedError(f"{self.name}: no secure-aggregation round", fix="advertise first")
+        return self._secagg
 
     def evaluate(self, task: Task, download: Download) -> EvalReport:
         """Held-out loss of the task's version on this participant's held-out split."""
@@ -148,3 +203,33 @@ class Participant:
         if downlink is not None:
             self.state.held = (version, tensors)
         return tensors
+
+
+def masked_update(
+    client: SecAggClient,
+    pipeline: Pipeline,
+    task: Task,
+    delta: Tensors,
+    residual: Tensors,
+    below: bool,
+) -> tuple[bytes, Tensors]:
+    """The secure-aggregation upload of ``delta``: encoded by the (linear) pipeline into a
+    flat vector clipped to the task's bound, scaled by its weight, plus this participant's
+    noise share (and, with adaptive clipping, its noised clip bit), then masked.
+    Returns the payload (safetensors, one uint32 tensor ``masked``) and the new
+    error-feedback residual."""
+    flat, new_residual = pipeline.pack_flat(
+        delta,
+        residual,
+        shared_seed=task.codec_seed,
+        private_seed=task.seed,
+        clip_norm=task.clip_norm,
+    )
+    rng = np.random.default_rng()  # OS entropy: the noise share must not be guessable
+    values = flat.astype(np.float64) * task.weight
+    if task.noise_std:
+        values += rng.normal(0.0, task.noise_std, values.shape)
+    if task.report_clip:
+        noise = rng.normal(0.0, task.count_noise_std) if task.count_noise_std else 0.0
+        values = np.append(values, float(below) + noise)
+    return safetensors.numpy.save({"masked": client.mask(values)}), new_residual

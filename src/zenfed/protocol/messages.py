@@ -14,6 +14,8 @@ from typing import Literal
 
 import torch
 
+from zenfed.privacy.secagg.protocol import SecAggSetup
+
 Tensors = dict[str, torch.Tensor]
 
 
@@ -30,6 +32,16 @@ class Task:
     step_offset: int = 0  # where this round's local steps start in the run's schedule
     total_steps: int = 0  # local steps of the whole run (0: no schedule)
     codec_seed: int = 0  # the round's shared seed (random-k / sketch coordinates)
+    # Privacy (zenfed.privacy): clip the update to this L2 norm; add Gaussian noise of this
+    # stddev to it (a share of distributed DP noise); report whether the norm was within
+    # the bound (adaptive clipping), with noise of ``count_noise_std`` under secure
+    # aggregation; scale the update by ``weight`` before masking.
+    clip_norm: float | None = None
+    noise_std: float = 0.0
+    report_clip: bool = False
+    count_noise_std: float = 0.0
+    weight: float = 1.0
+    secagg: SecAggSetup | None = None  # set when the round runs secure aggregation
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,7 @@ class Update:
     seconds: float
     train_loss: float
     steps: int
+    below_clip: bool | None = None  # adaptive clipping without secure aggregation
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,11 @@ class Progress:
         self._bars.advance(self._rounds)
         union = row.get("union_loss")
         held = f"  held-out (union) {union:.4f}" if union is not None else ""
-        self.console.print(f"round {row['round']}: train loss {row['train_loss']:.4f}{held}")
+        eps = f"  epsilon {row['epsilon']:.3f}" if "epsilon" in row else ""
+        if "aborted" in row:
+            self.console.print(f"round {row['round']}: [yellow]aborted[/] ({row['aborted']})")
+            return
+        self.console.print(f"round {row['round']}: train loss {row['train_loss']:.4f}{held}{eps}")
         for name, error in row.get("failures", {}).items():
             self.console.print(f"  [yellow]{name} failed:[/] {error}", highlight=False)
 

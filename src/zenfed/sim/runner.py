@@ -13,15 +13,19 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from zenfed.config import FederationConfig, parse_config
-from zenfed.coordinator.engine import Coordinator
+from zenfed.coordinator.engine import Coordinator, RoundAborted
 from zenfed.errors import ZenfedError
 from zenfed.model.adapter import export_adapter
-from zenfed.participant.agent import ParticipantState
+from zenfed.participant.agent import Participant, ParticipantState
+from zenfed.privacy.secagg import STAGES, SecAggAborted
 from zenfed.sim import baselines as bl
 from zenfed.sim.progress import Progress
 from zenfed.sim.report import plot_losses, sample_generations
@@ -58,7 +62,12 @@ def run_simulation(
             fix="build_world(cfg) for this config",
         )
     # The coordinator checks the codec settings against the adapter's shapes: before writing.
-    coord = Coordinator(cfg, world.initial, {d.name: len(d.train) for d in world.data})
+    coord = Coordinator(
+        cfg,
+        world.initial,
+        {d.name: len(d.train) for d in world.data},
+        verify_keys={k: identity_key(p) for k, p in world.participants.items()},
+    )
     if not resume:
         _init_out_dir(out, cfg)
     history: list[dict[str, Any]] = []
@@ -69,7 +78,7 @@ def run_simulation(
         coord.state, states, history = load_checkpoint(out / "checkpoint.pt")
         for name, st in states.items():
             world.participants[name].state = st
-    transport = InMemoryTransport(coord, world.participants)
+    transport = InMemoryTransport(coord, world.participants, drop=_dropouts(cfg, coord))
     if not history:
         history.append({"round": 0, **_evaluate(coord, transport, progress)})
     rounds = cfg.run.rounds
@@ -101,16 +110,21 @@ def run_round(
 ) -> dict[str, Any]:
     """One training round: open, run every task through the transport, close."""
     t0 = time.perf_counter()
-    tasks = coord.open_round()
-    r = tasks[0].round
-    progress.start_phase(f"round {r + 1}: training", len(tasks))
-    failures = transport.run(tasks, on_done=progress.advance_phase)
-    if len(failures) == len(tasks):
-        raise ZenfedError(
-            f"round {r + 1}: every participant failed; first: {next(iter(failures.values()))}",
-            fix="see the error above",
-        )
-    version = coord.close_round()
+    r = coord.state.round
+    try:
+        tasks = coord.open_round()
+        progress.start_phase(f"round {r + 1}: training", len(tasks))
+        failures = transport.run(tasks, on_done=progress.advance_phase)
+        if len(failures) == len(tasks) and tasks[0].secagg is None:
+            raise ZenfedError(
+                f"round {r + 1}: every participant failed; first: {next(iter(failures.values()))}",
+                fix="see the error above",
+            )
+        version = coord.close_round()
+    except (RoundAborted, SecAggAborted) as e:
+        coord.skip_round(str(e))
+        progress.note(f"round {r + 1} aborted: {e}")
+        return {"round": r + 1, "aborted": str(e), "seconds": time.perf_counter() - t0}
     return {
         "round": r + 1,
         "version": version.id[:16],
@@ -119,6 +133,28 @@ def run_round(
         "failures": failures,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def identity_key(p: Participant) -> bytes:
+    """A participant's raw Ed25519 public key (what the coordinator verifies it by)."""
+    return p.signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _dropouts(cfg: FederationConfig, coord: Coordinator) -> Callable[[str, str], bool]:
+    """Injected dropouts: each sampled participant drops with probability run.dropout, at a
+    stage drawn uniformly (seeded by the run's seed, the round and the participant)."""
+    p = cfg.run.dropout
+
+    def drop(stage: str, pid: str) -> bool:
+        if p <= 0:
+            return False
+        rng = np.random.default_rng([cfg.run.seed, coord.state.round, 3, *pid.encode()])
+        if rng.random() >= p:
+            return False
+        stages = STAGES if cfg.secagg.enabled else ("masked_input",)
+        return stage == stages[int(rng.integers(len(stages)))]
+
+    return drop
 
 
 def _evaluate(
@@ -155,6 +191,8 @@ def _finish(
         **_traffic(history),
         "seconds": seconds,
         "version": coord.version.id,
+        "aborted_rounds": sum(1 for h in history if "aborted" in h),
+        **_privacy_summary(cfg, coord),
     }
     tb = time.perf_counter()
     if "centralized" in baselines:
@@ -173,11 +211,37 @@ def _finish(
     summary["baseline_seconds"] = time.perf_counter() - tb
     final_tensors = coord.fetch(coord.version.id)
     export_adapter(world.model, final_tensors, out / "adapter")
+    if "privacy" in summary:  # the released adapter carries its guarantee
+        text = json.dumps(summary["privacy"], indent=2).encode()
+        atomic_write(out / "adapter" / "zenfed_privacy.json", lambda f: f.write(text))
     if cfg.run.sample_prompts:
         summary["samples"] = sample_generations(world, final_tensors, cfg.run.sample_prompts)
     plot_losses(history, summary, out / "loss.png")
     atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     return summary
+
+
+def _privacy_summary(cfg: FederationConfig, coord: Coordinator) -> dict[str, Any]:
+    """The released model's guarantee: (epsilon, delta) and how it was obtained."""
+    pc, z = cfg.privacy, coord.noise_multiplier
+    if z is None:
+        return {}
+    return {
+        "epsilon": coord.epsilon(),
+        "privacy": {
+            "unit": "participant (all of one participant's data)",
+            "epsilon": coord.epsilon(),
+            "delta": pc.target_delta,
+            "accountant": f"dp-accounting {pc.accountant}",
+            "noise_multiplier": z,
+            "sampling_rate": cfg.sampling.fraction,
+            "rounds_released": len(coord.state.privacy.rounds),
+            "clip_norm": coord.state.privacy.clip_norm,
+            "adaptive_clipping": pc.adaptive_clipping,
+            "noise": pc.noise,
+            "secure_aggregation": cfg.secagg.enabled,
+        },
+    }
 
 
 def _traffic(history: list[dict[str, Any]]) -> dict[str, float]:

@@ -23,6 +23,7 @@ from zenfed.compress.downlink import Broadcast
 from zenfed.coordinator.engine import CoordinatorState
 from zenfed.errors import ZenfedError
 from zenfed.participant.agent import ParticipantState
+from zenfed.privacy.dp import PrivacyLedger
 from zenfed.protocol.messages import GlobalVersion
 
 FORMAT = 1
@@ -52,6 +53,11 @@ def save_checkpoint(
         ],
         "participants": {k: participant_blob(s) for k, s in participants.items()},
         "history": history,
+        # The privacy ledger: every released round's (sampling rate, noise multiplier).
+        "privacy": {
+            "rounds": [list(r) for r in coord.privacy.rounds],
+            "clip_norm": coord.privacy.clip_norm,
+        },
     }
     atomic_write(path, lambda f: torch.save(blob, f))
 
@@ -88,6 +94,10 @@ def load_checkpoint(
         versions,
         blob.get("public"),
         broadcasts,
+        PrivacyLedger(
+            [(float(q), float(z)) for q, z in blob.get("privacy", {}).get("rounds", [])],
+            blob.get("privacy", {}).get("clip_norm"),
+        ),
     )
     parts = {k: participant_from_blob(p) for k, p in blob["participants"].items()}
     return coord, parts, blob["history"]

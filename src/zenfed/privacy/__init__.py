@@ -1,0 +1,3 @@
+"""Privacy: differential privacy (``dp``: clipping, noise, accounting over Google's
+dp-accounting) and secure aggregation (``secagg``: SecAgg+ on ``cryptography`` and
+PyCryptodome)."""

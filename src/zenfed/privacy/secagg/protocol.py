@@ -1,0 +1,487 @@
+"""SecAgg+ (Bell et al. 2020, after Bonawitz et al. 2017): the coordinator learns the sum of
+the participants' vectors and nothing else, even when some drop out mid-round.
+
+    server = SecAggServer(round, cohort, verify_keys, length=d, bound=B, ...)
+    client = SecAggClient(pid, server.setup_for(pid), sign)           # one per participant
+    server.receive_keys(client.advertise());             server.close_stage()  # 1 advertise_keys
+    server.receive_shares(pid, client.share_keys(server.keys_for(pid), verify_keys))
+    server.close_stage()                                                        # 2 share_keys
+    client.receive_shares(server.inbox(pid))
+    server.receive_masked(pid, client.mask(values));     server.close_stage()  # 3 masked_input
+    server.receive_unmask(pid, client.unmask(server.unmask_request()))         # 4 unmask
+    total = server.finish()            # the sum of the survivors' fixed-point vectors
+
+Stage 1: each participant makes two X25519 key pairs (one to encrypt shares, one to agree
+pairwise masks) and a 32-byte self-mask seed, and advertises both public keys and a
+SHA-256 commitment to the seed, signed with its Ed25519 identity. Stage 2: it
+Shamir-shares its mask private key and its seed among its neighbours in a random regular
+graph (threshold t > degree / 2) and sends each neighbour its shares encrypted with
+AES-GCM under their X25519 agreement. Stage 3: it uploads its fixed-point vector plus the
+PRG expansion of its seed plus, for every neighbour that completed stage 2, the PRG
+expansion of their agreed mask key (added if its id sorts first, subtracted otherwise);
+the words wrap modulo 2^32. Stage 4: the coordinator names the survivors (uploaded) and
+the dropped (shared keys, did not upload); each survivor returns, for each neighbour, the
+seed share if that neighbour survived and the mask-key share if it dropped, never both
+(an honest participant answers one request per round and refuses overlapping lists). The
+coordinator reconstructs, removes the survivors' self masks and the dropped participants'
+pairwise masks, and is left with the sum. A reconstruction is checked against what was
+advertised (seed commitment, public key), so inconsistent shares are caught.
+
+Threat model: an honest-but-curious coordinator learns only the sum of at least
+``min_survivors`` inputs. A malicious coordinator could lie about who dropped to different
+participants (consistency checks of Bonawitz et al.'s active-security variant are not
+implemented) or isolate a victim; participants are not checked to have clipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from zenfed.errors import ZenfedError
+from zenfed.privacy.secagg import crypto, fixedpoint, graph, shamir
+
+STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
+
+
+class SecAggError(ZenfedError):
+    """A message that does not fit the protocol (wrong stage, sender, shape, signature)."""
+
+
+class SecAggAborted(ZenfedError):
+    """The round cannot finish securely (too few survivors or shares); nothing is released."""
+
+
+@dataclass(frozen=True)
+class SecAggSetup:
+    """What a participant needs to take part: its neighbours and the encoding."""
+
+    round: int
+    neighbours: tuple[str, ...]
+    threshold: int  # shares that reconstruct a participant's secrets
+    length: int  # values in the masked vector
+    bound: float  # every value is clamped to [-bound, bound]
+    scale: float  # fixed-point scale (sums of the whole cohort cannot overflow)
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys:
+    """Stage 1: a participant's two public keys and seed commitment, signed."""
+
+    participant: str
+    cipher_key: bytes
+    mask_key: bytes
+    seed_commitment: bytes
+    signature: bytes
+
+    def signed_bytes(self, round: int) -> bytes:
+        """What the Ed25519 signature covers."""
+        return b"|".join(
+            [
+                b"zenfed/secagg/advertise",
+                str(round).encode(),
+                self.participant.encode(),
+                self.cipher_key,
+                self.mask_key,
+                self.seed_commitment,
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Stage 4: who uploaded a masked vector and who dropped after sharing keys."""
+
+    round: int
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+
+def _share_aad(round: int, owner: str, recipient: str) -> bytes:
+    return f"zenfed/secagg/share|{round}|{owner}|{recipient}".encode()
+
+
+def _mask_info(round: int) -> bytes:
+    return f"zenfed/secagg/mask|{round}".encode()
+
+
+def _cipher_info(round: int) -> bytes:
+    return f"zenfed/secagg/cipher|{round}".encode()
+
+
+def _self_mask(seed: bytes, round: int, n: int) -> np.ndarray:
+    return crypto.prg(crypto.derive(seed, f"zenfed/secagg/self|{round}".encode()), n)
+
+
+def threshold_for(degree: int, fraction: float) -> int:
+    """Shares needed: floor(fraction * degree) + 1, so more than half of the neighbours."""
+    return max(1, min(degree, math.floor(fraction * degree) + 1))
+
+
+class SecAggClient:
+    """A participant's side of one round of SecAgg+ (fresh keys every round)."""
+
+    def __init__(
+        self,
+        participant: str,
+        setup: SecAggSetup,
+        sign: Callable[[bytes], bytes],
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.participant = participant
+        self.setup = setup
+        self._sign = sign
+        self._cipher_sk, self._cipher_pk = crypto.keypair()
+        self._mask_sk, self._mask_pk = crypto.keypair()
+        self._seed = os.urandom(32)
+        self._rng = rng or np.random.default_rng()
+        self._keys: dict[str, AdvertiseKeys] = {}
+        self._held: dict[str, tuple[bytes, bytes]] = {}  # owner -> (mask-key share, seed share)
+        self._answered = False
+
+    def advertise(self) -> AdvertiseKeys:
+        """Stage 1: the signed public keys and seed commitment."""
+        unsigned = AdvertiseKeys(
+            self.participant,
+            self._cipher_pk,
+            self._mask_pk,
+            hashlib.sha256(self._seed).digest(),
+            b"",
+        )
+        sig = self._sign(unsigned.signed_bytes(self.setup.round))
+        return AdvertiseKeys(
+            unsigned.participant,
+            unsigned.cipher_key,
+            unsigned.mask_key,
+            unsigned.seed_commitment,
+            sig,
+        )
+
+    def share_keys(
+        self, keys: dict[str, AdvertiseKeys], verify_keys: dict[str, bytes]
+    ) -> dict[str, bytes]:
+        """Stage 2: check the neighbours' signed keys, then encrypt each its shares."""
+        s = self.setup
+        for v, k in keys.items():
+            if v not in s.neighbours or k.participant != v:
+                raise SecAggError(
+                    f"'{self.participant}' got keys of '{v}', not a neighbour",
+                    fix="the coordinator must forward only neighbours' keys",
+                )
+            verify_advertisement(k, s.round, verify_keys.get(v))
+        if len(keys) < s.threshold:
+            raise SecAggAborted(
+                f"'{self.participant}' has {len(keys)} neighbours with keys, "
+                f"{s.threshold} needed to share its secrets",
+                fix="too many neighbours dropped; the round aborts",
+            )
+        self._keys = dict(keys)
+        count = len(s.neighbours)
+        sk_shares = shamir.split(crypto.private_bytes(self._mask_sk), s.threshold, count)
+        seed_shares = shamir.split(self._seed, s.threshold, count)
+        out = {}
+        for i, v in enumerate(s.neighbours):
+            if v not in keys:
+                continue
+            key = crypto.agree(self._cipher_sk, keys[v].cipher_key, _cipher_info(s.round))
+            plain = sk_shares[i][1] + seed_shares[i][1]
+            out[v] = crypto.seal(key, plain, _share_aad(s.round, self.participant, v))
+        return out
+
+    def receive_shares(self, inbox: dict[str, bytes]) -> None:
+        """Decrypt the shares neighbours sent; they are this round's mask partners."""
+        s = self.setup
+        held = {}
+        for owner, blob in inbox.items():
+            if owner not in self._keys:
+                raise SecAggError(
+                    f"'{self.participant}' got shares from '{owner}', whose keys it never saw",
+                    fix="route shares only between neighbours that advertised",
+                )
+            key = crypto.agree(self._cipher_sk, self._keys[owner].cipher_key, _cipher_info(s.round))
+            plain = crypto.open_sealed(key, blob, _share_aad(s.round, owner, self.participant))
+            if len(plain) != 2 * shamir.SECRET_BYTES:
+                raise SecAggError(f"share from '{owner}' has the wrong length", fix="re-share")
+            held[owner] = (plain[:32], plain[32:])
+        self._held = held
+
+    def mask(self, values: np.ndarray) -> np.ndarray:
+        """Stage 3: fixed-point ``values`` plus the self mask plus the pairwise masks."""
+        s = self.setup
+        if values.shape != (s.length,):
+            raise SecAggError(
+                f"masked vector of shape {values.shape}, expected ({s.length},)",
+                fix="encode the update with the federation's pipeline",
+            )
+        words = fixedpoint.encode(values, s.scale, self._rng, s.bound)
+        words += _self_mask(self._seed, s.round, s.length)
+        info = _mask_info(s.round)
+        for v in self._held:
+            m = crypto.prg(crypto.agree(self._mask_sk, self._keys[v].mask_key, info), s.length)
+            if self.participant < v:
+                words += m
+            else:
+                words -= m
+        return words
+
+    def unmask(self, request: UnmaskRequest) -> dict[str, bytes]:
+        """Stage 4: for each partner, its seed share if it survived, its mask-key share if it
+        dropped. Answers once; refuses a request that would reveal both for anyone."""
+        s = self.setup
+        survivors, dropped = set(request.survivors), set(request.dropped)
+        if self._answered:
+            raise SecAggError(
+                f"'{self.participant}' already answered the unmask stage of round {s.round}",
+                fix="one unmask request per round",
+            )
+        if request.round != s.round or survivors & dropped:
+            raise SecAggError(
+                "an unmask request that names a participant both survivor and dropped "
+                "(or is for another round)",
+                fix="refused: it would reveal both secrets of one participant",
+            )
+        if self.participant not in survivors or len(survivors) < s.threshold:
+            raise SecAggAborted(
+                f"unmask request with {len(survivors)} survivors (threshold {s.threshold})",
+                fix="the round aborts",
+            )
+        self._answered = True
+        out = {}
+        for owner, (sk_share, seed_share) in self._held.items():
+            if owner in survivors:
+                out[owner] = seed_share
+            elif owner in dropped:
+                out[owner] = sk_share
+        return out
+
+
+def verify_advertisement(k: AdvertiseKeys, round: int, verify_key: bytes | None) -> None:
+    """Check ``k``'s Ed25519 signature against its sender's identity key."""
+    if verify_key is None:
+        raise SecAggError(f"no identity key for '{k.participant}'", fix="enroll it first")
+    try:
+        Ed25519PublicKey.from_public_bytes(verify_key).verify(k.signature, k.signed_bytes(round))
+    except (InvalidSignature, ValueError) as e:
+        raise SecAggError(
+            f"the keys advertised for '{k.participant}' are not signed by its identity",
+            fix="forged or altered advertisement: refused",
+        ) from e
+
+
+class SecAggServer:
+    """The coordinator's side of one round: routes messages, sums, unmasks."""
+
+    def __init__(
+        self,
+        round: int,
+        cohort: Sequence[str],
+        verify_keys: dict[str, bytes],
+        *,
+        length: int,
+        bound: float,
+        degree: int | None = None,
+        threshold: float = 0.5,
+        min_survivors: int = 2,
+        seed: int = 0,
+    ) -> None:
+        ids = sorted(cohort)
+        if len(ids) < max(2, min_survivors):
+            raise SecAggAborted(
+                f"a cohort of {len(ids)} cannot be aggregated securely "
+                f"(at least {max(2, min_survivors)} needed)",
+                fix="sample more participants per round",
+            )
+        self.round = round
+        self.verify_keys = dict(verify_keys)
+        self.graph = graph.neighbours(ids, degree, seed)
+        deg = len(self.graph[ids[0]])
+        self.threshold = threshold_for(deg, threshold)
+        self.min_survivors = max(min_survivors, 1)
+        self.length = length
+        self.bound = bound
+        self.scale = fixedpoint.scale_for(bound, len(ids))
+        self.stage = 0
+        self.keys: dict[str, AdvertiseKeys] = {}
+        self.shares: dict[str, dict[str, bytes]] = {}  # sender -> recipient -> ciphertext
+        self.masked: set[str] = set()
+        self.total = np.zeros(length, dtype=np.uint32)
+        self.responses: dict[str, dict[str, bytes]] = {}
+
+    @property
+    def stage_name(self) -> str:
+        """The current stage: one of STAGES."""
+        return STAGES[self.stage]
+
+    def setup_for(self, pid: str) -> SecAggSetup:
+        """The setup message of cohort member ``pid``."""
+        return SecAggSetup(
+            self.round, self.graph[pid], self.threshold, self.length, self.bound, self.scale
+        )
+
+    def _expect(self, stage: str, pid: str, allowed: Collection[str]) -> None:
+        if self.stage_name != stage:
+            raise SecAggError(
+                f"'{pid}' sent a {stage} message while round {self.round + 1} is in "
+                f"{self.stage_name}",
+                fix="follow the stages in order",
+            )
+        if pid not in allowed:
+            raise SecAggError(
+                f"'{pid}' is not part of the {stage} stage of round {self.round + 1}",
+                fix="only participants that completed the previous stage take part",
+            )
+
+    def receive_keys(self, k: AdvertiseKeys) -> None:
+        """Stage 1: a cohort member's signed keys (checked)."""
+        self._expect("advertise_keys", k.participant, set(self.graph))
+        if k.participant in self.keys:
+            raise SecAggError(f"'{k.participant}' advertised twice", fix="advertise once")
+        if len(k.cipher_key) != 32 or len(k.mask_key) != 32 or len(k.seed_commitment) != 32:
+            raise SecAggError(f"malformed keys from '{k.participant}'", fix="32-byte keys")
+        verify_advertisement(k, self.round, self.verify_keys.get(k.participant))
+        self.keys[k.participant] = k
+
+    def keys_for(self, pid: str) -> dict[str, AdvertiseKeys]:
+        """Stage 2 input: the advertised keys of ``pid``'s neighbours."""
+        self._expect("share_keys", pid, self.keys)
+        return {v: self.keys[v] for v in self.graph[pid] if v in self.keys}
+
+    def receive_shares(self, pid: str, ciphertexts: dict[str, bytes]) -> None:
+        """Stage 2: ``pid``'s encrypted shares, one per neighbour that advertised."""
+        self._expect("share_keys", pid, self.keys)
+        want = {v for v in self.graph[pid] if v in self.keys}
+        if pid in self.shares or set(ciphertexts) != want:
+            raise SecAggError(
+                f"'{pid}' sent shares for {sorted(ciphertexts)}, expected one for each of "
+                f"{sorted(want)}, once",
+                fix="share with every neighbour that advertised keys",
+            )
+        self.shares[pid] = dict(ciphertexts)
+
+    def inbox(self, pid: str) -> dict[str, bytes]:
+        """Stage 3 input: the shares ``pid``'s neighbours sent it (its mask partners)."""
+        self._expect("masked_input", pid, self.shares)
+        return {u: cts[pid] for u, cts in self.shares.items() if pid in cts}
+
+    def receive_masked(self, pid: str, words: np.ndarray) -> None:
+        """Stage 3: ``pid``'s masked vector, added into the running sum modulo 2^32."""
+        self._expect("masked_input", pid, self.shares)
+        if pid in self.masked:
+            raise SecAggError(f"'{pid}' uploaded twice", fix="upload once per round")
+        if words.dtype != np.uint32 or words.shape != (self.length,):
+            raise SecAggError(
+                f"masked vector from '{pid}' is {words.dtype} {words.shape}, "
+                f"expected uint32 ({self.length},)",
+                fix="mask the vector the setup describes",
+            )
+        self.total += words
+        self.masked.add(pid)
+
+    def check_masked(self, pid: str, words: np.ndarray) -> None:
+        """What ``receive_masked`` checks, without adding (SecAggError)."""
+        self._expect("masked_input", pid, self.shares)
+        if pid in self.masked or words.dtype != np.uint32 or words.shape != (self.length,):
+            raise SecAggError(
+                f"masked vector from '{pid}' is a duplicate or has the wrong shape "
+                f"({words.dtype} {words.shape}, expected uint32 ({self.length},))",
+                fix="mask the vector the setup describes, once",
+            )
+
+    def close_stage(self) -> None:
+        """End the current stage (at quorum or deadline); abort below the survivors needed."""
+        done: list[Collection[str]] = [self.keys, self.shares, self.masked]
+        alive = done[self.stage] if self.stage < len(done) else None
+        if alive is not None and len(alive) < self.min_survivors:
+            raise SecAggAborted(
+                f"round {self.round + 1}: {len(alive)} participants completed {self.stage_name}, "
+                f"{self.min_survivors} needed",
+                fix="the previous global version stays; the round is retried",
+            )
+        self.stage = min(self.stage + 1, len(STAGES) - 1)
+
+    def unmask_request(self) -> UnmaskRequest:
+        """Stage 4: who survived (uploaded) and who dropped after sharing keys."""
+        if self.stage_name != "unmask":
+            raise SecAggError("unmask before the masked inputs were closed", fix="close stage 3")
+        dropped = sorted(set(self.shares) - self.masked)
+        return UnmaskRequest(self.round, tuple(sorted(self.masked)), tuple(dropped))
+
+    def receive_unmask(self, pid: str, shares: dict[str, bytes]) -> None:
+        """Stage 4: a survivor's shares of its partners' secrets (checked for overlap)."""
+        self._expect("unmask", pid, self.masked)
+        if pid in self.responses:
+            raise SecAggError(f"'{pid}' answered unmask twice", fix="answer once")
+        partners = {u for u, cts in self.shares.items() if pid in cts}
+        if not set(shares) <= partners or any(len(s) != 32 for s in shares.values()):
+            raise SecAggError(
+                f"'{pid}' returned shares of participants it holds none of, or malformed",
+                fix="return one 32-byte share per partner",
+            )
+        self.responses[pid] = dict(shares)
+
+    def finish(self) -> np.ndarray:
+        """The unmasked sum of the survivors' fixed-point words (SecAggAborted if it cannot
+        be reconstructed)."""
+        req = self.unmask_request()
+        if len(req.survivors) < self.min_survivors:
+            raise SecAggAborted(
+                f"round {self.round + 1}: {len(req.survivors)} survivors, "
+                f"{self.min_survivors} needed",
+                fix="the previous global version stays",
+            )
+        total = self.total.copy()
+        for u in req.survivors:
+            seed = self._reconstruct(u)
+            if hashlib.sha256(seed).digest() != self.keys[u].seed_commitment:
+                raise SecAggAborted(
+                    f"inconsistent shares: the seed rebuilt for '{u}' does not match its "
+                    "commitment",
+                    fix="a participant sent bad shares; the round aborts",
+                )
+            total -= _self_mask(seed, self.round, self.length)
+        info = _mask_info(self.round)
+        for v in req.dropped:
+            sk = crypto.private_from_bytes(self._reconstruct(v))
+            if crypto.public_bytes(sk) != self.keys[v].mask_key:
+                raise SecAggAborted(
+                    f"inconsistent shares: the mask key rebuilt for '{v}' does not match "
+                    "the one it advertised",
+                    fix="a participant sent bad shares; the round aborts",
+                )
+            for u in req.survivors:
+                if v not in self.shares or u not in self.shares[v]:
+                    continue  # not partners: no pairwise mask between them
+                m = crypto.prg(crypto.agree(sk, self.keys[u].mask_key, info), self.length)
+                if u < v:
+                    total -= m
+                else:
+                    total += m
+        return total
+
+    def _reconstruct(self, owner: str) -> bytes:
+        nbrs = self.graph[owner]
+        got = [
+            (nbrs.index(r) + 1, resp[owner]) for r, resp in self.responses.items() if owner in resp
+        ]
+        if len(got) < self.threshold:
+            raise SecAggAborted(
+                f"round {self.round + 1}: {len(got)} shares of '{owner}''s secret, "
+                f"{self.threshold} needed",
+                fix="too many participants dropped during unmasking",
+            )
+        try:
+            return shamir.combine(got, self.threshold)
+        except shamir.ShamirError as e:
+            raise SecAggAborted(str(e), fix=e.fix) from e
+
+
+def decode_sum(total: np.ndarray, scale: float) -> np.ndarray:
+    """The unmasked sum as float64."""
+    return fixedpoint.decode(total, scale)
