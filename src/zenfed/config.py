@@ -342,7 +342,12 @@ class PrivacyConfig(_Frozen):
     adaptive_clipping: bool = False  # Andrew et al. 2021: C tracks a quantile of norms
     target_quantile: float = 0.5
     clip_lr: float = 0.2
-    clip_count_stddev: float | None = None  # None: expected cohort size / 20
+    clip_count_stddev: float | None = None  # None: max(expected cohort / 20, z)
+    # Record-level DP-SGD in every participant's local training (per-example clipping to
+    # record_clip_norm, Gaussian noise of multiplier record_noise_multiplier, Poisson-
+    # sampled batches); each participant accounts the epsilon of its own records.
+    record_clip_norm: float | None = None
+    record_noise_multiplier: float | None = None
 
     @property
     def enabled(self) -> bool:
@@ -363,6 +368,13 @@ class PrivacyConfig(_Frozen):
             raise ValueError("privacy.target_delta must be in (0, 1)")
         if not 0.0 < self.target_quantile < 1.0 or self.clip_lr <= 0:
             raise ValueError("privacy.target_quantile must be in (0, 1), clip_lr positive")
+        if (self.record_clip_norm is None) != (self.record_noise_multiplier is None):
+            raise ValueError(
+                "record-level DP-SGD needs both privacy.record_clip_norm and "
+                "privacy.record_noise_multiplier"
+            )
+        if (self.record_clip_norm or 1) <= 0 or (self.record_noise_multiplier or 1) <= 0:
+            raise ValueError("privacy.record_clip_norm and record_noise_multiplier must be > 0")
         return self
 
 
@@ -370,7 +382,7 @@ class SecAggConfig(_Frozen):
     """Secure aggregation (SecAgg+, Bell et al. 2020): the coordinator learns only the sum.
 
     Each participant masks with ``degree`` neighbours of a random regular graph (None:
-    about 2 log2 n, at least 2), secret-shares its mask secrets among them with threshold
+    3 ceil(log2 n), at least 2), secret-shares its mask secrets among them with threshold
     ``floor(threshold * degree) + 1``, and the round aborts below ``min_survivors`` uploads.
     Values are clipped to ``clip_norm`` (or privacy.clip_norm) and summed as fixed-point
     integers modulo 2^32.
@@ -381,6 +393,7 @@ class SecAggConfig(_Frozen):
     threshold: float = 0.5
     min_survivors: int = 2
     clip_norm: float | None = None
+    stage_timeout_s: float = 60.0  # networked: a key-exchange or unmask stage closes then
 
     @model_validator(mode="after")
     def _check(self) -> SecAggConfig:

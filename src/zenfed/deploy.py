@@ -157,7 +157,9 @@ def join(
             model=model, pad_id=int(tok.pad_token_id), train=cfg.train, compress=cfg.compress
         )
         state_file = identity_path.with_suffix(".state.pt")
-        me_p = Participant(name, pdata, runtime, load_participant_state(state_file))
+        me_p = Participant(
+            name, pdata, runtime, load_participant_state(state_file), signing_key=me.key
+        )
         return run_participant(
             client, me_p, wait_s=wait_s, save_state=lambda p: save_participant_state(p, state_file)
         )

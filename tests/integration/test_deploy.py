@@ -169,17 +169,22 @@ def _check_store(state: Path, cfg_path: Path) -> None:
     db.close()
 
 
-def test_a_coordinator_and_three_participants_train_two_rounds(
-    tmp_path: Path, fed_toml: Path, procs: list[subprocess.Popen[str]]
-) -> None:
+def _federation(cfg: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]) -> Path:
+    """Serve ``cfg``, join the three participants, wait until they finish; the state dir."""
     port, state = _port(), tmp_path / "state"
     url = f"http://127.0.0.1:{port}"
-    procs.append(_serve(fed_toml, state, port))
+    procs.append(_serve(cfg, state, port))
     _wait_healthy(url, procs[0])
     agents = [_join(url, state, tmp_path, c) for c in CATEGORIES]
     procs.extend(agents)
     _finish(agents)
-    _check_store(state, fed_toml)
+    return state
+
+
+def test_a_coordinator_and_three_participants_train_two_rounds(
+    tmp_path: Path, fed_toml: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    _check_store(_federation(fed_toml, tmp_path, procs), fed_toml)
 
 
 def test_coordinator_sigkill_mid_round_then_restart_finishes_without_duplicates(
@@ -291,3 +296,29 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def test_secure_aggregation_over_http_the_coordinator_stores_only_masked_updates(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    import numpy as np
+    import safetensors.numpy
+    from scipy import stats
+
+    cfg = tmp_path / "secure.toml"
+    cfg.write_text(FED_TOML + "[secagg]\nenabled = true\nclip_norm = 10.0\nmin_survivors = 3\n")
+    state = _federation(cfg, tmp_path, procs)
+    _check_store(state, cfg)  # 2 rounds, 6 updates stored, and the model improved
+    db = Database(f"sqlite:///{state / 'zenfed.db'}")
+    blobs = BlobStore(state / "blobs")
+    with db.transaction() as s:
+        ups = s.scalars(select(Update)).all()
+        actions = [a.action for a in s.scalars(select(Audit))]
+    for u in ups:  # what the coordinator holds of each update: masked words, uniform
+        words = safetensors.numpy.load(blobs.get(u.payload_sha256))["masked"]
+        assert words.dtype == np.uint32
+        counts = np.bincount((words >> 24).astype(np.int64), minlength=256)
+        assert stats.chisquare(counts).pvalue > 1e-4
+    for stage in ("advertise_keys", "share_keys", "unmask"):
+        assert actions.count(f"secagg_{stage}") == 6, (stage, actions)
+    db.close()

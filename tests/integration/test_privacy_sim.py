@@ -23,6 +23,8 @@ CFG = tiny_config(
         "target_epsilon": 30.0,
         "noise": "distributed",
         "adaptive_clipping": True,
+        "record_clip_norm": 1.0,
+        "record_noise_multiplier": 1.0,
     },
     secagg={"enabled": True, "min_survivors": 2},
     compress={"pipeline": [{"codec": "randk", "fraction": 0.5}]},
@@ -46,6 +48,8 @@ def test_secure_distributed_dp_simulation_reports_epsilon_and_resumes(tmp_path: 
     assert s["epsilon"] == pytest.approx(want) and 0 < s["epsilon"] <= 30.0
     assert done[-1]["epsilon"] == pytest.approx(want)
     assert all("clip_norm" in r and "below_clip_fraction" in r for r in done)
+    # DP-SGD on every holder's records: each reports its own spent epsilon
+    assert all(0 < r["record_epsilon_max"] < float("inf") for r in done)
     card = json.loads((tmp_path / "adapter" / "zenfed_privacy.json").read_text())
     assert card["epsilon"] == pytest.approx(want) and card["secure_aggregation"] is True
     assert card["noise"] == "distributed" and card["delta"] == 1e-6

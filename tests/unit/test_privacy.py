@@ -277,12 +277,14 @@ def test_an_empty_poisson_cohort_aborts_the_round() -> None:
             c.state.round += 1
 
 
-def test_pack_flat_clips_and_keeps_the_codec_error_as_residual() -> None:
+def test_pack_flat_clips_and_keeps_only_the_codec_error_as_residual() -> None:
     cfg = _cfg(compress={"pipeline": [{"codec": "randk", "fraction": 0.5}]})
     pipe = Pipeline(cfg.compress, {k: tuple(v.shape) for k, v in INITIAL.items()})
     x = {k: torch.ones_like(v) for k, v in INITIAL.items()}
     flat, residual = pipe.pack_flat(x, {}, shared_seed=1, private_seed=2, clip_norm=3.0)
     assert len(flat) == pipe.flat_length() and np.linalg.norm(flat) == pytest.approx(3.0)
-    sent = pipe.decode(pipe.unflatten(flat), shared_seed=1)
-    for k in x:
+    unclipped, _ = pipe.pack_flat(x, {}, shared_seed=1, private_seed=2)
+    sent = pipe.decode(pipe.unflatten(unclipped), shared_seed=1)
+    for k in x:  # the residual is the codec's error (what random-k did not send)
         torch.testing.assert_close(sent[k] + residual[k], x[k])
+        assert float(residual[k].abs().sum()) > 0

@@ -102,3 +102,48 @@ def test_cosine_schedule_with_warmup() -> None:
     assert lrs[10] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert lr_at(TrainConfig(lr=1.0), 50, 100, 1.0) == 1.0
+
+
+def test_dp_sgd_clips_each_example_and_adds_the_stated_noise(setup: Any) -> None:
+    from zenfed.train.batching import collate
+    from zenfed.train.dp_sgd import RecordDP, private_gradients
+    from zenfed.train.loss import loss_sum
+
+    model, data, pad = setup
+    params = adapter_parameters(model)
+    batch = collate(data.train[:4], pad)
+    gen = torch.Generator().manual_seed(0)
+    # no clipping in effect, no noise: the mean of the per-example mean-loss gradients
+    private_gradients(model, params, batch, RecordDP(1e9, 0.0), 4.0, gen)
+    got = {k: p.grad.clone() for k, p in params.items()}
+    model.zero_grad(set_to_none=True)
+    for i in range(4):
+        s, n = loss_sum(model, {k: v[i : i + 1] for k, v in batch.items()})
+        (s / n / 4).backward()
+    for k, p in params.items():
+        torch.testing.assert_close(got[k], p.grad, rtol=1e-4, atol=1e-7)
+    model.zero_grad(set_to_none=True)
+    # a tight bound: the summed gradient has norm <= examples x C
+    private_gradients(model, params, batch, RecordDP(1e-3, 0.0), 1.0, gen)
+    norm = sum(float(p.grad.pow(2).sum()) for p in params.values()) ** 0.5
+    assert norm <= 4 * 1e-3 * (1 + 1e-5)
+    # an empty Poisson batch: only noise, of stddev z C / expected
+    private_gradients(model, params, None, RecordDP(2.0, 1.5), 8.0, gen)
+    flat = torch.cat([p.grad.reshape(-1) for p in params.values()])
+    assert float(flat.std()) == pytest.approx(1.5 * 2.0 / 8.0, rel=0.05)
+    model.zero_grad(set_to_none=True)
+
+
+def test_dp_sgd_training_runs_and_poisson_batches_vary(setup: Any) -> None:
+    from zenfed.train.dp_sgd import RecordDP, poisson_batches
+
+    _model, data, pad = setup
+    sizes = [
+        0 if b is None else b["input_ids"].shape[0]
+        for b in itertools.islice(poisson_batches(data.train, 4, 0, pad), 200)
+    ]
+    assert abs(sum(sizes) / len(sizes) - 4) < 0.6 and len(set(sizes)) > 3
+    res = _train(
+        setup, TrainConfig(lr=1e-2, local_steps=3, batch_size=4), record_dp=RecordDP(1.0, 1.0)
+    )
+    assert res.steps == 3 and all(torch.isfinite(v).all() for v in res.delta.values())

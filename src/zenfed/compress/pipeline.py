@@ -197,19 +197,21 @@ class Pipeline:
         clip_norm: float | None = None,
     ) -> tuple[np.ndarray, Tensors]:
         """Like :meth:`pack`, to a flat float32 vector (clipped to L2 ``clip_norm``) instead
-        of bytes: what a participant masks under secure aggregation."""
+        of bytes: what a participant masks under secure aggregation. The residual keeps
+        the codec's error only; what clipping removes is not carried over."""
         x = {
             k: t.to(torch.float32) + residual[k] if k in residual else t for k, t in tensors.items()
         }
         flat = self.flatten(self.encode(x, shared_seed=shared_seed, private_seed=private_seed))
+        kept: Tensors = {}
+        if self.cfg.error_feedback and not self.lossless:  # the codec's error, not the clip's
+            sent = self.decode(self.unflatten(flat), shared_seed=shared_seed)
+            kept = {k: x[k] - sent[k] for k in x}
         if clip_norm is not None:
             norm = float(np.linalg.norm(flat.astype(np.float64)))
             if norm > clip_norm:
                 flat = (flat * (clip_norm / norm)).astype(np.float32)
-        if not self.cfg.error_feedback or (self.lossless and clip_norm is None):
-            return flat, {}
-        sent = self.decode(self.unflatten(flat), shared_seed=shared_seed)
-        return flat, {k: x[k] - sent[k] for k in x}
+        return flat, kept
 
     def _require_float_parts(self) -> None:
         self.require_linear("secure aggregation")

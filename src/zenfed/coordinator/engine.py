@@ -426,6 +426,9 @@ class Coordinator:
             "dense_bytes_up": float(self.dense_update_bytes * len(ups)),
             **privacy_metrics,
         }
+        record = [u.record_epsilon for u in ups if u.record_epsilon is not None]
+        if record:  # DP-SGD: the largest epsilon any holder has spent on its records
+            metrics["record_epsilon_max"] = max(record)
         public, broadcasts = self._publish(params, r.round)
         version = GlobalVersion(
             id=tensors_hash(public if public is not None else params),

@@ -41,9 +41,11 @@ from zenfed.coordinator.engine import (
     KEEP_BROADCASTS,
     Coordinator,
     CoordinatorState,
+    RoundAborted,
     UpdateRejected,
 )
 from zenfed.errors import ZenfedError
+from zenfed.privacy.secagg import SecAggAborted, SecAggError, SecAggServer, wire
 from zenfed.protocol.auth import MAX_SKEW_S, AuthError, participant_id, verify_request
 from zenfed.protocol.messages import GlobalVersion, Task, Tensors, Update, safetensors_metadata
 from zenfed.store.blobs import BlobStore
@@ -73,12 +75,12 @@ class PersistentCoordinator:
         blobs: BlobStore,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if cfg.secagg.enabled or cfg.privacy.enabled:
+        if cfg.privacy.enabled:
             raise ZenfedError(
-                "the networked coordinator does not run secure aggregation or differential "
-                "privacy yet (the stages have no HTTP routes and the privacy ledger is not "
-                "stored in the database)",
-                fix="use zenfed simulate for secagg/privacy runs, or turn them off",
+                "the networked coordinator does not run participant-level differential "
+                "privacy yet (its privacy ledger is not stored in the database)",
+                fix="use zenfed simulate for DP runs, or remove privacy.noise_multiplier "
+                "and privacy.target_epsilon",
             )
         self.cfg, self.db, self.blobs, self.clock = cfg, db, blobs, clock
         self.rejections: Counter[str] = Counter()
@@ -87,6 +89,7 @@ class PersistentCoordinator:
         self._round_id: int | None = None  # the open attempt's row
         self._tasks: dict[str, Task] = {}
         self._deadline = 0.0
+        self._stage_deadline = 0.0  # secure rounds: when the current stage closes anyway
         with db.transaction() as s:
             known = s.scalar(select(Version.id).limit(1))
         if known is None:
@@ -161,6 +164,7 @@ class PersistentCoordinator:
             tok.used_at, tok.used_by = self._now(), pid
             audit_row(s, pid, "enroll", {"name": name, "capacity": capacity, "data": data_profile})
         self.engine.enroll(pid, examples)
+        self.engine.verify_keys[pid] = public_key  # signs its secure-aggregation keys
         _log("enroll", participant=pid, name=name, examples=examples)
         return pid
 
@@ -201,6 +205,8 @@ class PersistentCoordinator:
                 self._open()
             return None
         _, cohort, received = info
+        if self._secure():
+            return self._tick_secure()
         if len(received) >= math.ceil(self.cfg.service.quorum * len(cohort)):
             return self._close("quorum")
         if self.clock() >= self._deadline:
@@ -210,11 +216,100 @@ class PersistentCoordinator:
         return None
 
     def next_task(self, pid: str) -> Task | None:
-        """The open round's task for ``pid``, unless it has none or already uploaded."""
+        """The open round's task for ``pid``, unless it has none or already uploaded (or,
+        in a secure round, already advertised keys or missed the advertising stage: its
+        secrets live in one agent process)."""
         info = self.engine.open_round_info
         if info is None or pid not in self._tasks or pid in info[2]:
             return None
+        if self._secure():
+            srv = self.engine.secagg
+            if srv.stage_name != "advertise_keys" or pid in srv.keys:
+                return None
         return self._tasks[pid]
+
+    # ---- secure aggregation stages ---------------------------------------------------------
+
+    def _secure(self) -> bool:
+        return bool(self._tasks) and next(iter(self._tasks.values())).secagg is not None
+
+    def _tick_secure(self) -> GlobalVersion | None:
+        """Close the current stage when everyone still in it answered, or at its deadline;
+        the last stage closes the round. Too few survivors abort the round."""
+        srv = self.engine.secagg
+        waiting = {
+            "advertise_keys": (set(srv.graph), set(srv.keys)),
+            "share_keys": (set(srv.keys), set(srv.shares)),
+            "masked_input": (set(srv.shares), set(srv.masked)),
+            "unmask": (set(srv.masked), set(srv.responses)),
+        }[srv.stage_name]
+        done = waiting[1] >= waiting[0]
+        if not done and self.clock() < self._stage_deadline:
+            return None
+        try:
+            if srv.stage_name == "unmask":
+                return self._close("secure aggregation complete")
+            srv.close_stage()
+        except SecAggAborted as e:
+            self._abort(e.problem)
+            return None
+        timeout = self.cfg.secagg.stage_timeout_s
+        if srv.stage_name == "masked_input":  # the training stage gets the round's time
+            timeout = self.cfg.service.round_timeout_s
+        self._stage_deadline = self.clock() + timeout
+        _log("secagg_stage", round=srv.round, stage=srv.stage_name)
+        return None
+
+    def secagg_post(self, pid: str, server_round: int, stage: str, body: dict[str, Any]) -> None:
+        """A participant's message for ``stage`` of the open secure round."""
+        srv = self._secure_round(server_round)
+        if stage == "advertise_keys":
+            srv.receive_keys(wire.keys_from_json(pid, body.get("keys")))
+        elif stage == "share_keys":
+            srv.receive_shares(pid, wire.blobs_from_json(body.get("shares"), "shares"))
+        elif stage == "unmask":
+            srv.receive_unmask(pid, wire.blobs_from_json(body.get("shares"), "shares"))
+        else:
+            raise SecAggError(
+                f"nothing is posted for stage '{stage}'",
+                fix="post advertise_keys, share_keys or unmask; masked input is an upload",
+            )
+        with self.db.transaction() as s:
+            audit_row(s, pid, f"secagg_{stage}", {"round": server_round})
+
+    def secagg_get(self, pid: str, server_round: int, stage: str) -> dict[str, Any] | None:
+        """What ``pid`` needs to do ``stage`` (None while the stage has not started)."""
+        srv = self._secure_round(server_round)
+        order = ("advertise_keys", "share_keys", "masked_input", "unmask")
+        if stage not in order[1:]:
+            raise SecAggError(f"nothing to fetch for stage '{stage}'", fix=f"one of {order[1:]}")
+        if order.index(srv.stage_name) < order.index(stage):
+            return None
+        if order.index(srv.stage_name) > order.index(stage):
+            raise SecAggError(
+                f"stage {stage} of round {server_round + 1} is over", fix="the round went on"
+            )
+        if stage == "share_keys":
+            keys = srv.keys_for(pid)
+            return {
+                "keys": {v: wire.keys_to_json(k) for v, k in keys.items()},
+                "identities": {v: wire.b64(srv.verify_keys[v]) for v in keys},
+            }
+        if stage == "masked_input":
+            return {"inbox": wire.blobs_to_json(srv.inbox(pid))}
+        if pid not in srv.masked:
+            raise SecAggError(f"'{pid}' uploaded no masked input", fix="the round went on")
+        req = srv.unmask_request()
+        return {"round": req.round, "survivors": req.survivors, "dropped": req.dropped}
+
+    def _secure_round(self, server_round: int) -> SecAggServer:
+        info = self.engine.open_round_info
+        if info is None or info[0] != server_round or not self._secure():
+            raise SecAggError(
+                f"round {server_round + 1} is not an open secure round",
+                fix="fetch the current task",
+            )
+        return self.engine.secagg
 
     def submit(self, update: Update) -> Literal["accepted", "duplicate"]:
         """Validate, store, then count ``update``; a retry of a stored one is acknowledged."""
@@ -290,7 +385,14 @@ class PersistentCoordinator:
         return enough and self.engine.state.round < self.cfg.run.rounds
 
     def _open(self) -> None:
-        tasks = self.engine.open_round()
+        try:
+            tasks = self.engine.open_round()
+        except (RoundAborted, SecAggAborted) as e:
+            self.engine.skip_round(e.problem)
+            with self.db.transaction() as s:
+                audit_row(s, "coordinator", "skip_round", {"reason": e.problem})
+            _log("skip_round", logging.WARNING, reason=e.problem)
+            return
         deadline = self.clock() + self.cfg.service.round_timeout_s
         try:
             with self.db.transaction() as s:
@@ -311,6 +413,7 @@ class PersistentCoordinator:
             raise
         self._tasks = {t.participant: t for t in tasks}
         self._deadline = deadline
+        self._stage_deadline = self.clock() + self.cfg.secagg.stage_timeout_s
         _log("open_round", round=tasks[0].round, cohort=len(tasks))
         # Nonces older than the accepted clock skew can never be replayed: forget them.
         with self.db.transaction() as s:
@@ -379,6 +482,7 @@ class PersistentCoordinator:
             )
         for p in people:
             self.engine.enroll(p.id, int(p.data_profile.get("examples", 1)))
+            self.engine.verify_keys[p.id] = p.public_key
         latest = rows[-1]
         params, server_state = _load_server_state(self.blobs.get(latest.server_state_sha256))
         published = dict(safetensors.torch.load(self.blobs.get(latest.blob_sha256)))
@@ -399,7 +503,14 @@ class PersistentCoordinator:
         )
         if open_row is None:
             return
-        tasks = [Task(**t) for t in open_row.tasks]
+        tasks = [_task_from_json(t) for t in open_row.tasks]
+        if tasks and tasks[0].secagg is not None:
+            # The masks' secrets lived in the agents' processes and this one: the masked
+            # uploads stored so far can never be unmasked. The round is retried.
+            self._round_id = open_row.id
+            self.engine.restore_round(tasks)
+            self._abort("the coordinator restarted during a secure round")
+            return
         self.engine.restore_round(tasks)
         self._round_id, self._tasks = open_row.id, {t.participant: t for t in tasks}
         deadline = open_row.deadline_at
@@ -445,6 +556,11 @@ def _reason(problem: str) -> str:
         if key in problem:
             return key.replace(" ", "_").lower()
     return "other"
+
+
+def _task_from_json(d: dict[str, Any]) -> Task:
+    setup = d.get("secagg")
+    return Task(**{**d, "secagg": wire.setup_from_json(setup) if setup else None})
 
 
 def _update_row(u: Update, round_id: int, digest: str) -> UpdateRow:

@@ -65,6 +65,9 @@ class Strategy:
                 step_offset=server_round * steps,
                 total_steps=run.rounds * steps,
                 codec_seed=codec_seed,
+                record_clip_norm=self.cfg.privacy.record_clip_norm,
+                record_noise_multiplier=self.cfg.privacy.record_noise_multiplier or 0.0,
+                privacy_delta=self.cfg.privacy.target_delta,
             )
             for pid in cohort
         ]

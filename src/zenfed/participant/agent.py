@@ -32,6 +32,7 @@ from zenfed.model.adapter import adapter_parameters, set_adapter_state
 from zenfed.privacy import dp
 from zenfed.privacy.secagg import AdvertiseKeys, SecAggClient, UnmaskRequest
 from zenfed.protocol.messages import EvalReport, Task, Tensors, Update
+from zenfed.train.dp_sgd import RecordDP, sampling_rate
 from zenfed.train.evaluate import evaluate
 from zenfed.train.trainer import OptimizerState, StepPlan, plan_steps, train_local
 
@@ -74,6 +75,9 @@ class ParticipantState:
     # The last global version received, kept only with a downlink codec (to apply the
     # broadcasts to). Not checkpointed: after a restart the next download is in full.
     held: tuple[str, Tensors] | None = None
+    # DP-SGD: the (sampling rate, noise multiplier) of every private local step taken:
+    # this holder's own privacy ledger for its records.
+    record_privacy: list[tuple[float, float]] = field(default_factory=list)
 
 
 class Participant:
@@ -100,6 +104,9 @@ class Participant:
         """Train from the task's version on the private training split; return the delta."""
         rt = self.runtime
         torch.manual_seed(task.seed)  # LoRA dropout and anything else random: reproducible
+        record_dp = None
+        if task.record_clip_norm is not None:
+            record_dp = RecordDP(task.record_clip_norm, task.record_noise_multiplier)
         plan = StepPlan(
             seed=task.seed,
             steps=plan_steps(rt.train, len(self.data.train)),
@@ -116,6 +123,7 @@ class Participant:
             rt.pad_id,
             self.state.optimizer,
             name=self.name,
+            record_dp=record_dp,
         )
         delta, below = result.delta, None
         if task.clip_norm is not None:
@@ -130,6 +138,11 @@ class Participant:
             )
         else:
             payload, residual = self._masked(task, delta, bool(below))
+        record_epsilon = None
+        if record_dp is not None:
+            q = sampling_rate(rt.train.batch_size, len(self.data.train))
+            self.state.record_privacy += [(q, record_dp.noise_multiplier)] * result.steps
+            record_epsilon = dp.epsilon(self.state.record_privacy, task.privacy_delta)
         self.state.optimizer = result.optimizer_state
         self.state.extra["error_feedback"] = residual
         self.state.rounds_trained += 1
@@ -145,6 +158,7 @@ class Participant:
             train_loss=result.train_loss,
             steps=result.steps,
             below_clip=below if task.report_clip and task.secagg is None else None,
+            record_epsilon=record_epsilon,
         )
 
     def _masked(self, task: Task, delta: Tensors, below: bool) -> tuple[bytes, Tensors]:
@@ -161,7 +175,8 @@ class Participant:
         """Stage 1 of secure aggregation: fresh keys for the task's round, signed."""
         if task.secagg is None:
             raise ZenfedError(f"round {task.round} runs no secure aggregation", fix="train")
-        self._secagg = SecAggClient(self.name, task.secagg, self.signing_key.sign)
+        # the coordinator's id for this participant (its display name may differ)
+        self._secagg = SecAggClient(task.participant, task.secagg, self.signing_key.sign)
         return self._secagg.advertise()
 
     def secagg_share(

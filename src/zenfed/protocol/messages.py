@@ -42,6 +42,10 @@ class Task:
     count_noise_std: float = 0.0
     weight: float = 1.0
     secagg: SecAggSetup | None = None  # set when the round runs secure aggregation
+    # Record-level DP-SGD in local training (None: off), accounted at privacy_delta.
+    record_clip_norm: float | None = None
+    record_noise_multiplier: float = 0.0
+    privacy_delta: float = 1e-6
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class Update:
     train_loss: float
     steps: int
     below_clip: bool | None = None  # adaptive clipping without secure aggregation
+    record_epsilon: float | None = None  # DP-SGD: epsilon spent on this holder's records
 
 
 @dataclass(frozen=True)

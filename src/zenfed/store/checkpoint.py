@@ -109,13 +109,17 @@ def participant_blob(state: ParticipantState) -> dict[str, Any]:
         "optimizer": state.optimizer,
         "rounds_trained": state.rounds_trained,
         "extra": state.extra,
+        "record_privacy": [list(r) for r in state.record_privacy],
     }
 
 
 def participant_from_blob(blob: dict[str, Any]) -> ParticipantState:
     """Inverse of :func:`participant_blob`."""
     return ParticipantState(
-        optimizer=blob["optimizer"], rounds_trained=blob["rounds_trained"], extra=blob["extra"]
+        optimizer=blob["optimizer"],
+        rounds_trained=blob["rounds_trained"],
+        extra=blob["extra"],
+        record_privacy=[(float(q), float(z)) for q, z in blob.get("record_privacy", [])],
     )
 
 

@@ -7,12 +7,14 @@ the centralized and local-only baselines.
 AdamW over the adapter's parameters; gradient accumulation in micro-batches whose size a
 declared memory budget picks (halved and retried on out-of-memory); an optional FedProx
 proximal term (Li et al. 2020) pulling towards the round's starting adapter; a learning-
-rate schedule over the whole run's local steps; AdamW moments optionally kept across rounds.
+rate schedule over the whole run's local steps; AdamW moments optionally kept across rounds;
+record-level DP-SGD (``record_dp``: Poisson-sampled batches, per-example clipping, noise).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from zenfed.data.examples import TokenizedExample
 from zenfed.errors import NonFiniteLossError, ZenfedError
 from zenfed.model.adapter import AdapterState, adapter_parameters, set_adapter_state
 from zenfed.train.batching import Batch, batches
+from zenfed.train.dp_sgd import RecordDP, poisson_batches, private_gradients
 from zenfed.train.loss import loss_sum
 
 OptimizerState = dict[str, Any]
@@ -96,6 +99,7 @@ def train_local(
     pad_id: int,
     optimizer_state: OptimizerState | None = None,
     name: str = "participant",
+    record_dp: RecordDP | None = None,
 ) -> LocalResult:
     """Train the adapter from ``start`` for ``plan.steps`` steps; return the delta and cost."""
     if not data:
@@ -113,13 +117,23 @@ def train_local(
         opt.load_state_dict(optimizer_state)
     model.train()
     stream = batches(data, cfg.batch_size, plan.seed, pad_id)
+    private = poisson_batches(data, cfg.batch_size, plan.seed, pad_id)
+    # DP-SGD noise must not be predictable from anything public: OS entropy.
+    noise_gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
     micro = micro_batch_size(model, cfg, max(len(e.input_ids) for e in data))
     loss_total, tokens, seen = 0.0, 0, 0
     for step in range(plan.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, plan.step_offset + step, plan.total_steps, plan.lr or cfg.lr)
-        batch = next(stream)
-        step_loss, n, micro = _accumulate(model, batch, micro)
+        if record_dp is None:
+            batch = next(stream)
+            step_loss, n, micro = _accumulate(model, batch, micro)
+            taken = int(batch["input_ids"].shape[0])
+        else:
+            s_sum, n, taken = private_gradients(
+                model, params, next(private), record_dp, float(cfg.batch_size), noise_gen
+            )
+            step_loss = s_sum / max(1, n)
         if not math.isfinite(step_loss):
             set_adapter_state(model, start)
             raise NonFiniteLossError(
@@ -127,13 +141,13 @@ def train_local(
                 fix="lower train.lr or set train.max_grad_norm",
             )
         _proximal_grad(params, start, cfg.proximal_mu)
-        if cfg.max_grad_norm is not None:
+        if cfg.max_grad_norm is not None and record_dp is None:
             torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss_total += step_loss * n
         tokens += n
-        seen += int(batch["input_ids"].shape[0])
+        seen += taken
     delta = {k: p.detach().float() - start[k] for k, p in params.items()}
     return LocalResult(
         delta=delta,

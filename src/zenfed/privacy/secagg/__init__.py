@@ -6,6 +6,7 @@ random regular communication graph) and ``protocol`` (the four stages: participa
 ``SecAggClient``, coordinator side ``SecAggServer``).
 """
 
+from zenfed.privacy.secagg import wire
 from zenfed.privacy.secagg.protocol import (
     STAGES,
     AdvertiseKeys,
@@ -26,4 +27,5 @@ __all__ = [
     "SecAggServer",
     "SecAggSetup",
     "UnmaskRequest",
+    "wire",
 ]

@@ -40,12 +40,10 @@ def public_bytes(sk: X25519PrivateKey) -> bytes:
     return sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def private_from_bytes(raw: bytes) -> X25519PrivateKey:
-    """An X25519 private key from its 32 raw bytes (as Shamir reconstructs it)."""
-    try:
-        return X25519PrivateKey.from_private_bytes(raw)
-    except ValueError as e:
-        raise CryptoError(f"not an X25519 private key ({e})", fix="check the shares") from e
+def key_from_seed(seed: bytes) -> X25519PrivateKey:
+    """The X25519 private key derived from a seed (HKDF-SHA256 to 32 bytes): sharing the
+    16-byte seed shares the key."""
+    return X25519PrivateKey.from_private_bytes(derive(seed, b"zenfed/secagg/x25519"))
 
 
 def agree(sk: X25519PrivateKey, peer_public: bytes, info: bytes) -> bytes:
@@ -82,10 +80,3 @@ def prg(key: bytes, n: int) -> np.ndarray:
     """``n`` pseudo-random uint32 words from a 32-byte key (AES-256-CTR keystream)."""
     enc = Cipher(algorithms.AES(key), modes.CTR(b"\0" * 16)).encryptor()
     return np.frombuffer(enc.update(bytes(4 * n)), dtype=np.uint32)
-
-
-def private_bytes(sk: X25519PrivateKey) -> bytes:
-    """The raw 32 bytes of an X25519 private key (what Shamir shares)."""
-    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
-
-    return sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())

@@ -4,8 +4,10 @@ secrets among, ``degree`` neighbours of a random regular graph (networkx), not a
     nbrs = neighbours(["a", "b", ...], degree=None, seed=7)    # {"a": ("c", "f"), ...}
 
 Bell et al. (2020) show degree O(log n) keeps the sum private and robust to dropouts with
-high probability; the default here is 2 * ceil(log2 n), at least 2 and at most n - 1 (then
-the graph is complete: the original SecAgg).
+high probability; the default here is 3 * ceil(log2 n), at least 2 and at most n - 1 (then
+the graph is complete: the original SecAgg). With the threshold just above half the
+degree, that tolerates 10 % of the cohort dropping even when the dropouts cluster around
+one participant (at n = 100: degree 21, threshold 11).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import networkx as nx
 
 
 def default_degree(n: int) -> int:
-    """2 * ceil(log2 n), clamped to [2, n - 1]."""
-    return max(1, min(n - 1, max(2, 2 * math.ceil(math.log2(max(2, n))))))
+    """3 * ceil(log2 n), clamped to [2, n - 1]."""
+    return max(1, min(n - 1, max(2, 3 * math.ceil(math.log2(max(2, n))))))
 
 
 def neighbours(ids: Sequence[str], degree: int | None, seed: int) -> dict[str, tuple[str, ...]]:

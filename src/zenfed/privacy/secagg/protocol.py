@@ -11,21 +11,22 @@ the participants' vectors and nothing else, even when some drop out mid-round.
     server.receive_unmask(pid, client.unmask(server.unmask_request()))         # 4 unmask
     total = server.finish()            # the sum of the survivors' fixed-point vectors
 
-Stage 1: each participant makes two X25519 key pairs (one to encrypt shares, one to agree
-pairwise masks) and a 32-byte self-mask seed, and advertises both public keys and a
-SHA-256 commitment to the seed, signed with its Ed25519 identity. Stage 2: it
-Shamir-shares its mask private key and its seed among its neighbours in a random regular
-graph (threshold t > degree / 2) and sends each neighbour its shares encrypted with
-AES-GCM under their X25519 agreement. Stage 3: it uploads its fixed-point vector plus the
-PRG expansion of its seed plus, for every neighbour that completed stage 2, the PRG
-expansion of their agreed mask key (added if its id sorts first, subtracted otherwise);
-the words wrap modulo 2^32. Stage 4: the coordinator names the survivors (uploaded) and
-the dropped (shared keys, did not upload); each survivor returns, for each neighbour, the
-seed share if that neighbour survived and the mask-key share if it dropped, never both
-(an honest participant answers one request per round and refuses overlapping lists). The
-coordinator reconstructs, removes the survivors' self masks and the dropped participants'
-pairwise masks, and is left with the sum. A reconstruction is checked against what was
-advertised (seed commitment, public key), so inconsistent shares are caught.
+Stage 1: each participant makes two X25519 key pairs (one to encrypt shares; one to agree
+pairwise masks, derived from a 16-byte seed) and a 16-byte self-mask seed, and advertises
+both public keys and a SHA-256 commitment to the self-mask seed, signed with its Ed25519
+identity. Stage 2: it Shamir-shares the mask-key seed and the self-mask seed among its
+neighbours in a random regular graph (threshold t > degree / 2) and sends each neighbour
+its shares encrypted with AES-GCM under their X25519 agreement. Stage 3: it uploads its
+fixed-point vector plus the PRG expansion of its seed plus, for every neighbour that
+completed stage 2, the PRG expansion of their agreed mask key (added if its id sorts
+first, subtracted otherwise); the words wrap modulo 2^32. Stage 4: the coordinator names
+the survivors (uploaded) and the dropped (shared keys, did not upload); each survivor
+returns, for each neighbour, the seed share if that neighbour survived and the mask-key
+share if it dropped, never both (an honest participant answers one request per round and
+refuses overlapping lists). The coordinator reconstructs, removes the survivors' self
+masks and the dropped participants' pairwise masks, and is left with the sum. A
+reconstruction is checked against what was advertised (seed commitment, public key), so
+inconsistent shares are caught.
 
 Threat model: an honest-but-curious coordinator learns only the sum of at least
 ``min_survivors`` inputs. A malicious coordinator could lie about who dropped to different
@@ -139,8 +140,10 @@ class SecAggClient:
         self.setup = setup
         self._sign = sign
         self._cipher_sk, self._cipher_pk = crypto.keypair()
-        self._mask_sk, self._mask_pk = crypto.keypair()
-        self._seed = os.urandom(32)
+        self._mask_seed = os.urandom(shamir.SECRET_BYTES)
+        self._mask_sk = crypto.key_from_seed(self._mask_seed)
+        self._mask_pk = crypto.public_bytes(self._mask_sk)
+        self._seed = os.urandom(shamir.SECRET_BYTES)
         self._rng = rng or np.random.default_rng()
         self._keys: dict[str, AdvertiseKeys] = {}
         self._held: dict[str, tuple[bytes, bytes]] = {}  # owner -> (mask-key share, seed share)
@@ -184,7 +187,7 @@ class SecAggClient:
             )
         self._keys = dict(keys)
         count = len(s.neighbours)
-        sk_shares = shamir.split(crypto.private_bytes(self._mask_sk), s.threshold, count)
+        sk_shares = shamir.split(self._mask_seed, s.threshold, count)
         seed_shares = shamir.split(self._seed, s.threshold, count)
         out = {}
         for i, v in enumerate(s.neighbours):
@@ -207,9 +210,9 @@ class SecAggClient:
                 )
             key = crypto.agree(self._cipher_sk, self._keys[owner].cipher_key, _cipher_info(s.round))
             plain = crypto.open_sealed(key, blob, _share_aad(s.round, owner, self.participant))
-            if len(plain) != 2 * shamir.SECRET_BYTES:
+            if len(plain) != 2 * shamir.SHARE_BYTES:
                 raise SecAggError(f"share from '{owner}' has the wrong length", fix="re-share")
-            held[owner] = (plain[:32], plain[32:])
+            held[owner] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
         self._held = held
 
     def mask(self, values: np.ndarray) -> np.ndarray:
@@ -419,10 +422,12 @@ class SecAggServer:
         if pid in self.responses:
             raise SecAggError(f"'{pid}' answered unmask twice", fix="answer once")
         partners = {u for u, cts in self.shares.items() if pid in cts}
-        if not set(shares) <= partners or any(len(s) != 32 for s in shares.values()):
+        if not set(shares) <= partners or any(
+            len(s) != shamir.SHARE_BYTES for s in shares.values()
+        ):
             raise SecAggError(
                 f"'{pid}' returned shares of participants it holds none of, or malformed",
-                fix="return one 32-byte share per partner",
+                fix=f"return one {shamir.SHARE_BYTES}-byte share per partner",
             )
         self.responses[pid] = dict(shares)
 
@@ -448,7 +453,7 @@ class SecAggServer:
             total -= _self_mask(seed, self.round, self.length)
         info = _mask_info(self.round)
         for v in req.dropped:
-            sk = crypto.private_from_bytes(self._reconstruct(v))
+            sk = crypto.key_from_seed(self._reconstruct(v))
             if crypto.public_bytes(sk) != self.keys[v].mask_key:
                 raise SecAggAborted(
                     f"inconsistent shares: the mask key rebuilt for '{v}' does not match "

@@ -29,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import functools
+import json
 import secrets
 import threading
 import time
@@ -46,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from zenfed.coordinator.engine import UpdateRejected
 from zenfed.coordinator.persistent import EnrollmentRefused, PersistentCoordinator
 from zenfed.errors import ZenfedError
+from zenfed.privacy.secagg import SecAggAborted, SecAggError
 from zenfed.protocol.auth import H_ID, AuthError
 from zenfed.protocol.messages import Update
 
@@ -61,6 +63,8 @@ class UpdateMeta(BaseModel):
     seconds: float
     train_loss: float
     steps: int
+    below_clip: bool | None = None
+    record_epsilon: float | None = None
 
 
 class InviteRequest(BaseModel):
@@ -169,6 +173,8 @@ def create_app(
                 return refuse(
                     409 if "already" in e.problem or "not open" in e.problem else 422, "update", e
                 )
+            except (SecAggError, SecAggAborted) as e:  # out of stage, not in it, malformed
+                return refuse(409, "secagg", e)
             except ZenfedError as e:
                 return refuse(400, "bad_request", e)
 
@@ -242,6 +248,39 @@ def create_app(
             if time.monotonic() >= deadline:
                 return Response(status_code=204)
             await asyncio.sleep(0.2)
+
+    @app.post("/v1/rounds/{server_round}/secagg/{stage}")
+    @guard
+    async def secagg_post(request: Request, server_round: int, stage: str) -> Response:
+        """Secure aggregation: this participant's message for ``stage`` (advertise_keys,
+        share_keys, unmask) as JSON; the masked input itself is the round's upload."""
+        body = await request.body()
+        pid = await signed(request, body)
+        try:
+            data = json.loads(body)
+        except ValueError as e:
+            raise SecAggError("the body is not JSON", fix="send a JSON object") from e
+        if not isinstance(data, dict):
+            raise SecAggError("the body is not a JSON object", fix="send a JSON object")
+        await run(lambda: fed.secagg_post(pid, server_round, stage, data))
+        return JSONResponse({"status": "accepted"})
+
+    @app.get("/v1/rounds/{server_round}/secagg/{stage}")
+    @guard
+    async def secagg_get(
+        request: Request, server_round: int, stage: str, wait: float = 0.0
+    ) -> Response:
+        """Secure aggregation: long-poll for what ``stage`` needs (the neighbours' keys, the
+        shares sent to this participant, the unmask request); 204 while it has not begun."""
+        pid = await signed(request, b"")
+        deadline = time.monotonic() + min(max(wait, 0.0), fed.cfg.service.long_poll_s)
+        while True:
+            got = await run(lambda: fed.secagg_get(pid, server_round, stage))
+            if got is not None:
+                return JSONResponse(got)
+            if time.monotonic() >= deadline:
+                return Response(status_code=204)
+            await asyncio.sleep(0.1)
 
     @app.get("/v1/versions/{version}")
     @guard

@@ -15,6 +15,7 @@ with an HTTP Range request, and a full version is checked against its ETag (sha2
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import ssl
 import time
@@ -25,6 +26,7 @@ from urllib.parse import urlencode
 import httpx
 
 from zenfed.errors import ZenfedError
+from zenfed.privacy.secagg import wire
 from zenfed.protocol.auth import Identity, sign_request
 from zenfed.protocol.messages import Task, Update
 
@@ -81,7 +83,31 @@ class CoordinatorClient:
         r = self._send("GET", f"/v1/task?wait={wait:g}")
         if r.status_code == 204:
             return None
-        return Task(**r.json())
+        d = r.json()
+        setup = d.get("secagg")
+        return Task(**{**d, "secagg": wire.setup_from_json(setup) if setup else None})
+
+    def secagg_send(self, server_round: int, stage: str, body: dict[str, Any]) -> None:
+        """Post this participant's message for a secure-aggregation stage (signed JSON)."""
+        data = json.dumps(body).encode()
+        path = f"/v1/rounds/{server_round}/secagg/{stage}"
+        self._send("POST", path, body=data, content_type="application/json")
+
+    def secagg_wait(
+        self, server_round: int, stage: str, timeout_s: float, wait: float = 20.0
+    ) -> dict[str, Any]:
+        """What a secure-aggregation stage needs, once it has begun (ZenfedError after
+        ``timeout_s`` or if the coordinator says the stage is over or we are not in it)."""
+        end = time.monotonic() + timeout_s
+        path = f"/v1/rounds/{server_round}/secagg/{stage}?wait={wait:g}"
+        while time.monotonic() < end:
+            r = self._send("GET", path)
+            if r.status_code == 200:
+                return dict(r.json())
+        raise ZenfedError(
+            f"stage {stage} of round {server_round + 1} did not begin within {timeout_s:g} s",
+            fix="the round went on without this participant",
+        )
 
     def download(self, version: str, held: str | None) -> bytes:
         """The version's payload (the broadcasts since ``held``, or in full, resumable)."""
@@ -115,7 +141,8 @@ class CoordinatorClient:
 
     def upload(self, update: Update) -> str:
         """Upload ``update``'s payload with its metadata; "accepted" or "duplicate"."""
-        meta = {k: v for k, v in asdict(update).items() if k not in ("payload", "participant")}
+        skip = ("payload", "participant")
+        meta = {k: v for k, v in asdict(update).items() if k not in skip and v is not None}
         meta.pop("round")
         path = f"/v1/rounds/{update.round}/update?{urlencode(meta)}"
         r = self._send("PUT", path, body=update.payload, content_type="application/octet-stream")
