@@ -230,3 +230,35 @@ def test_state_changes_are_logged_as_json_lines(
     events = [x["event"] for x in lines]
     assert events == ["enroll", "enroll", "open_round", "upload"]
     assert lines[-1]["participant"] == a and lines[-1]["bytes"] > 0 and lines[-1]["round"] == 0
+
+
+def test_dp_ledger_survives_a_restart_and_the_budget_stops_the_service(tmp_path: Path) -> None:
+    from zenfed.privacy import dp
+
+    raw = _cfg().model_dump(mode="python")
+    raw["sampling"] = {"method": "poisson", "fraction": 1.0, "min_participants": 2}
+    raw["privacy"] = {"clip_norm": 1.0, "target_epsilon": 40.0, "adaptive_clipping": True}
+    raw["run"] = {"rounds": 2}
+    cfg = parse_config(raw)
+    clock = Clock()
+    fed = _fed(tmp_path, clock, cfg)
+    people = [_join(fed, n)[0] for n in ("a", "b")]
+    for _ in range(2):
+        fed.tick()
+        for pid in people:
+            fed.submit(_upload(fed, pid, 0.5))
+        assert fed.tick() is not None
+    spent = fed.engine.epsilon()
+    z = fed.engine.noise_multiplier
+    assert z is not None and spent == pytest.approx(dp.epsilon([(1.0, z)] * 2, 1e-6))
+    assert fed.status()["epsilon"] == pytest.approx(spent)
+    clip = fed.engine.state.privacy.clip_norm
+    again = _fed(tmp_path, clock, cfg)  # restart: the ledger comes back from the versions
+    assert again.engine.epsilon() == pytest.approx(spent)
+    assert again.engine.state.privacy.clip_norm == pytest.approx(clip) and clip != 1.0
+    # one more round would exceed the target: the service stops instead of opening it
+    longer = parse_config({**raw, "run": {"rounds": 5}})
+    more = _fed(tmp_path, clock, longer)
+    assert more.tick() is None and more.engine.open_round_info is None
+    assert more.finished() and "budget" in more.status()["stopped"]
+    assert any(a == "privacy_budget_exhausted" for _, a, _ in more.audit_log())

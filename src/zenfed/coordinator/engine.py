@@ -225,6 +225,19 @@ class Coordinator:
         count = dp.count_stddev(pc, self.expected_cohort, z) if pc.adaptive_clipping else 0.0
         return z_update * clip, count
 
+    def ledger_from_versions(self) -> dp.PrivacyLedger:
+        """The privacy ledger as the committed versions' metrics record it (a restarted
+        service's way back to the epsilon it had spent)."""
+        ms = [v.metrics for v in self.state.versions]
+        rounds = [
+            (float(m["sampling_rate"]), float(m["noise_multiplier"]))
+            for m in ms
+            if "noise_multiplier" in m
+        ]
+        clips = [m["next_clip_norm"] for m in ms if "next_clip_norm" in m]
+        first = self.cfg.privacy.clip_norm or self.cfg.secagg.clip_norm
+        return dp.PrivacyLedger(rounds, float(clips[-1]) if clips else first)
+
     def epsilon(self) -> float:
         """Epsilon spent so far at the federation's target delta (0 without DP)."""
         pc = self.cfg.privacy
@@ -405,6 +418,11 @@ class Coordinator:
         if self.noise_multiplier is not None:
             pc = self.cfg.privacy
             privacy_metrics["epsilon"] = ledger.spent(pc.target_delta, pc.accountant)
+            # the ledger entry itself, so a store of versions can rebuild the ledger
+            privacy_metrics["noise_multiplier"] = self.noise_multiplier
+            privacy_metrics["sampling_rate"] = self.cfg.sampling.fraction
+        if ledger.clip_norm is not None:
+            privacy_metrics["next_clip_norm"] = ledger.clip_norm
         params, server_state = server_step(
             self.cfg.server, self.state.params, mean, self.state.server_state
         )

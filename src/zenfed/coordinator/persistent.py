@@ -45,6 +45,7 @@ from zenfed.coordinator.engine import (
     UpdateRejected,
 )
 from zenfed.errors import ZenfedError
+from zenfed.privacy.dp import PrivacyBudgetExceeded
 from zenfed.privacy.secagg import SecAggAborted, SecAggError, SecAggServer, wire
 from zenfed.protocol.auth import MAX_SKEW_S, AuthError, participant_id, verify_request
 from zenfed.protocol.messages import GlobalVersion, Task, Tensors, Update, safetensors_metadata
@@ -75,13 +76,6 @@ class PersistentCoordinator:
         blobs: BlobStore,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if cfg.privacy.enabled:
-            raise ZenfedError(
-                "the networked coordinator does not run participant-level differential "
-                "privacy yet (its privacy ledger is not stored in the database)",
-                fix="use zenfed simulate for DP runs, or remove privacy.noise_multiplier "
-                "and privacy.target_epsilon",
-            )
         self.cfg, self.db, self.blobs, self.clock = cfg, db, blobs, clock
         self.rejections: Counter[str] = Counter()
         db.upgrade()
@@ -90,6 +84,7 @@ class PersistentCoordinator:
         self._tasks: dict[str, Task] = {}
         self._deadline = 0.0
         self._stage_deadline = 0.0  # secure rounds: when the current stage closes anyway
+        self.exhausted = ""  # why no further round may run (the privacy budget is spent)
         with db.transaction() as s:
             known = s.scalar(select(Version.id).limit(1))
         if known is None:
@@ -347,9 +342,8 @@ class PersistentCoordinator:
 
     def finished(self) -> bool:
         """Whether every round has run (no round is open and none will be)."""
-        return (
-            self.engine.open_round_info is None and self.engine.state.round >= self.cfg.run.rounds
-        )
+        done = self.engine.state.round >= self.cfg.run.rounds or bool(self.exhausted)
+        return self.engine.open_round_info is None and done
 
     def version_blob(self, version: str) -> str:
         """The blob digest of a committed version (as downloaded in full)."""
@@ -367,6 +361,8 @@ class PersistentCoordinator:
             "rounds": self.cfg.run.rounds,
             "version": self.engine.version.id,
             "participants": len(self.engine.participants),
+            "epsilon": self.engine.epsilon() if self.engine.noise_multiplier else None,
+            "stopped": self.exhausted or None,
             "open_round": None
             if info is None
             else {
@@ -382,7 +378,17 @@ class PersistentCoordinator:
 
     def _can_open(self) -> bool:
         enough = len(self.engine.participants) >= max(1, self.cfg.sampling.min_participants)
-        return enough and self.engine.state.round < self.cfg.run.rounds
+        if not (enough and self.engine.state.round < self.cfg.run.rounds) or self.exhausted:
+            return False
+        try:
+            self.engine.check_budget()
+        except PrivacyBudgetExceeded as e:
+            self.exhausted = e.problem
+            with self.db.transaction() as s:
+                audit_row(s, "coordinator", "privacy_budget_exhausted", {"reason": e.problem})
+            _log("privacy_budget_exhausted", logging.WARNING, reason=e.problem)
+            return False
+        return True
 
     def _open(self) -> None:
         try:
@@ -501,6 +507,7 @@ class PersistentCoordinator:
         self.engine.state = CoordinatorState(
             latest.round + 1, params, server_state, versions, public, broadcasts
         )
+        self.engine.state.privacy = self.engine.ledger_from_versions()
         if open_row is None:
             return
         tasks = [_task_from_json(t) for t in open_row.tasks]
