@@ -373,29 +373,23 @@ class SecAggServer:
         self._expect("masked_input", pid, self.shares)
         return {u: cts[pid] for u, cts in self.shares.items() if pid in cts}
 
-    def receive_masked(self, pid: str, words: np.ndarray) -> None:
-        """Stage 3: ``pid``'s masked vector, added into the running sum modulo 2^32."""
+    def check_masked(self, pid: str, words: np.ndarray) -> None:
+        """Stage 3: whether ``pid`` may upload ``words`` (SecAggError if not); adds nothing."""
         self._expect("masked_input", pid, self.shares)
         if pid in self.masked:
             raise SecAggError(f"'{pid}' uploaded twice", fix="upload once per round")
         if words.dtype != np.uint32 or words.shape != (self.length,):
             raise SecAggError(
-                f"masked vector from '{pid}' is {words.dtype} {words.shape}, "
-                f"expected uint32 ({self.length},)",
+                f"masked vector from '{pid}' has the wrong shape or type: {words.dtype} "
+                f"{words.shape}, expected uint32 ({self.length},)",
                 fix="mask the vector the setup describes",
             )
+
+    def receive_masked(self, pid: str, words: np.ndarray) -> None:
+        """Stage 3: ``pid``'s masked vector, added into the running sum modulo 2^32."""
+        self.check_masked(pid, words)
         self.total += words
         self.masked.add(pid)
-
-    def check_masked(self, pid: str, words: np.ndarray) -> None:
-        """What ``receive_masked`` checks, without adding (SecAggError)."""
-        self._expect("masked_input", pid, self.shares)
-        if pid in self.masked or words.dtype != np.uint32 or words.shape != (self.length,):
-            raise SecAggError(
-                f"masked vector from '{pid}' is a duplicate or has the wrong shape "
-                f"({words.dtype} {words.shape}, expected uint32 ({self.length},))",
-                fix="mask the vector the setup describes, once",
-            )
 
     def close_stage(self) -> None:
         """End the current stage (at quorum or deadline); abort below the survivors needed."""
