@@ -63,3 +63,14 @@ def test_sources_alone_replace_the_builtin_corpus() -> None:
     cfg = parse_config({"data": {"sources": [{"name": "a", "path": "a.jsonl"}]}})
     assert cfg.data.corpus is None
     assert parse_config({}).data.corpus == "chatterbot"
+
+
+def test_every_example_config_is_valid() -> None:
+    from pathlib import Path
+
+    from zenfed.config import load_config
+
+    examples = sorted(Path(__file__).resolve().parents[2].joinpath("examples").glob("*.toml"))
+    assert len(examples) >= 4
+    for path in examples:
+        load_config(path)  # raises on any unknown key or bad value
