@@ -246,6 +246,13 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
         ("optimizer steps (all participants)", s["fed_steps"]),
         ("bytes uploaded / downloaded", f"{_mb(s['upload_bytes'])} / {_mb(s['download_bytes'])}"),
         ("upload compression vs dense float32", f"{s['compression_ratio']:.1f}x"),
+        (
+            "privacy spent (participant level)",
+            f"epsilon {s['epsilon']:.3f} at delta {s['privacy']['delta']:g}"
+            if "epsilon" in s
+            else None,
+        ),
+        ("rounds aborted (no version)", s.get("aborted_rounds") or None),
         ("federated run wall time (s)", s["seconds"]),
     ]
     for label, value in rows:

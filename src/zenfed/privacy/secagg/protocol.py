@@ -399,7 +399,7 @@ class SecAggServer:
             raise SecAggAborted(
                 f"round {self.round + 1}: {len(alive)} participants completed {self.stage_name}, "
                 f"{self.min_survivors} needed",
-                fix="the previous global version stays; the round is retried",
+                fix="the round aborts; the previous global version stays",
             )
         self.stage = min(self.stage + 1, len(STAGES) - 1)
 
