@@ -2,6 +2,7 @@
 calibration, the budget stop, central and distributed noise, and the engine's secure
 rounds (same result as plaintext; aborted below the survivors needed)."""
 
+import math
 from typing import Any
 
 import dp_accounting
@@ -247,24 +248,26 @@ def test_a_secure_round_below_the_survivors_needed_aborts_and_keeps_the_version(
     assert c.version.id == before and c.state.round == 1 and c._open is None
 
 
-def test_distributed_noise_is_split_over_the_guaranteed_survivors() -> None:
+@pytest.mark.parametrize(("noise", "std"), [("distributed", 8**0.5 / 8), ("central", 2 / 8)])
+def test_secure_rounds_carry_the_stated_noise(noise: str, std: float) -> None:
     cfg = _cfg(
         sampling={"method": "poisson", "fraction": 1.0},
-        privacy={"clip_norm": 1.0, "noise_multiplier": 2.0, "noise": "distributed"},
+        privacy={"clip_norm": 1.0, "noise_multiplier": 2.0, "noise": noise},
         secagg={"enabled": True, "min_survivors": 4},
     )
     c = Coordinator(cfg, INITIAL, {p: 10 for p in IDS}, verify_keys=_VKS)
     tasks = c.open_round()
-    # each adds stddev z C / sqrt(4): any 4 survivors together carry the full z C
-    assert all(t.noise_std == pytest.approx(1.0) and t.weight == 1.0 for t in tasks)
+    # distributed: each adds stddev z C / sqrt(4), so any 4 survivors carry the full z C
+    share = 1.0 if noise == "distributed" else 0.0
+    assert all(t.noise_std == pytest.approx(share) and t.weight == 1.0 for t in tasks)
     c.abort_round()
     zero = {p: {k: torch.zeros_like(v) for k, v in INITIAL.items()} for p in IDS}
     c2 = Coordinator(cfg, INITIAL, {p: 10 for p in IDS}, verify_keys=_VKS)
     _secure_round(c2, zero)
     c2.close_round()
     flat = torch.cat([v.reshape(-1) for v in c2.state.params.values()])
-    # 8 shares of stddev 1 summed, divided by q N = 8: stddev sqrt(8) / 8
-    assert float(flat.std()) == pytest.approx(8**0.5 / 8, rel=0.05)
+    # distributed: 8 shares of stddev 1 over q N = 8; central: z C = 2 over 8
+    assert float(flat.std()) == pytest.approx(std, rel=0.05)
 
 
 def test_an_empty_poisson_cohort_aborts_the_round() -> None:
@@ -288,3 +291,22 @@ def test_pack_flat_clips_and_keeps_only_the_codec_error_as_residual() -> None:
     for k in x:  # the residual is the codec's error (what random-k did not send)
         torch.testing.assert_close(sent[k] + residual[k], x[k])
         assert float(residual[k].abs().sum()) > 0
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_adaptive_clipping_counts_centred_bits_and_moves_the_bound(secure: bool) -> None:
+    cfg = _cfg(
+        privacy={"clip_norm": 1.0, "adaptive_clipping": True},
+        secagg={"enabled": secure, "clip_norm": 1.0},
+    )
+    c = Coordinator(cfg, INITIAL, {p: 10 * (i + 1) for i, p in enumerate(IDS)}, verify_keys=_VKS)
+    small = {p: {k: torch.full_like(v, 1e-4) for k, v in INITIAL.items()} for p in IDS}
+    if secure:
+        _secure_round(c, small)
+    else:
+        for t in c.open_round():
+            c.submit(_update(c, t.participant, _dense(c, small[t.participant])))
+    v = c.close_round()
+    # every update inside the bound (no DP noise): the fraction is exactly 1, C shrinks
+    assert v.metrics["below_clip_fraction"] == pytest.approx(1.0, abs=1e-6)
+    assert c.state.privacy.clip_norm == pytest.approx(math.exp(-0.2 * 0.5))

@@ -21,6 +21,7 @@ from zenfed.privacy.secagg import (
     fixedpoint,
     graph,
     shamir,
+    wire,
 )
 from zenfed.privacy.secagg.protocol import decode_sum
 
@@ -176,7 +177,7 @@ def test_forged_or_misplaced_messages_are_refused() -> None:
     with pytest.raises(SecAggError, match="'d' is not part of the share_keys stage"):
         srv.receive_shares("d", {})
     with pytest.raises(SecAggError, match="expected one for each"):
-        srv.receive_shares("a", {"b": b"x"})
+        srv.receive_shares("a", {"b": bytes(62)})
     for p in ["a", "b", "c"]:
         srv.receive_shares(p, cl[p].share_keys(srv.keys_for(p), vks))
     srv.close_stage()
@@ -207,7 +208,8 @@ def test_a_tampered_share_is_caught_as_inconsistent() -> None:
     req = srv.unmask_request()
     for p in ids:
         shares = cl[p].unmask(req)
-        srv.receive_unmask(p, {k: bytes(17) for k in shares} if p == "p0" else shares)
+        liar = p in ("p0", "p1")  # 2 of each secret's 4 holders lie; 3 shares are needed
+        srv.receive_unmask(p, {k: bytes(17) for k in shares} if liar else shares)
     with pytest.raises(SecAggAborted, match="inconsistent shares"):
         srv.finish()
 
@@ -235,3 +237,38 @@ def test_the_graph_is_regular_symmetric_and_logarithmic() -> None:
     assert all(u in g[v] for u in ids for v in g[u])
     small = graph.neighbours(["a", "b", "c"], None, seed=1)
     assert small == {"a": ("b", "c"), "b": ("a", "c"), "c": ("a", "b")}
+
+
+def test_unusable_keys_bad_ciphertexts_and_weak_thresholds_are_refused() -> None:
+    ids = ["a", "b", "c"]
+    sks, vks = _identities(ids)
+    srv = SecAggServer(0, ids, vks, length=8, bound=1.0)
+    weak = replace(srv.setup_for("a"), threshold=1, neighbours=("b", "c", "d", "e"))
+    with pytest.raises(SecAggError, match="both secrets"):
+        SecAggClient("a", weak, sks["a"].sign)
+    # a low-order X25519 point would make every neighbour's key agreement fail
+    bad = SecAggClient("a", srv.setup_for("a"), sks["a"].sign)
+    unsigned = replace(bad.advertise(), cipher_key=bytes(32), signature=b"")
+    forged = replace(unsigned, signature=sks["a"].sign(unsigned.signed_bytes(0)))
+    with pytest.raises(SecAggError, match="unusable X25519 key"):
+        srv.receive_keys(forged)
+    cl = {p: SecAggClient(p, srv.setup_for(p), sks[p].sign) for p in ids}
+    for p in ids:
+        srv.receive_keys(cl[p].advertise())
+    srv.close_stage()
+    good = cl["a"].share_keys(srv.keys_for("a"), vks)
+    with pytest.raises(SecAggError, match="not 62 bytes"):
+        srv.receive_shares("a", {k: v + b"x" for k, v in good.items()})
+    with pytest.raises(SecAggError, match="malformed"):
+        wire.setup_from_json({"round": 0})
+    with pytest.raises(SecAggError, match="malformed"):
+        wire.request_from_json({"round": "x", "survivors": [], "dropped": []})
+
+
+def test_a_bad_share_is_skipped_when_enough_good_ones_remain() -> None:
+    total, survivors, x, srv = _run(8, 40, {}, seed=2, degree=7)  # t = 4 of 7 holders
+    assert np.max(np.abs(total - sum(x[p] for p in survivors))) <= 8 / srv.scale
+    first = next(iter(srv.responses))
+    srv.responses[first] = {k: bytes(17) for k in srv.responses[first]}  # one liar
+    again = decode_sum(srv.finish(), srv.scale)
+    assert np.max(np.abs(again - total)) == 0.0

@@ -65,7 +65,7 @@ class _OpenRound:
     bytes_up: dict[str, int] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
     secagg: SecAggServer | None = None
-    below_clip: float = 0.0  # plaintext adaptive clipping: updates within the bound
+    below_clip: float = 0.0  # plaintext adaptive clipping: sum of (within the bound - 1/2)
 
 
 @dataclass
@@ -394,7 +394,7 @@ class Coordinator:
             # The coordinator sees plaintext updates: it clips them itself (central DP).
             clip = float(r.tasks[update.participant].clip_norm or 0.0)
             clipped, norm = dp.clip_l2(tensors, clip)
-            r.below_clip += float(norm <= clip)
+            r.below_clip += float(norm <= clip) - 0.5  # centred, as the accounting assumes
             weight = 1.0 if self.cfg.privacy.enabled else float(update.num_examples)
             r.mean.add(clipped, weight)
         else:
@@ -477,29 +477,37 @@ class Coordinator:
             return r.mean.result(), {}
         update_std, count_std = self.round_noise()
         pc = self.cfg.privacy
+        central = pc.enabled and pc.noise == "central"
+        gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
         if r.secagg is not None:
             total = decode_sum(r.secagg.finish(), r.secagg.scale)
             n = self.codec.flat_length()
-            parts = self.codec.unflatten(total[:n].astype(np.float32))
+            flat = total[:n]
+            if central:  # where the clip bound holds: on the flat vector, before decoding
+                flat = flat + np.random.default_rng().normal(0.0, update_std, n)
+            parts = self.codec.unflatten(flat.astype(np.float32))
             summed = self.codec.decode(parts, shared_seed=r.codec_seed)
             below = float(total[n]) if len(total) > n else 0.0
             weight = sum(r.tasks[p].weight for p in r.received)
         else:
             summed = {k: v * r.mean.total_weight for k, v in r.mean.result().items()}
             below, weight = r.below_clip, r.mean.total_weight
+            if pc.enabled:  # clipped by the coordinator itself in accept: noise here
+                noise = dp.gaussian_like(summed, update_std, gen)
+                summed = {k: v + noise[k] for k, v in summed.items()}
         metrics: dict[str, float] = {
             "clip_norm": float(r.tasks[next(iter(r.tasks))].clip_norm or 0)
         }
+        # Clip bits travel centred (bit - 1/2: one participant moves the sum by at most
+        # 1/2, the sensitivity adaptive clipping's accounting assumes).
+        count = float(len(r.received))
         if pc.enabled:
-            if pc.noise == "central" or r.secagg is None:
-                gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
-                noise = dp.gaussian_like(summed, update_std, gen)
-                summed = {k: v + noise[k] for k, v in summed.items()}
+            if central or r.secagg is None:
                 below += float(torch.randn((), generator=gen)) * count_std
-            weight = self.expected_cohort  # the fixed denominator q * N
+            weight = count = self.expected_cohort  # the fixed denominator q * N
             metrics["noise_std"] = update_std
         if pc.adaptive_clipping:
-            metrics["below_clip_fraction"] = below / max(weight, 1e-12)
+            metrics["below_clip_fraction"] = below / max(count, 1e-12) + 0.5
         return {k: (v / weight).to(torch.float32) for k, v in summed.items()}, metrics
 
     def _ledger_after(self, metrics: dict[str, float]) -> dp.PrivacyLedger:

@@ -14,6 +14,7 @@ participant (random-k, count sketch) draw them from it.
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,7 +50,10 @@ class Strategy:
         if sc.method == "poisson":
             if not participants:
                 raise ZenfedError("no participants are enrolled", fix="enroll one")
-            chosen = rng.random(len(participants)) < sc.fraction
+            # Under DP the sample must be secret (amplification by subsampling): the run's
+            # seed is public, so the draw uses OS entropy (a resumed run samples anew).
+            draw = np.random.default_rng(secrets.randbits(128)) if self.cfg.privacy.enabled else rng
+            chosen = draw.random(len(participants)) < sc.fraction
             cohort = [p for p, c in zip(participants, chosen, strict=True) if c]
         else:
             cohort = sample_participants(participants, sc.fraction, sc.min_participants, rng)

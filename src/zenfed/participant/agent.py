@@ -246,5 +246,5 @@ def masked_update(
         values += rng.normal(0.0, task.noise_std, values.shape)
     if task.report_clip:
         noise = rng.normal(0.0, task.count_noise_std) if task.count_noise_std else 0.0
-        values = np.append(values, float(below) + noise)
+        values = np.append(values, float(below) - 0.5 + noise)  # centred: sensitivity 1/2
     return safetensors.numpy.save({"masked": client.mask(values)}), new_residual

@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from zenfed.errors import ZenfedError
 from zenfed.participant.agent import Participant
-from zenfed.privacy.secagg import wire
+from zenfed.privacy.secagg import SecAggError, wire
+from zenfed.protocol.auth import participant_id
 from zenfed.protocol.messages import Task, Update
 from zenfed.transport.http.client import CoordinatorClient, FederationFinished
 
@@ -80,10 +81,19 @@ def _secure_round(client: CoordinatorClient, participant: Participant, task: Tas
     keys = participant.secagg_advertise(task)
     client.secagg_send(r, "advertise_keys", {"keys": wire.keys_to_json(keys)})
     got = client.secagg_wait(r, "share_keys", stage_wait_s)
-    neighbours = {v: wire.keys_from_json(v, k) for v, k in dict(got["keys"]).items()}
-    identities = wire.blobs_from_json(got["identities"], "identities")
+    raw = got.get("keys")
+    if not isinstance(raw, dict):
+        raise SecAggError("the coordinator sent no neighbour keys", fix="refused")
+    neighbours = {str(v): wire.keys_from_json(str(v), k) for v, k in raw.items()}
+    identities = wire.blobs_from_json(got.get("identities"), "identities")
+    for v, key in identities.items():  # ids are key hashes: the coordinator cannot swap keys
+        if participant_id(key) != v:
+            raise SecAggError(
+                f"the identity key given for '{v[:12]}' is not that participant's",
+                fix="refused: a coordinator substituting keys could read the shares",
+            )
     shares = participant.secagg_share(neighbours, identities)
     client.secagg_send(r, "share_keys", {"shares": wire.blobs_to_json(shares)})
-    inbox = client.secagg_wait(r, "masked_input", stage_wait_s)["inbox"]
+    inbox = client.secagg_wait(r, "masked_input", stage_wait_s).get("inbox")
     participant.secagg_receive(wire.blobs_from_json(inbox, "inbox"))
     return participant.train(task, client.download)

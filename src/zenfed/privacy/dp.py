@@ -12,7 +12,8 @@ information about who took part). Adjacent datasets differ by one participant's 
 data (add or remove), so the sum's sensitivity is C.
 
 Adaptive clipping (Andrew et al. 2021): each participant also contributes the bit
-[norm <= C]; the noised mean of the bits b estimates the fraction of updates under C, and
+[norm <= C], centred (bit - 1/2, so one participant moves the sum by at most 1/2); the
+noised mean of the centred bits plus 1/2 estimates the fraction of updates under C, and
 C <- C * exp(-eta * (b - gamma)) tracks the gamma-quantile of update norms. The bits' sum
 gets Gaussian noise of standard deviation sigma_b, and the update noise is set so the
 two releases together cost what one Gaussian of multiplier z costs:

@@ -117,7 +117,9 @@ def train_local(
         opt.load_state_dict(optimizer_state)
     model.train()
     stream = batches(data, cfg.batch_size, plan.seed, pad_id)
-    private = poisson_batches(data, cfg.batch_size, plan.seed, pad_id)
+    # DP-SGD's sample must be secret (amplification by subsampling): OS entropy, not the
+    # task's seed, which anyone who knows the run's seed can recompute.
+    private = poisson_batches(data, cfg.batch_size, int.from_bytes(os.urandom(8), "little"), pad_id)
     # DP-SGD noise must not be predictable from anything public: OS entropy.
     noise_gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
     micro = micro_batch_size(model, cfg, max(len(e.input_ids) for e in data))

@@ -18,8 +18,10 @@ MODULUS_BITS = 32
 
 
 def scale_for(bound: float, count: int) -> float:
-    """The fixed-point scale for ``count`` summands each in [-bound, bound]."""
-    return float((2**31 - 1) / (bound * max(1, count) * (1 + 1e-6)))
+    """The fixed-point scale for ``count`` summands each in [-bound, bound] (each may
+    round up by one unit)."""
+    n = max(1, count)
+    return float((2**31 - 1 - n) / (bound * n * (1 + 1e-6)))
 
 
 def encode(x: np.ndarray, scale: float, rng: np.random.Generator, bound: float) -> np.ndarray:

@@ -37,6 +37,7 @@ implemented) or isolate a victim; participants are not checked to have clipped.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 from collections.abc import Callable, Collection, Sequence
@@ -50,6 +51,9 @@ from zenfed.errors import ZenfedError
 from zenfed.privacy.secagg import crypto, fixedpoint, graph, shamir
 
 STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
+# nonce (12) + two Shamir shares + GCM tag (16)
+SHARE_CIPHERTEXT_BYTES = 12 + 2 * shamir.SHARE_BYTES + 16
+MAX_SUBSETS = 64  # share subsets tried per secret when some shares are bad
 
 
 class SecAggError(ZenfedError):
@@ -136,6 +140,12 @@ class SecAggClient:
         sign: Callable[[bytes], bytes],
         rng: np.random.Generator | None = None,
     ) -> None:
+        if setup.threshold <= len(setup.neighbours) / 2 and len(setup.neighbours) > 1:
+            raise SecAggError(
+                f"threshold {setup.threshold} of {len(setup.neighbours)} neighbours would let "
+                "a coordinator collect both secrets of a participant",
+                fix="refused: the threshold must exceed half the neighbours",
+            )
         self.participant = participant
         self.setup = setup
         self._sign = sign
@@ -349,6 +359,13 @@ class SecAggServer:
         if len(k.cipher_key) != 32 or len(k.mask_key) != 32 or len(k.seed_commitment) != 32:
             raise SecAggError(f"malformed keys from '{k.participant}'", fix="32-byte keys")
         verify_advertisement(k, self.round, self.verify_keys.get(k.participant))
+        for key in (k.cipher_key, k.mask_key):  # a low-order point would break every agreement
+            try:
+                crypto.agree(crypto.keypair()[0], key, b"zenfed/secagg/check")
+            except crypto.CryptoError as e:
+                raise SecAggError(
+                    f"'{k.participant}' advertised an unusable X25519 key", fix="new keys"
+                ) from e
         self.keys[k.participant] = k
 
     def keys_for(self, pid: str) -> dict[str, AdvertiseKeys]:
@@ -360,6 +377,11 @@ class SecAggServer:
         """Stage 2: ``pid``'s encrypted shares, one per neighbour that advertised."""
         self._expect("share_keys", pid, self.keys)
         want = {v for v in self.graph[pid] if v in self.keys}
+        if any(len(c) != SHARE_CIPHERTEXT_BYTES for c in ciphertexts.values()):
+            raise SecAggError(
+                f"'{pid}' sent a share ciphertext that is not {SHARE_CIPHERTEXT_BYTES} bytes",
+                fix="send AES-GCM sealed shares",
+            )
         if pid in self.shares or set(ciphertexts) != want:
             raise SecAggError(
                 f"'{pid}' sent shares for {sorted(ciphertexts)}, expected one for each of "
@@ -437,23 +459,11 @@ class SecAggServer:
             )
         total = self.total.copy()
         for u in req.survivors:
-            seed = self._reconstruct(u)
-            if hashlib.sha256(seed).digest() != self.keys[u].seed_commitment:
-                raise SecAggAborted(
-                    f"inconsistent shares: the seed rebuilt for '{u}' does not match its "
-                    "commitment",
-                    fix="a participant sent bad shares; the round aborts",
-                )
+            seed = self._reconstruct(u, self._matches_commitment(u))
             total -= _self_mask(seed, self.round, self.length)
         info = _mask_info(self.round)
         for v in req.dropped:
-            sk = crypto.key_from_seed(self._reconstruct(v))
-            if crypto.public_bytes(sk) != self.keys[v].mask_key:
-                raise SecAggAborted(
-                    f"inconsistent shares: the mask key rebuilt for '{v}' does not match "
-                    "the one it advertised",
-                    fix="a participant sent bad shares; the round aborts",
-                )
+            sk = crypto.key_from_seed(self._reconstruct(v, self._matches_mask_key(v)))
             for u in req.survivors:
                 if v not in self.shares or u not in self.shares[v]:
                     continue  # not partners: no pairwise mask between them
@@ -464,21 +474,39 @@ class SecAggServer:
                     total += m
         return total
 
-    def _reconstruct(self, owner: str) -> bytes:
+    def _matches_commitment(self, owner: str) -> Callable[[bytes], bool]:
+        want = self.keys[owner].seed_commitment
+        return lambda seed: hashlib.sha256(seed).digest() == want
+
+    def _matches_mask_key(self, owner: str) -> Callable[[bytes], bool]:
+        want = self.keys[owner].mask_key
+        return lambda seed: crypto.public_bytes(crypto.key_from_seed(seed)) == want
+
+    def _reconstruct(self, owner: str, valid: Callable[[bytes], bool]) -> bytes:
+        """``owner``'s secret from the survivors' shares: the first threshold-sized subset
+        whose result matches what ``owner`` advertised (bad shares are skipped)."""
         nbrs = self.graph[owner]
-        got = [
+        got = sorted(
             (nbrs.index(r) + 1, resp[owner]) for r, resp in self.responses.items() if owner in resp
-        ]
+        )
         if len(got) < self.threshold:
             raise SecAggAborted(
                 f"round {self.round + 1}: {len(got)} shares of '{owner}''s secret, "
                 f"{self.threshold} needed",
                 fix="too many participants dropped during unmasking",
             )
-        try:
-            return shamir.combine(got, self.threshold)
-        except shamir.ShamirError as e:
-            raise SecAggAborted(str(e), fix=e.fix) from e
+        for subset in itertools.islice(itertools.combinations(got, self.threshold), MAX_SUBSETS):
+            try:
+                secret = shamir.combine(list(subset), self.threshold)
+            except shamir.ShamirError:
+                continue
+            if valid(secret):
+                return secret
+        raise SecAggAborted(
+            f"inconsistent shares: no {self.threshold} of the {len(got)} shares of '{owner}''s "
+            "secret rebuild what it advertised",
+            fix="participants sent bad shares; the round aborts",
+        )
 
 
 def decode_sum(total: np.ndarray, scale: float) -> np.ndarray:

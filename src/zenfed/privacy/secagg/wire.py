@@ -62,18 +62,28 @@ def blobs_from_json(d: Any, what: str) -> dict[str, bytes]:
     return {str(k): unb64(v, f"{what}[{k}]") for k, v in d.items()}
 
 
-def setup_from_json(d: dict[str, Any]) -> SecAggSetup:
-    """A task's secure-aggregation setup from JSON."""
-    return SecAggSetup(
-        int(d["round"]),
-        tuple(str(x) for x in d["neighbours"]),
-        int(d["threshold"]),
-        int(d["length"]),
-        float(d["bound"]),
-        float(d["scale"]),
-    )
+def setup_from_json(d: Any) -> SecAggSetup:
+    """A task's secure-aggregation setup from JSON (SecAggError if malformed)."""
+    try:
+        return SecAggSetup(
+            int(d["round"]),
+            tuple(str(x) for x in d["neighbours"]),
+            int(d["threshold"]),
+            int(d["length"]),
+            float(d["bound"]),
+            float(d["scale"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise SecAggError(f"malformed secure-aggregation setup ({e})", fix="refused") from e
 
 
-def request_from_json(d: dict[str, Any]) -> UnmaskRequest:
-    """The unmask request from JSON."""
-    return UnmaskRequest(int(d["round"]), tuple(d["survivors"]), tuple(d["dropped"]))
+def request_from_json(d: Any) -> UnmaskRequest:
+    """The unmask request from JSON (SecAggError if malformed)."""
+    try:
+        return UnmaskRequest(
+            int(d["round"]),
+            tuple(str(x) for x in d["survivors"]),
+            tuple(str(x) for x in d["dropped"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise SecAggError(f"malformed unmask request ({e})", fix="refused") from e

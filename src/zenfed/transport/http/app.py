@@ -51,6 +51,8 @@ from zenfed.privacy.secagg import SecAggAborted, SecAggError
 from zenfed.protocol.auth import H_ID, AuthError
 from zenfed.protocol.messages import Update
 
+SECAGG_MAX_BODY = 1 << 20  # keys or shares for hundreds of neighbours fit many times
+
 
 class UpdateMeta(BaseModel):
     """An upload's metadata, from its (signed) query string."""
@@ -255,10 +257,15 @@ def create_app(
         """Secure aggregation: this participant's message for ``stage`` (advertise_keys,
         share_keys, unmask) as JSON; the masked input itself is the round's upload."""
         body = await request.body()
+        if len(body) > SECAGG_MAX_BODY:
+            raise SecAggError(
+                f"a stage message of {len(body)} bytes (limit {SECAGG_MAX_BODY})",
+                fix="send one stage's keys or shares",
+            )
         pid = await signed(request, body)
         try:
             data = json.loads(body)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise SecAggError("the body is not JSON", fix="send a JSON object") from e
         if not isinstance(data, dict):
             raise SecAggError("the body is not a JSON object", fix="send a JSON object")
