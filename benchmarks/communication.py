@@ -47,6 +47,22 @@ PIPELINES: dict[str, dict[str, Any]] = {
         "compress.pipeline": [{"codec": "randk", "fraction": 0.03}, *_SIGN],
     },
     "4-local-steps-dense": {"run.rounds": 15, "train.local_steps": 4},
+    "4-local-steps+sign+zstd": {
+        "run.rounds": 15,
+        "train.local_steps": 4,
+        "compress.pipeline": _SIGN,
+    },
+    "8-local-steps+sign+zstd": {
+        "run.rounds": 8,
+        "train.local_steps": 8,
+        "compress.pipeline": _SIGN,
+    },
+    "randk30%+sign": {"compress.pipeline": [{"codec": "randk", "fraction": 0.3}, *_SIGN]},
+    "ffa-lora+sign+zstd, lr 1e-2": {
+        "lora.freeze_a": True,
+        "train.lr": 1e-2,
+        "compress.pipeline": _SIGN,
+    },
     "sign+zstd, downlink quantize4+zstd": {
         "compress.pipeline": _SIGN,
         "compress.downlink": [{**_Q, "bits": 4}, _Z],
