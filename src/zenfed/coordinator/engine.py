@@ -12,6 +12,14 @@ example-weighted mean, so memory is O(model), not O(participants x model). Every
 (in-memory for simulation, HTTP for deployment) drives the same methods. Traffic is
 counted on bytes: an upload costs its payload's length, a download the length of the
 serialized version the coordinator serves (``version_bytes``).
+
+Privacy (``zenfed.privacy``): with a clip bound, tasks carry it (and each participant's
+share of distributed noise); plaintext updates are clipped again here and central noise
+is added to their sum. With secure aggregation the round holds a ``SecAggServer``
+(``coord.secagg``) whose stages a transport drives; uploads are masked fixed-point
+vectors, summed modulo 2^32 and unmasked at ``close_round``. Under DP the mean uses the
+fixed denominator q * N, each released round enters the privacy ledger, and
+``open_round`` refuses a round that would exceed the target epsilon.
 """
 
 from __future__ import annotations

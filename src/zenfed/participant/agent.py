@@ -9,7 +9,10 @@ participant holds (``zenfed.compress.downlink``), and is checked against its has
 The delta leaves as bytes: encoded by the federation's codec pipeline (``zenfed.compress``).
 State that must outlive a round (AdamW moments when ``keep_optimizer_state`` is on, the
 error-feedback residual of a lossy pipeline) lives in ``ParticipantState``, which
-checkpoints save and restore.
+checkpoints save and restore. With a clip bound in the task the delta is clipped first;
+in a secure round (``task.secagg``) the ``secagg_*`` methods answer the protocol's stages
+and the upload is the masked vector (``masked_update``); with record-level DP the trainer
+runs DP-SGD and the participant keeps its own ledger.
 """
 
 from __future__ import annotations
