@@ -32,6 +32,8 @@ _SIGN = [{"codec": "sign"}, _Z]
 # name -> overrides of the quality recipe
 PIPELINES: dict[str, dict[str, Any]] = {
     "dense": {},
+    "dense@lr2e-2": {"train.lr": 2e-2},
+    "ffa-lora-dense@lr2e-2": {"lora.freeze_a": True, "train.lr": 2e-2},
     "sign+zstd": {"compress.pipeline": _SIGN},
     "ffa-lora+sign+zstd": {"lora.freeze_a": True, "compress.pipeline": _SIGN},
     "topk10%+quantize4+zstd": {
@@ -58,12 +60,27 @@ PIPELINES: dict[str, dict[str, Any]] = {
         "compress.pipeline": _SIGN,
     },
     "randk30%+sign": {"compress.pipeline": [{"codec": "randk", "fraction": 0.3}, *_SIGN]},
-    "ffa-lora+sign+zstd, lr 1e-2": {
+    "ffa-lora+sign+zstd@lr1e-2": {
         "lora.freeze_a": True,
         "train.lr": 1e-2,
         "compress.pipeline": _SIGN,
     },
-    "sign+zstd, downlink quantize4+zstd": {
+    "ffa-lora+sign+zstd@lr2e-2": {
+        "lora.freeze_a": True,
+        "train.lr": 2e-2,
+        "compress.pipeline": _SIGN,
+    },
+    "ffa-lora+randk70%+sign@lr2e-2": {
+        "lora.freeze_a": True,
+        "train.lr": 2e-2,
+        "compress.pipeline": [{"codec": "randk", "fraction": 0.7}, *_SIGN],
+    },
+    "ffa-lora+randk60%+sign@lr2e-2": {
+        "lora.freeze_a": True,
+        "train.lr": 2e-2,
+        "compress.pipeline": [{"codec": "randk", "fraction": 0.6}, *_SIGN],
+    },
+    "sign+zstd+downlink-quantize4+zstd": {
         "compress.pipeline": _SIGN,
         "compress.downlink": [{**_Q, "bits": 4}, _Z],
     },
