@@ -136,11 +136,13 @@ class Coordinator:
         if cfg.secagg.enabled:
             self.codec.require_linear("secure aggregation")
             self.codec.flat_length()  # every part must be float32 to be summed
+        fresh = state is None
         if state is None:
             root = GlobalVersion(id=tensors_hash(initial), round=-1, parent=None)
             state = CoordinatorState(0, dict(initial), ServerOptState(), [root])
-            state.privacy.clip_norm = pc.clip_norm or cfg.secagg.clip_norm
         self.state = state
+        if fresh:  # the ledger starts empty, at the configured clip bound
+            self.state.privacy = self.ledger_from_versions()
         if self.participants:
             self.round_noise()  # a noise setting that cannot work fails here, before round 1
         self._open: _OpenRound | None = None
@@ -214,8 +216,8 @@ class Coordinator:
                 f"round {self.state.round + 1}: the Poisson sample drew no participant",
                 fix="the round is skipped (raise sampling.fraction to make this rarer)",
             )
-        tasks = self._privacy_tasks(tasks)
-        self.restore_round(tasks)
+        tasks, server = self._privacy_tasks(tasks)
+        self.restore_round(tasks, server)
         return tasks
 
     @property
@@ -265,12 +267,13 @@ class Coordinator:
                 fix="release the current version, or start a new federation with a new budget",
             )
 
-    def _privacy_tasks(self, tasks: list[Task]) -> list[Task]:
-        """Clip bound, noise shares, weights and secure-aggregation setups for the tasks."""
+    def _privacy_tasks(self, tasks: list[Task]) -> tuple[list[Task], SecAggServer | None]:
+        """Clip bound, noise shares, weights and secure-aggregation setups for the tasks, and
+        the round's secure-aggregation server that made the setups (None without it)."""
         pc, sc = self.cfg.privacy, self.cfg.secagg
         clip = self.state.privacy.clip_norm
         if clip is None:
-            return tasks
+            return tasks, None
         update_std, count_std = self.round_noise()
         distributed = sc.enabled and pc.noise == "distributed"
         share = max(1, sc.min_survivors) ** 0.5  # survivors >= min_survivors: noise >= target
@@ -289,9 +292,9 @@ class Coordinator:
                 )
             )
         if not sc.enabled:
-            return out
+            return out, None
         server = self._secagg_server(out)
-        return [replace(t, secagg=server.setup_for(t.participant)) for t in out]
+        return [replace(t, secagg=server.setup_for(t.participant)) for t in out], server
 
     def _secagg_server(self, tasks: list[Task]) -> SecAggServer:
         sc, t0 = self.cfg.secagg, tasks[0]
@@ -323,8 +326,9 @@ class Coordinator:
         self.state.round += 1
         self.last_skip = reason
 
-    def restore_round(self, tasks: list[Task]) -> None:
-        """Open the next round with exactly these tasks (a restarted service's stored ones)."""
+    def restore_round(self, tasks: list[Task], secagg: SecAggServer | None = None) -> None:
+        """Open the next round with exactly these tasks (a restarted service's stored ones);
+        a secure round's server is rebuilt from them unless ``secagg`` is given."""
         if not tasks or any(t.round != self.state.round for t in tasks):
             raise ZenfedError(
                 f"tasks do not belong to round {self.state.round}", fix="restore the open round"
@@ -340,7 +344,7 @@ class Coordinator:
             self.version.id,
             tasks[0].codec_seed,
             tasks={t.participant: t for t in tasks},
-            secagg=self._secagg_server(tasks) if tasks[0].secagg is not None else None,
+            secagg=secagg or (self._secagg_server(tasks) if tasks[0].secagg is not None else None),
         )
         self._downloads = {}
 

@@ -232,13 +232,8 @@ class PersistentCoordinator:
         """Close the current stage when everyone still in it answered, or at its deadline;
         the last stage closes the round. Too few survivors abort the round."""
         srv = self.engine.secagg
-        waiting = {
-            "advertise_keys": (set(srv.graph), set(srv.keys)),
-            "share_keys": (set(srv.keys), set(srv.shares)),
-            "masked_input": (set(srv.shares), set(srv.masked)),
-            "unmask": (set(srv.masked), set(srv.responses)),
-        }[srv.stage_name]
-        done = waiting[1] >= waiting[0]
+        members, answered = srv.progress()
+        done = answered >= members
         if not done and self.clock() < self._stage_deadline:
             return None
         try:

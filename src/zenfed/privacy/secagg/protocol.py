@@ -413,17 +413,29 @@ class SecAggServer:
         self.total += words
         self.masked.add(pid)
 
+    def progress(self) -> tuple[set[str], set[str]]:
+        """(who takes part in the current stage, who has answered it)."""
+        steps: list[Collection[str]] = [
+            self.graph,
+            self.keys,
+            self.shares,
+            self.masked,
+            self.responses,
+        ]
+        return set(steps[self.stage]), set(steps[self.stage + 1])
+
     def close_stage(self) -> None:
         """End the current stage (at quorum or deadline); abort below the survivors needed."""
-        done: list[Collection[str]] = [self.keys, self.shares, self.masked]
-        alive = done[self.stage] if self.stage < len(done) else None
-        if alive is not None and len(alive) < self.min_survivors:
+        if self.stage_name == "unmask":
+            return  # the last stage ends in finish()
+        alive = self.progress()[1]
+        if len(alive) < self.min_survivors:
             raise SecAggAborted(
                 f"round {self.round + 1}: {len(alive)} participants completed {self.stage_name}, "
                 f"{self.min_survivors} needed",
                 fix="the round aborts; the previous global version stays",
             )
-        self.stage = min(self.stage + 1, len(STAGES) - 1)
+        self.stage += 1
 
     def unmask_request(self) -> UnmaskRequest:
         """Stage 4: who survived (uploaded) and who dropped after sharing keys."""
