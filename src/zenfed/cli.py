@@ -6,6 +6,7 @@
     zenfed invite --url http://127.0.0.1:8000 --state state/    # an enrollment token
     zenfed join --url http://127.0.0.1:8000 --token T --name clinic --data notes.jsonl
     zenfed status --url http://127.0.0.1:8000 --state state/
+    zenfed revoke clinic --url http://127.0.0.1:8000 --state state/
 
 Errors a user can fix print one line (problem; fix) and exit with status 2.
 """
@@ -146,7 +147,12 @@ def _operator_call(
             method, f"{url.rstrip('/')}{path}", json=body, headers=headers, verify=_tls(cafile)
         )
         if r.status_code != 200:
-            raise ZenfedError(f"coordinator refused ({r.status_code}): {r.text}", fix="")
+            try:
+                answer = r.json()
+                problem, fix = str(answer["error"]), str(answer.get("fix", ""))
+            except (ValueError, KeyError, TypeError):
+                problem, fix = r.text[:300], ""
+            raise ZenfedError(f"coordinator refused ({r.status_code}): {problem}", fix=fix)
     except httpx.HTTPError as e:
         _fail(ZenfedError(str(e), fix="is it running?"))
     except ZenfedError as e:
@@ -191,11 +197,36 @@ def status(
 
 
 @app.command()
+def revoke(
+    name: Annotated[str, typer.Argument(help="the participant's name (or id)")],
+    url: Annotated[str, typer.Option(help="the coordinator's URL")],
+    state: Annotated[Path | None, typer.Option(help="the coordinator's --state")] = None,
+    operator_token: Annotated[str | None, typer.Option(help="the operator token")] = None,
+    cafile: Annotated[Path | None, typer.Option(help="CA certificate for TLS")] = None,
+) -> None:
+    """Revoke a participant: its requests are refused and it is sampled no more (audited)."""
+    from urllib.parse import quote
+
+    path = f"/v1/participants/{quote(name, safe='')}/revoke"
+    r = _operator_call("POST", url, path, state, operator_token, cafile, {})
+    console.print(f"revoked {name} ({r.json()['participant'][:12]})")
+
+
+@app.command()
 def join(
     url: Annotated[str, typer.Option(help="the coordinator's URL")],
     name: Annotated[str, typer.Option(help="this participant's name")],
     identity: Annotated[Path, typer.Option(help="Ed25519 key file (created 0600 if absent)")],
-    token: Annotated[str | None, typer.Option(help="enrollment token (first time)")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="enrollment token (first time); visible in the process list: prefer "
+            "--token-file or the environment variable ZENFED_TOKEN"
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="a file holding the enrollment token")
+    ] = None,
     data: Annotated[Path | None, typer.Option(help="local data file (JSONL, CSV, ...)")] = None,
     chatterbot: Annotated[str | None, typer.Option(help="or a chatterbot category")] = None,
     cafile: Annotated[Path | None, typer.Option(help="CA certificate for TLS")] = None,
@@ -204,8 +235,10 @@ def join(
     """Enroll with the coordinator and train until the federation finishes."""
     try:
         from zenfed.deploy import join as run_join
+        from zenfed.deploy import resolve_token
 
-        run_join(url, name, identity, token, data, chatterbot, cafile, memory_gb)
+        secret = resolve_token(token, token_file)
+        run_join(url, name, identity, secret, data, chatterbot, cafile, memory_gb)
     except ZenfedError as e:
         _fail(e)
 

@@ -428,6 +428,10 @@ class RunConfig(_Frozen):
         return self
 
 
+MAX_TTL_S = 366 * 24 * 3600.0  # an enrollment token lives at most a year
+MAX_WAIT_S = 3600.0  # the longest long-poll a request may ask for
+
+
 class ServiceConfig(_Frozen):
     """The networked coordinator: who may join, when rounds close, request limits."""
 
@@ -437,13 +441,22 @@ class ServiceConfig(_Frozen):
     min_examples: int = 1  # enrollment requirement on the declared data
     invite_ttl_s: float = 7 * 24 * 3600.0
     long_poll_s: float = 20.0
+    # A request body (an upload, an enrollment, a stage message) must arrive within this
+    # time once its headers are in, or the request is answered 408 and its slot freed.
+    body_timeout_s: float = 120.0
 
     @model_validator(mode="after")
     def _check(self) -> ServiceConfig:
         if not 0.0 < self.quorum <= 1.0:
             raise ValueError("service.quorum must be in (0, 1]")
-        if self.round_timeout_s <= 0 or self.long_poll_s < 0:
-            raise ValueError("service.round_timeout_s must be positive, long_poll_s >= 0")
+        if not 0 < self.round_timeout_s <= 30 * 24 * 3600:
+            raise ValueError("service.round_timeout_s must be positive (and at most 30 days)")
+        if not 0 <= self.long_poll_s <= MAX_WAIT_S:
+            raise ValueError(f"service.long_poll_s must be in [0, {MAX_WAIT_S:g}] seconds")
+        if not 0 < self.body_timeout_s <= 3600:
+            raise ValueError("service.body_timeout_s must be in (0, 3600] seconds")
+        if not 0 < self.invite_ttl_s <= MAX_TTL_S:
+            raise ValueError(f"service.invite_ttl_s must be in (0, {MAX_TTL_S:g}] seconds")
         return self
 
 

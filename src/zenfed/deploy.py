@@ -4,10 +4,13 @@
     zenfed invite --url http://coord:8000 --operator-token-file state/operator-token
     zenfed join --url http://coord:8000 --token T --name clinic-7 --data notes.jsonl
 
-``serve`` keeps everything under ``--state``: the SQLite database (unless ``--db`` names
-another), the blob store, and the operator token (created 0600 on first start). ``join``
-keeps the participant's Ed25519 identity (0600) and its enrollment beside it, so a
-restarted participant goes on without a new token.
+``serve`` keeps everything under ``--state`` (0700; every file in it 0600): the SQLite
+database (unless ``--db`` names another), the blob store, and the operator token. It stops
+within a few seconds of SIGTERM, long-polls or not. ``join`` keeps the participant's
+Ed25519 identity (0600) and its enrollment beside it, so a restarted participant goes on
+without a new token; one whose enrollment record was lost asks the coordinator who it is.
+The enrollment token can come from ``--token-file`` or ``$ZENFED_TOKEN`` instead of the
+command line, where the process list would show it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,30 @@ from typing import Any
 
 from zenfed.config import DataConfig, FederationConfig, SourceConfig, parse_config
 from zenfed.errors import ZenfedError
+
+GRACEFUL_SHUTDOWN_S = 3  # open long-polls and uploads get this long after SIGTERM
+
+
+def private_state_dir(state: Path) -> None:
+    """Make ``state`` (0700) and have every file this process creates be its owner's only."""
+    os.umask(0o077)
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o700)
+
+
+def resolve_token(token: str | None, token_file: Path | None) -> str | None:
+    """The enrollment token: ``--token``, else the first line of ``--token-file``, else
+    ``$ZENFED_TOKEN`` (the last two keep it out of the process list)."""
+    if token and token_file:
+        raise ZenfedError("give --token or --token-file, not both", fix="keep one")
+    if token_file is not None:
+        if not token_file.is_file():
+            raise ZenfedError(f"token file '{token_file}' does not exist", fix="check the path")
+        lines = token_file.read_text().split()
+        if not lines:
+            raise ZenfedError(f"token file '{token_file}' is empty", fix="put the token in it")
+        return lines[0]
+    return token or os.environ.get("ZENFED_TOKEN") or None
 
 
 def operator_token(state: Path) -> str:
@@ -62,7 +89,7 @@ def serve(
     from zenfed.logs import configure_json_logging
 
     configure_json_logging()
-    state.mkdir(parents=True, exist_ok=True)
+    private_state_dir(state)
     token = operator_token(state)
     model, _ = adapter_model(cfg)
     db = Database(db_url or f"sqlite:///{state / 'zenfed.db'}")
@@ -76,6 +103,7 @@ def serve(
         ssl_keyfile=str(tls_key) if tls_key else None,
         log_level="info",
         timeout_keep_alive=75,  # longer than a long-poll: idle agents keep their connection
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 
 
@@ -124,7 +152,7 @@ def join(
     from zenfed.participant.agent import Participant, Runtime
     from zenfed.participant.remote import run_participant
     from zenfed.protocol.auth import Identity
-    from zenfed.transport.http.client import CoordinatorClient
+    from zenfed.transport.http.client import CoordinatorClient, CoordinatorRefused
 
     record = identity_path.with_suffix(".enrollment.json")
     me = Identity.load(identity_path) if identity_path.exists() else Identity.create(identity_path)
@@ -135,8 +163,18 @@ def join(
         mine = local_data(cfg, data, chatterbot)
         (pdata,) = build_participants(mine, tok, cfg.run.seed)
         if not record.is_file():
+            try:  # enrolled already (the record was lost, or the answer to enroll was)?
+                known = client.me()
+                _json(record, {"url": url, "participant": known["participant"], "name": name})
+            except CoordinatorRefused as e:
+                if e.status != 401:
+                    raise
+        if not record.is_file():
             if not token:
-                raise ZenfedError("this identity is not enrolled yet", fix="pass --token")
+                raise ZenfedError(
+                    "this identity is not enrolled yet",
+                    fix="pass --token, --token-file or set ZENFED_TOKEN",
+                )
             profile = {
                 "examples": len(pdata.train),
                 "tokens": sum(len(e.input_ids) for e in pdata.train),

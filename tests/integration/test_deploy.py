@@ -322,3 +322,47 @@ def test_secure_aggregation_over_http_the_coordinator_stores_only_masked_updates
     for stage in ("advertise_keys", "share_keys", "unmask"):
         assert actions.count(f"secagg_{stage}") == 6, (stage, actions)
     db.close()
+
+
+def test_sigterm_stops_the_service_within_seconds_while_a_long_poll_waits(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    import base64
+    import contextlib
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from zenfed.protocol.auth import Identity, sign_request
+
+    cfg = tmp_path / "slow-poll.toml"
+    cfg.write_text(FED_TOML.replace("long_poll_s = 2", "long_poll_s = 60"))
+    port, state = _port(), tmp_path / "state"
+    url = f"http://127.0.0.1:{port}"
+    server = _serve(cfg, state, port)
+    procs.append(server)
+    _wait_healthy(url, server)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    for f in ("zenfed.db", "zenfed.db-wal", "zenfed.db-shm", "operator-token"):
+        assert stat.S_IMODE((state / f).stat().st_mode) == 0o600, f
+    me = Identity(Ed25519PrivateKey.generate())
+    body = {
+        "token": _invite(url, state),
+        "name": "a",
+        "public_key": base64.b64encode(me.public_key).decode(),
+        "capacity": {"memory_gb": 8},
+        "data_profile": {"examples": 5},
+    }
+    assert httpx.post(f"{url}/v1/enroll", json=body).status_code == 200
+    path = "/v1/task?wait=60"  # one participant never makes a round: this poll waits 60 s
+
+    def poll() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(f"{url}{path}", headers=sign_request(me, "GET", path, b""), timeout=90)
+
+    threading.Thread(target=poll, daemon=True).start()
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=30)
+    assert time.monotonic() - t0 < 6.0

@@ -10,6 +10,7 @@ from zenfed.config import parse_config
 from zenfed.coordinator import Coordinator, UpdateRejected, sample_participants
 from zenfed.errors import ZenfedError
 from zenfed.protocol import Update, tensors_hash
+from zenfed.protocol.messages import version_id
 
 INITIAL = {"a": torch.zeros(2, 3), "b": torch.ones(4)}
 
@@ -61,7 +62,8 @@ def test_a_round_applies_the_example_weighted_mean() -> None:
     torch.testing.assert_close(c.state.params["a"], torch.full((2, 3), 2.0))
     torch.testing.assert_close(c.state.params["b"], torch.full((4,), 3.0))
     assert v.participants == ("p1", "p2") and v.metrics["stragglers"] == 1.0
-    assert v.parent == c.state.versions[0].id and v.id == tensors_hash(c.state.params)
+    assert v.parent == c.state.versions[0].id and v.content == tensors_hash(c.state.params)
+    assert v.id == version_id(v.parent, 0, v.content)  # a commit: parent, round, content
     assert c.state.round == 1
 
 

@@ -12,6 +12,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
+from tests.loopback import update_path
 from zenfed.config import parse_config
 from zenfed.coordinator.persistent import PersistentCoordinator
 from zenfed.protocol.auth import Identity, sign_request
@@ -55,6 +56,7 @@ def _enroll(client: TestClient, name: str) -> tuple[str, Identity]:
     )
     assert r.status_code == 200, r.text
     assert r.json()["config"]["run"]["rounds"] == 2
+    _get(client, me, "/v1/task?wait=0")  # an agent asks for work: from now on it is sampled
     return r.json()["participant"], me
 
 
@@ -71,17 +73,7 @@ def _task(client: TestClient, me: Identity) -> dict[str, Any]:
 
 
 def _put(client: TestClient, me: Identity, task: dict[str, Any], body: bytes, **meta: Any) -> Any:
-    q = {
-        "base_version": task["version"],
-        "num_examples": 10,
-        "examples_seen": 8,
-        "num_tokens": 100,
-        "seconds": 1.0,
-        "train_loss": 2.0,
-        "steps": 1,
-        **meta,
-    }
-    path = f"/v1/rounds/{task['round']}/update?{urlencode(q)}"
+    path = update_path(task, **meta)
     headers = {**sign_request(me, "PUT", path, body), "content-type": "application/octet-stream"}
     return client.put(path, content=body, headers=headers)
 

@@ -1,5 +1,6 @@
 """The deployment's coordinator: enrollment, durable rounds, restart after a crash."""
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def _join(fed: PersistentCoordinator, name: str, examples: int = 10) -> tuple[st
     pid = fed.enroll(
         fed.invite(name), name, me.public_key, {"memory_gb": 32}, {"examples": examples}
     )
+    assert fed.next_task(pid) is None  # an agent asks for work: from now on it is sampled
     return pid, me
 
 
@@ -262,3 +264,85 @@ def test_dp_ledger_survives_a_restart_and_the_budget_stops_the_service(tmp_path:
     assert more.tick() is None and more.engine.open_round_info is None
     assert more.finished() and "budget" in more.status()["stopped"]
     assert any(a == "privacy_budget_exhausted" for _, a, _ in more.audit_log())
+
+
+def test_a_commit_that_fails_to_store_leaves_the_round_open_and_the_next_tick_commits_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = _fed(tmp_path, Clock())
+    a, _ = _join(fed, "a")
+    b, _ = _join(fed, "b")
+    fed.tick()
+    for pid in (a, b):
+        fed.submit(_upload(fed, pid, 0.0))  # the result equals its parent's tensors
+    before = fed.engine.version.id
+    real_put = fed.blobs.put
+
+    def full_disk(data: bytes) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fed.blobs, "put", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        fed.tick()
+    # nothing moved: the same version, the round still open with both updates counted
+    assert fed.engine.version.id == before and fed.engine.state.round == 0
+    assert fed.engine.open_round_info is not None and len(fed.engine.open_round_info[2]) == 2
+    monkeypatch.setattr(fed.blobs, "put", real_put)
+    v = fed.tick()
+    assert v is not None and v.parent == before and v.id != before
+    again = _fed(tmp_path, Clock())  # and the store agrees
+    assert again.engine.version.id == v.id and again.engine.state.round == 1
+
+
+def test_the_database_and_blob_store_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    import stat
+
+    from zenfed.deploy import private_state_dir
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    old_umask = os.umask(0o022)
+    try:
+        private_state_dir(state)
+        fed = PersistentCoordinator(
+            _cfg(), INITIAL, Database(f"sqlite:///{state / 'z.db'}"), BlobStore(state / "blobs")
+        )
+        _join(fed, "a")
+    finally:
+        os.umask(old_umask)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(state) == 0o700 and mode(state / "blobs") == 0o700
+    files = [state / f"z.db{s}" for s in ("", "-wal", "-shm")]
+    assert all(f.exists() and mode(f) == 0o600 for f in files), [oct(mode(f)) for f in files]
+    blobs = [p for p in (state / "blobs").rglob("*")]
+    assert blobs and all(mode(p) == (0o700 if p.is_dir() else 0o600) for p in blobs)
+
+
+def test_a_database_left_world_readable_by_an_older_version_is_tightened(tmp_path: Path) -> None:
+    import stat
+
+    path = tmp_path / "old.db"
+    Database(f"sqlite:///{path}").upgrade()
+    path.chmod(0o644)
+    Database(f"sqlite:///{path}")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_the_enrollment_token_can_stay_out_of_the_process_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zenfed.deploy import resolve_token
+    from zenfed.errors import ZenfedError
+
+    monkeypatch.delenv("ZENFED_TOKEN", raising=False)
+    assert resolve_token(None, None) is None
+    f = tmp_path / "token"
+    f.write_text("s3cret\n")
+    assert resolve_token(None, f) == "s3cret"
+    monkeypatch.setenv("ZENFED_TOKEN", "from-env")
+    assert resolve_token(None, None) == "from-env"
+    assert resolve_token("given", None) == "given"
+    with pytest.raises(ZenfedError, match="not both"):
+        resolve_token("given", f)
+    with pytest.raises(ZenfedError, match="does not exist"):
+        resolve_token(None, tmp_path / "nope")

@@ -11,11 +11,12 @@ the version hash names) advances by the *decoded* broadcast, so its error stays 
 server and is carried into the next difference (error feedback on the server side, as in
 double-compression schemes such as Tang et al. 2019, "DoubleSqueeze"). A participant that
 held the previous version applies the broadcasts it missed, in order, and gets the new
-version bit for bit; it checks that against the version hash.
+version bit for bit; it checks that against the version's content hash, and the version
+id against its parent, round and content (``protocol.version_id``).
 
 Payload: safetensors of uint8 tensors with JSON metadata; ``kind`` is ``full`` (the
 adapter's tensors themselves) or ``diff`` (``m0``, ``m1``, ... the broadcast payloads, with
-their codec seeds).
+their codec seeds); both name the version (id, parent, round, content hash).
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ from zenfed.compress.base import Shape
 from zenfed.compress.pipeline import Pipeline
 from zenfed.config import CompressConfig
 from zenfed.errors import ZenfedError
-from zenfed.protocol.messages import Tensors, safetensors_metadata, tensors_hash
+from zenfed.protocol.messages import (
+    GlobalVersion,
+    Tensors,
+    safetensors_metadata,
+    tensors_hash,
+    version_id,
+)
 
 
 @dataclass(frozen=True)
@@ -43,19 +50,28 @@ class Broadcast:
     payload: bytes
 
 
-def full_payload(tensors: Tensors, version: str) -> bytes:
-    """The whole adapter as safetensors, labelled with its version."""
-    meta = {"format": "zenfed-version/1", "kind": "full", "version": version}
-    return safetensors.torch.save(tensors, metadata=meta)
-
-
-def diff_payload(chain: list[Broadcast]) -> bytes:
-    """The broadcasts that take a participant from ``chain[0].parent`` to the last version."""
-    meta = {
+def _version_meta(version: GlobalVersion) -> dict[str, str]:
+    return {
         "format": "zenfed-version/1",
+        "version": version.id,
+        "parent": version.parent or "",
+        "round": str(version.round),
+        "content": version.content,
+    }
+
+
+def full_payload(tensors: Tensors, version: GlobalVersion) -> bytes:
+    """The whole adapter as safetensors, labelled with its version."""
+    return safetensors.torch.save(tensors, metadata={**_version_meta(version), "kind": "full"})
+
+
+def diff_payload(chain: list[Broadcast], version: GlobalVersion) -> bytes:
+    """The broadcasts that take a participant from ``chain[0].parent`` to ``version`` (the
+    last one's)."""
+    meta = {
+        **_version_meta(version),
         "kind": "diff",
         "from": chain[0].parent,
-        "version": chain[-1].version,
         "seeds": json.dumps([b.seed for b in chain]),
     }
     parts = {
@@ -79,8 +95,17 @@ def downlink_pipeline(cfg: CompressConfig, shapes: dict[str, Shape]) -> Pipeline
 
 
 def receive(payload: bytes, held: Tensors | None, codec: Pipeline | None, expected: str) -> Tensors:
-    """The tensors of version ``expected`` from a download; its hash is checked."""
+    """The tensors of version ``expected`` from a download: their hash is checked against
+    the content the payload names, and ``expected`` against that content's commit id."""
     tensors, meta = _load(payload)
+    try:
+        parent, server_round, content = meta["parent"] or None, int(meta["round"]), meta["content"]
+    except (KeyError, ValueError) as e:
+        raise ZenfedError("download does not name its version", fix="download again") from e
+    if version_id(parent, server_round, content) != expected:
+        raise ZenfedError(
+            f"downloaded payload is not version {expected[:12]}", fix="download the version again"
+        )
     if meta.get("kind") == "diff":
         if held is None or codec is None:
             raise ZenfedError(
@@ -93,9 +118,9 @@ def receive(payload: bytes, held: Tensors | None, codec: Pipeline | None, expect
             out = apply_broadcast(out, codec, tensors[f"m{i}"].numpy().tobytes(), seed)
     else:
         out = tensors
-    if tensors_hash(out) != expected:
+    if tensors_hash(out) != content:
         raise ZenfedError(
-            f"downloaded version does not match its hash {expected[:12]}",
+            f"downloaded version {expected[:12]} does not match its content hash",
             fix="download the version in full",
         )
     return out

@@ -48,13 +48,32 @@ from zenfed.errors import ZenfedError
 from zenfed.privacy import dp
 from zenfed.privacy.secagg import SecAggError, SecAggServer
 from zenfed.privacy.secagg.protocol import decode_sum
-from zenfed.protocol.messages import EvalReport, GlobalVersion, Task, Tensors, Update, tensors_hash
+from zenfed.protocol.messages import (
+    EvalReport,
+    GlobalVersion,
+    Task,
+    Tensors,
+    Update,
+    tensors_hash,
+    version_id,
+)
 
 KEEP_BROADCASTS = 16  # participants more rounds behind than this download in full
+MAX_COUNT = 2**31 - 1  # examples, tokens and steps of one update (32-bit database columns)
+MAX_SECONDS = 1e9
 
 
 class UpdateRejected(ZenfedError):
-    """An update that failed validation; nothing was changed."""
+    """An update that failed validation; nothing was changed.
+
+    ``reason`` is a short label (for metrics, the audit log and the status code a
+    transport answers with): ``not_open``, ``not_in_cohort``, ``already_uploaded``,
+    ``stale_version``, ``metadata``, ``weight``, ``payload``, ``non_finite``.
+    """
+
+    def __init__(self, problem: str, fix: str = "", reason: str = "payload") -> None:
+        super().__init__(problem, fix)
+        self.reason = reason
 
 
 class RoundAborted(ZenfedError):
@@ -74,6 +93,19 @@ class _OpenRound:
     tasks: dict[str, Task] = field(default_factory=dict)
     secagg: SecAggServer | None = None
     below_clip: float = 0.0  # plaintext adaptive clipping: sum of (within the bound - 1/2)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A round's result before it is committed: the new version and the state after it."""
+
+    version: GlobalVersion
+    state: CoordinatorState
+
+    @property
+    def published(self) -> Tensors:
+        """The new version's tensors as participants download them."""
+        return self.state.published
 
 
 @dataclass
@@ -110,7 +142,10 @@ class Coordinator:
         self.cfg = cfg
         self.verify_keys = dict(verify_keys or {})  # Ed25519 identities (secure aggregation)
         self.strategy = Strategy(cfg)
-        self.participants = dict(participants)  # id -> declared number of examples
+        self.participants = dict(participants)  # who is sampled: id -> declared examples
+        # Every participant's declared examples, the bound on its update's weight (kept
+        # after it leaves the pool: an update it already sent is still weighed by it).
+        self.examples = dict(participants)
         self.shapes = {k: tuple(v.shape) for k, v in initial.items()}
         self.codec = Pipeline(cfg.compress, self.shapes)  # a parameter that cannot fit fails here
         self.downlink = downlink_pipeline(cfg.compress, self.shapes)
@@ -138,7 +173,8 @@ class Coordinator:
             self.codec.flat_length()  # every part must be float32 to be summed
         fresh = state is None
         if state is None:
-            root = GlobalVersion(id=tensors_hash(initial), round=-1, parent=None)
+            content = tensors_hash(initial)
+            root = GlobalVersion(version_id(None, -1, content), -1, None, content=content)
             state = CoordinatorState(0, dict(initial), ServerOptState(), [root])
         self.state = state
         if fresh:  # the ledger starts empty, at the configured clip bound
@@ -167,7 +203,7 @@ class Coordinator:
         """``version`` in full as the wire carries it down (safetensors), built once."""
         self.fetch(version)  # the same check: only the current version is served
         if self._served is None or self._served[0] != version:
-            self._served = (version, full_payload(self.state.published, version))
+            self._served = (version, full_payload(self.state.published, self.version))
         return self._served[1]
 
     def download(self, version: str, held: str | None, participant: str = "") -> bytes:
@@ -192,7 +228,7 @@ class Coordinator:
         chain = self.broadcasts_since(held, version)
         if not chain:
             return None
-        diff = diff_payload(chain)
+        diff = diff_payload(chain, self.version)
         return diff if len(diff) < full_size else None
 
     def broadcasts_since(self, held: str | None, version: str) -> list[Broadcast]:
@@ -356,6 +392,7 @@ class Coordinator:
     def enroll(self, participant: str, num_examples: int) -> None:
         """Add a participant (it joins cohorts from the next round on)."""
         self.participants[participant] = num_examples
+        self.examples[participant] = num_examples
 
     @property
     def open_round_info(self) -> tuple[int, frozenset[str], frozenset[str]] | None:
@@ -381,7 +418,7 @@ class Coordinator:
             try:
                 r.secagg.check_masked(update.participant, words)
             except SecAggError as e:
-                raise UpdateRejected(e.problem, fix=e.fix) from e
+                raise UpdateRejected(e.problem, fix=e.fix, reason="payload") from e
             return {"masked": torch.from_numpy(words.view(np.int32))}
         try:
             tensors = self.codec.unpack(update.payload, shared_seed=r.codec_seed)
@@ -399,6 +436,7 @@ class Coordinator:
             raise UpdateRejected(
                 f"update from '{update.participant}' cannot be accepted twice or outside a round",
                 fix="check it first",
+                reason="already_uploaded",
             )
         if r.secagg is not None:
             r.secagg.receive_masked(update.participant, tensors["masked"].numpy().view(np.uint32))
@@ -417,6 +455,11 @@ class Coordinator:
 
     def close_round(self) -> GlobalVersion:
         """Aggregate what arrived, take the server optimizer step, commit a new version."""
+        return self.commit(self.aggregate_round())
+
+    def aggregate_round(self) -> Commit:
+        """The open round's result, not yet committed: nothing changes until ``commit``,
+        so a service that fails to store it keeps the round open and can try again."""
         r = self._open
         if r is None:
             raise ZenfedError("no round is open", fix="call open_round first")
@@ -439,10 +482,6 @@ class Coordinator:
             self.cfg.server, self.state.params, mean, self.state.server_state
         )
         ups = list(r.received.values())
-        self.last_traffic = {
-            p: {"up": r.bytes_up.get(p, 0), "down": self._downloads.get(p, 0)}
-            for p in sorted(r.cohort)
-        }
         metrics = {
             "train_loss": _weighted(ups, lambda u: u.train_loss, lambda u: u.num_tokens),
             "updates": float(len(ups)),
@@ -460,17 +499,19 @@ class Coordinator:
         if record:  # DP-SGD: the largest epsilon any holder has spent on its records
             metrics["record_epsilon_max"] = max(record)
         public, broadcasts = self._publish(params, r.round)
+        content = tensors_hash(public if public is not None else params)
         version = GlobalVersion(
-            id=tensors_hash(public if public is not None else params),
+            id=version_id(r.version, r.round, content),
             round=r.round,
             parent=r.version,
             participants=tuple(sorted(r.received)),
             num_examples=sum(u.num_examples for u in ups),
             metrics=metrics,
+            content=content,
         )
         if broadcasts:  # the newest broadcast was made before the version id was known
             broadcasts[-1] = replace(broadcasts[-1], version=version.id)
-        self.state = CoordinatorState(
+        state = CoordinatorState(
             r.round + 1,
             params,
             server_state,
@@ -479,8 +520,20 @@ class Coordinator:
             broadcasts,
             ledger,
         )
+        return Commit(version, state)
+
+    def commit(self, result: Commit) -> GlobalVersion:
+        """Make ``result`` (from ``aggregate_round`` of the open round) the global state."""
+        r = self._open
+        if r is None or result.version.parent != self.version.id:
+            raise ZenfedError("this result is not of the open round", fix="aggregate it again")
+        self.last_traffic = {
+            p: {"up": r.bytes_up.get(p, 0), "down": self._downloads.get(p, 0)}
+            for p in sorted(r.cohort)
+        }
+        self.state = result.state
         self._open = None
-        return version
+        return result.version
 
     def _aggregate(self, r: _OpenRound) -> tuple[Tensors, dict[str, float]]:
         """The round's mean update and its privacy metrics (noised under DP; unmasked under
@@ -598,28 +651,62 @@ class Coordinator:
             raise UpdateRejected(
                 f"update from '{u.participant}' is for round {u.round}, which is not open",
                 fix="fetch the current task",
+                reason="not_open",
             )
         if u.participant not in r.cohort:
             raise UpdateRejected(
                 f"'{u.participant}' is not in round {r.round}'s cohort",
                 fix="only sampled participants may upload",
+                reason="not_in_cohort",
             )
         if u.participant in r.received:
             raise UpdateRejected(
                 f"'{u.participant}' already uploaded in round {r.round}",
                 fix="upload once per round",
+                reason="already_uploaded",
             )
         if u.base_version != r.version:
             raise UpdateRejected(
                 f"update from '{u.participant}' starts from another version",
                 fix="train from the version in the task",
+                reason="stale_version",
             )
-        if not (u.num_examples > 0 and math.isfinite(u.train_loss)):
+        check_update_metadata(u, self.examples.get(u.participant, 0))
+
+
+def check_update_metadata(u: Update, enrolled: int) -> None:
+    """UpdateRejected unless every metadata field is in range: a finite loss and time,
+    32-bit counts, and a weight (``num_examples``) of at least 1 and at most the
+    ``enrolled`` examples the participant declared when it joined."""
+    counts = {"examples_seen": u.examples_seen, "num_tokens": u.num_tokens, "steps": u.steps}
+    for name, value in counts.items():
+        if not 0 <= value <= MAX_COUNT:
             raise UpdateRejected(
-                f"update from '{u.participant}' has num_examples "
-                f"{u.num_examples} and loss {u.train_loss}",
-                fix="report a positive example count and a finite loss",
+                f"update from '{u.participant}' has {name} = {value}",
+                fix=f"report {name} between 0 and {MAX_COUNT}",
+                reason="metadata",
             )
+    reals = {"seconds": u.seconds, "record_epsilon": u.record_epsilon or 0.0}
+    for name, x in reals.items():
+        if not (math.isfinite(x) and 0 <= x <= MAX_SECONDS):
+            raise UpdateRejected(
+                f"update from '{u.participant}' has {name} = {x}",
+                fix=f"report a finite, non-negative {name}",
+                reason="metadata",
+            )
+    if not math.isfinite(u.train_loss):
+        raise UpdateRejected(
+            f"update from '{u.participant}' has loss {u.train_loss} (train_loss)",
+            fix="report a finite loss (a NaN loss means the update must be discarded)",
+            reason="metadata",
+        )
+    if not 1 <= u.num_examples <= enrolled:
+        raise UpdateRejected(
+            f"update from '{u.participant}' declares num_examples {u.num_examples}, but it "
+            f"enrolled with {enrolled} examples (its aggregation weight is bounded by them)",
+            fix=f"report the training examples used, between 1 and {enrolled}",
+            reason="weight",
+        )
 
 
 def _masked_words(update: Update) -> np.ndarray:
@@ -645,6 +732,7 @@ def _check_finite(participant: str, tensors: Tensors) -> None:
             raise UpdateRejected(
                 f"tensor '{name}' from '{participant}' has NaN or Inf values",
                 fix="discard the update and retrain",
+                reason="non_finite",
             )
 
 

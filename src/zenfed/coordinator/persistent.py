@@ -14,7 +14,14 @@ line), and only then ``engine.accept``. A crash before the commit loses nothing 
 acknowledged: the participant retries. After it, a restart replays the open round's
 stored updates into the engine, so none is lost and none counted twice. A retry of an
 accepted upload (same participant, round and payload hash) is acknowledged again and not
-counted. This class knows nothing of HTTP: ``transport.http`` serves it.
+counted. A round's result is stored before the engine adopts it (``aggregate_round``, then
+the version's blobs and rows, then ``commit``): a failed store leaves the round open and
+the next tick tries again. Blobs that no row names (a crash between the two) are removed
+at start. This class knows nothing of HTTP: ``transport.http`` serves it.
+
+Only participants that have asked for a task at least once are sampled, so an agent that
+enrolled and never came back does not hold up every round until its deadline; enrolling
+again with the same key and token (a retry whose answer was lost) gets the same answer.
 """
 
 from __future__ import annotations
@@ -35,10 +42,12 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from zenfed.aggregate.server_opt import ServerOptState
-from zenfed.compress.downlink import Broadcast
+from zenfed.compress.downlink import Broadcast, full_payload
 from zenfed.config import FederationConfig
 from zenfed.coordinator.engine import (
     KEEP_BROADCASTS,
+    MAX_COUNT,
+    Commit,
     Coordinator,
     CoordinatorState,
     RoundAborted,
@@ -47,8 +56,21 @@ from zenfed.coordinator.engine import (
 from zenfed.errors import ZenfedError
 from zenfed.privacy.dp import PrivacyBudgetExceeded
 from zenfed.privacy.secagg import SecAggAborted, SecAggError, SecAggServer, wire
-from zenfed.protocol.auth import MAX_SKEW_S, AuthError, participant_id, verify_request
-from zenfed.protocol.messages import GlobalVersion, Task, Tensors, Update, safetensors_metadata
+from zenfed.protocol.auth import (
+    MAX_SKEW_S,
+    AuthError,
+    check_body,
+    participant_id,
+    verify_signature,
+)
+from zenfed.protocol.messages import (
+    GlobalVersion,
+    Task,
+    Tensors,
+    Update,
+    safetensors_metadata,
+    tensors_hash,
+)
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Audit, Database, EnrollmentToken, Nonce, Participant, Round, Version
 from zenfed.store.db import Update as UpdateRow
@@ -63,6 +85,10 @@ def _log(event: str, level: int = logging.INFO, **fields: Any) -> None:
 
 class EnrollmentRefused(ZenfedError):
     """An enrollment that cannot proceed (token, requirements, identity)."""
+
+
+class UnknownParticipant(ZenfedError):
+    """An operator named a participant that is not enrolled."""
 
 
 class PersistentCoordinator:
@@ -85,12 +111,17 @@ class PersistentCoordinator:
         self._deadline = 0.0
         self._stage_deadline = 0.0  # secure rounds: when the current stage closes anyway
         self.exhausted = ""  # why no further round may run (the privacy budget is spent)
+        # Enrolled, not revoked: id -> declared examples. Those that have asked for a task
+        # are also in engine.participants, the pool cohorts are drawn from.
+        self.enrolled: dict[str, int] = {}
         with db.transaction() as s:
             known = s.scalar(select(Version.id).limit(1))
         if known is None:
-            self._store_version(None, None, "initial")
+            st = self.engine.state
+            self._store_version(Commit(self.engine.version, st), None, "initial")
         else:
             self._recover()
+        self._collect_orphans()
 
     # ---- enrollment ----------------------------------------------------------------------
 
@@ -117,7 +148,11 @@ class PersistentCoordinator:
         capacity: dict[str, Any],
         data_profile: dict[str, Any],
     ) -> str:
-        """Enroll a participant with a token; returns its id. Refusals name the reason."""
+        """Enroll a participant with a token; returns its id. Refusals name the reason.
+
+        Idempotent: the same key with the token it already used (a retry whose answer
+        was lost) gets the same id again, and nothing changes.
+        """
         svc = self.cfg.service
         if len(public_key) != 32:
             raise EnrollmentRefused("public key is not 32 raw Ed25519 bytes", fix="send the key")
@@ -128,9 +163,10 @@ class PersistentCoordinator:
                 fix="join from a machine that meets the requirements",
             )
         examples = data_profile.get("examples", 0)
-        if not isinstance(examples, int) or examples < svc.min_examples:
+        if not isinstance(examples, int) or not svc.min_examples <= examples <= MAX_COUNT:
             raise EnrollmentRefused(
-                f"declared {examples} examples; the federation needs at least {svc.min_examples}",
+                f"declared {examples} examples; the federation needs at least "
+                f"{svc.min_examples} (and at most {MAX_COUNT})",
                 fix="declare the number of training examples",
             )
         pid = participant_id(public_key)
@@ -138,11 +174,16 @@ class PersistentCoordinator:
             tok = s.get(EnrollmentToken, _sha(token.encode()), with_for_update=True)
             if tok is None:
                 raise EnrollmentRefused("unknown enrollment token", fix="ask the operator")
+            known = s.get(Participant, pid)
+            if tok.used_by == pid and known is not None and known.name == name:
+                if known.revoked_at is not None:
+                    raise EnrollmentRefused("this key was revoked", fix="ask the operator")
+                return pid  # a retry: the same answer, nothing changes
             if tok.used_at is not None:
                 raise EnrollmentRefused("enrollment token was already used", fix="ask for another")
             if _aware(tok.expires_at) < self._now():
                 raise EnrollmentRefused("enrollment token has expired", fix="ask for another")
-            if s.get(Participant, pid) is not None:
+            if known is not None:
                 raise EnrollmentRefused("this key is already enrolled", fix="use a new identity")
             if s.scalar(select(Participant.id).where(Participant.name == name)) is not None:
                 raise EnrollmentRefused(f"the name '{name}' is taken", fix="choose another name")
@@ -158,31 +199,59 @@ class PersistentCoordinator:
             s.flush()
             tok.used_at, tok.used_by = self._now(), pid
             audit_row(s, pid, "enroll", {"name": name, "capacity": capacity, "data": data_profile})
-        self.engine.enroll(pid, examples)
+        self.enrolled[pid] = examples
         self.engine.verify_keys[pid] = public_key  # signs its secure-aggregation keys
         _log("enroll", participant=pid, name=name, examples=examples)
         return pid
 
-    def revoke(self, pid: str) -> None:
-        """Remove a participant: its requests are refused from now on."""
+    def revoke(self, who: str) -> str:
+        """Revoke a participant by name (or id): its requests are refused from now on and
+        it is sampled no more. Returns its id. Audited."""
+        with self.db.transaction() as s:
+            p = s.scalar(select(Participant).where(Participant.name == who)) or s.get(
+                Participant, who
+            )
+            if p is None:
+                raise UnknownParticipant(
+                    f"no participant named '{who[:200]}'", fix="see zenfed status for the names"
+                )
+            if p.revoked_at is None:
+                p.revoked_at = self._now()
+                audit_row(s, "operator", "revoke", {"participant": p.id, "name": p.name})
+            pid = p.id
+        self.enrolled.pop(pid, None)
+        self.engine.participants.pop(pid, None)
+        _log("revoke", participant=pid)
+        return pid
+
+    def whoami(self, pid: str) -> dict[str, Any]:
+        """What the coordinator knows of an (authenticated) participant."""
         with self.db.transaction() as s:
             p = s.get(Participant, pid)
-            if p is None:
-                raise ZenfedError(f"no participant {pid[:12]}", fix="check the id")
-            p.revoked_at = self._now()
-            audit_row(s, "operator", "revoke", {"participant": pid})
-        self.engine.participants.pop(pid, None)
+            assert p is not None  # authenticated callers exist
+            return {"participant": p.id, "name": p.name, "data_profile": p.data_profile}
 
     def authenticate(
         self, pid: str, method: str, path: str, body: bytes, headers: dict[str, str]
     ) -> str:
         """Check a signed request from ``pid``; records its nonce. Returns ``pid``."""
+        self.authenticate_headers(pid, method, path, headers)
+        check_body(body, headers)
+        return pid
+
+    def authenticate_headers(
+        self, pid: str, method: str, path: str, headers: dict[str, str]
+    ) -> str:
+        """Everything of a signed request that can be checked before its body arrives (a
+        known, unrevoked key; the signature over the declared body hash; a fresh
+        timestamp; an unused nonce, which is recorded). The body must then match its
+        declared hash (``protocol.auth.check_body``)."""
         with self.db.transaction() as s:
             p = s.get(Participant, pid)
             if p is None or p.revoked_at is not None:
                 what = "unknown" if p is None else "revoked"
                 raise AuthError(f"participant {pid[:12]} is {what}", fix="enroll again")
-            nonce = verify_request(p.public_key, method, path, body, headers, self.clock())
+            nonce = verify_signature(p.public_key, method, path, headers, self.clock())
         try:
             with self.db.transaction() as s:
                 s.add(Nonce(participant_id=pid, nonce=nonce))
@@ -214,6 +283,8 @@ class PersistentCoordinator:
         """The open round's task for ``pid``, unless it has none or already uploaded (or,
         in a secure round, already advertised keys or missed the advertising stage: its
         secrets live in one agent process)."""
+        if pid not in self.engine.participants and pid in self.enrolled:
+            self._ready(pid)
         info = self.engine.open_round_info
         if info is None or pid not in self._tasks or pid in info[2]:
             return None
@@ -222,6 +293,14 @@ class PersistentCoordinator:
             if srv.stage_name != "advertise_keys" or pid in srv.keys:
                 return None
         return self._tasks[pid]
+
+    def _ready(self, pid: str) -> None:
+        """``pid`` asked for work for the first time: it joins the cohorts from now on."""
+        with self.db.transaction() as s:
+            p = s.get(Participant, pid)
+            if p is not None and p.polled_at is None:
+                p.polled_at = self._now()
+        self.engine.enroll(pid, self.enrolled[pid])
 
     # ---- secure aggregation stages ---------------------------------------------------------
 
@@ -302,7 +381,10 @@ class PersistentCoordinator:
         return self.engine.secagg
 
     def submit(self, update: Update) -> Literal["accepted", "duplicate"]:
-        """Validate, store, then count ``update``; a retry of a stored one is acknowledged."""
+        """Validate, store, then count ``update``; a retry of a stored one is acknowledged.
+
+        A refusal is counted, logged and audited, and stores nothing.
+        """
         digest = _sha(update.payload)
         if self._round_id is not None and update.round == self.engine.state.round:
             with self.db.transaction() as s:
@@ -317,23 +399,35 @@ class PersistentCoordinator:
         try:
             tensors = self.engine.check(update)
         except UpdateRejected as e:
-            self.rejections[_reason(e.problem)] += 1
-            _log("reject", logging.WARNING, participant=update.participant, reason=e.problem)
+            self._refused(update, e)
             raise
+        existed = self.blobs.has(digest)
         self.blobs.put(update.payload)
-        with self.db.transaction() as s:
-            s.add(_update_row(update, self._round_id or 0, digest))
-            audit_row(
-                s,
-                update.participant,
-                "upload",
-                {"round": update.round, "sha256": digest, "bytes": len(update.payload)},
-            )
+        try:
+            with self.db.transaction() as s:
+                s.add(_update_row(update, self._round_id or 0, digest))
+                audit_row(
+                    s,
+                    update.participant,
+                    "upload",
+                    {"round": update.round, "sha256": digest, "bytes": len(update.payload)},
+                )
+        except BaseException:
+            if not existed:  # no blob without its row
+                self.blobs.delete(digest)
+            raise
         self.engine.accept(update, tensors)
         _log(
             "upload", participant=update.participant, round=update.round, bytes=len(update.payload)
         )
         return "accepted"
+
+    def _refused(self, update: Update, e: UpdateRejected) -> None:
+        self.rejections[e.reason] += 1
+        _log("reject", logging.WARNING, participant=update.participant, reason=e.problem)
+        with self.db.transaction() as s:
+            detail = {"round": update.round, "reason": e.problem, "kind": e.reason}
+            audit_row(s, update.participant, "reject_update", detail)
 
     def finished(self) -> bool:
         """Whether every round has run (no round is open and none will be)."""
@@ -355,7 +449,9 @@ class PersistentCoordinator:
             "round": self.engine.state.round,
             "rounds": self.cfg.run.rounds,
             "version": self.engine.version.id,
-            "participants": len(self.engine.participants),
+            "participants": len(self.enrolled),
+            "ready": len(self.engine.participants),
+            "revoked": self._revoked_count(),
             "epsilon": self.engine.epsilon() if self.engine.noise_multiplier else None,
             "stopped": self.exhausted or None,
             "open_round": None
@@ -368,6 +464,11 @@ class PersistentCoordinator:
             },
             "rejections": dict(self.rejections),
         }
+
+    def _revoked_count(self) -> int:
+        with self.db.transaction() as s:
+            rows = s.scalars(select(Participant.id).where(Participant.revoked_at.is_not(None)))
+            return len(rows.all())
 
     # ---- internals -------------------------------------------------------------------------
 
@@ -422,8 +523,9 @@ class PersistentCoordinator:
             s.execute(delete(Nonce).where(Nonce.seen_at < cutoff))
 
     def _close(self, why: str) -> GlobalVersion:
-        version = self.engine.close_round()
-        self._store_version(version, self._round_id, why)
+        result = self.engine.aggregate_round()
+        self._store_version(result, self._round_id, why)  # fails: the round stays open
+        version = self.engine.commit(result)
         _log(
             "close_round", round=version.round, version=version.id, why=why, metrics=version.metrics
         )
@@ -440,11 +542,10 @@ class PersistentCoordinator:
         self._round_id, self._tasks = None, {}
         _log("abort_round", logging.WARNING, reason=reason)
 
-    def _store_version(self, version: GlobalVersion | None, round_id: int | None, why: str) -> None:
+    def _store_version(self, result: Commit, round_id: int | None, why: str) -> None:
         """Blobs first (atomic, idempotent), then one transaction for the rows."""
-        st = self.engine.state
-        v = version or self.engine.version
-        full = self.blobs.put(self.engine.version_bytes(v.id))
+        st, v = result.state, result.version
+        full = self.blobs.put(full_payload(st.published, v))
         server = self.blobs.put(_server_state_bytes(st))
         bc = st.broadcasts[-1] if st.broadcasts and st.broadcasts[-1].version == v.id else None
         bc_sha = self.blobs.put(bc.payload) if bc else None
@@ -452,6 +553,7 @@ class PersistentCoordinator:
             s.add(
                 Version(
                     id=v.id,
+                    content=v.content,
                     round=v.round,
                     parent=v.parent,
                     blob_sha256=full,
@@ -470,10 +572,23 @@ class PersistentCoordinator:
                 row.reason = why
             audit_row(s, "coordinator", "commit_version", {"version": v.id, "round": v.round})
 
+    def _collect_orphans(self) -> None:
+        """Remove blobs that no row names: an upload or version whose transaction never
+        committed (a crash, a full disk). Nothing acknowledged is among them."""
+        with self.db.transaction() as s:
+            named = set(s.scalars(select(UpdateRow.payload_sha256)))
+            for row in s.scalars(select(Version)):
+                named |= {row.blob_sha256, row.server_state_sha256, row.broadcast_sha256 or ""}
+        orphans = [d for d in self.blobs.digests() if d not in named]
+        for digest in orphans:
+            self.blobs.delete(digest)
+        if orphans:
+            _log("collected_orphans", blobs=len(orphans))
+
     def _recover(self) -> None:
         """Rebuild the engine from the store: participants, versions, the open round."""
         with self.db.transaction() as s:
-            people = s.scalars(select(Participant).where(Participant.revoked_at.is_(None))).all()
+            people = s.scalars(select(Participant)).all()
             rows = s.scalars(select(Version).order_by(Version.round, Version.created_at)).all()
             open_row = s.scalar(select(Round).where(Round.status == "open"))
             stored = (
@@ -482,8 +597,14 @@ class PersistentCoordinator:
                 else []
             )
         for p in people:
-            self.engine.enroll(p.id, int(p.data_profile.get("examples", 1)))
+            examples = int(p.data_profile.get("examples", 1))
+            self.engine.examples[p.id] = examples  # bounds a stored update's weight
+            if p.revoked_at is not None:
+                continue
+            self.enrolled[p.id] = examples
             self.engine.verify_keys[p.id] = p.public_key
+            if p.polled_at is not None:
+                self.engine.enroll(p.id, examples)
         latest = rows[-1]
         params, server_state = _load_server_state(self.blobs.get(latest.server_state_sha256))
         published = dict(safetensors.torch.load(self.blobs.get(latest.blob_sha256)))
@@ -495,9 +616,22 @@ class PersistentCoordinator:
             if r.broadcast_sha256
         ]
         versions = [
-            GlobalVersion(r.id, r.round, r.parent, tuple(r.participants), r.num_examples, r.metrics)
+            GlobalVersion(
+                r.id,
+                r.round,
+                r.parent,
+                tuple(r.participants),
+                r.num_examples,
+                r.metrics,
+                r.content or r.id,
+            )
             for r in rows
         ]
+        if versions[-1].content != tensors_hash(published):
+            raise ZenfedError(
+                f"the stored version {latest.id[:12]} does not match its tensors",
+                fix="restore the state folder from a backup",
+            )
         public = published if self.engine.downlink is not None else None
         self.engine.state = CoordinatorState(
             latest.round + 1, params, server_state, versions, public, broadcasts
@@ -540,24 +674,6 @@ def _sha(data: bytes) -> str:
 def _aware(dt: datetime) -> datetime:
     # SQLite returns naive datetimes even for timezone-aware columns: they are UTC.
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
-def _reason(problem: str) -> str:
-    """A short, bounded label for a rejection (for the metrics' reason label)."""
-    for key in (
-        "not open",
-        "cohort",
-        "already uploaded",
-        "another version",
-        "num_examples",
-        "payload",
-        "part",
-        "NaN",
-        "exceeds",
-    ):
-        if key in problem:
-            return key.replace(" ", "_").lower()
-    return "other"
 
 
 def _task_from_json(d: dict[str, Any]) -> Task:

@@ -142,12 +142,21 @@ def verify_request(
 
     The caller must also refuse a nonce it has seen before from this participant.
     """
+    nonce = verify_signature(public_key, method, path, headers, now)
+    check_body(body, headers)
+    return nonce
+
+
+def verify_signature(
+    public_key: bytes, method: str, path: str, headers: dict[str, str], now: float
+) -> str:
+    """Check the signature over the request line and the *declared* body hash, and the
+    timestamp, before any of the body is read; return the nonce. The body must then be
+    checked against its declared hash with :func:`check_body`."""
     try:
         ts, nonce, body_sha, sig = (headers[h] for h in (H_TS, H_NONCE, H_BODY, H_SIG))
     except KeyError as e:
         raise AuthError(f"request lacks the {e.args[0]} header", fix="sign every request") from e
-    if hashlib.sha256(body).hexdigest() != body_sha:
-        raise AuthError("request body does not match its signed hash", fix="resend it")
     if not ts.isdigit() or abs(now - int(ts)) > MAX_SKEW_S:
         raise AuthError(
             f"request timestamp {ts[:20]} is more than {MAX_SKEW_S} s from the server's clock",
@@ -164,3 +173,9 @@ def verify_request(
             "request signature does not verify", fix="sign with the enrolled key"
         ) from e
     return nonce
+
+
+def check_body(body: bytes, headers: dict[str, str]) -> None:
+    """AuthError unless ``body`` is what the signed ``x-zenfed-body-sha256`` header says."""
+    if hashlib.sha256(body).hexdigest() != headers.get(H_BODY):
+        raise AuthError("request body does not match its signed hash", fix="resend it")

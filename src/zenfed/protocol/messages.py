@@ -84,7 +84,13 @@ class EvalReport:
 
 @dataclass(frozen=True)
 class GlobalVersion:
-    """A committed global adapter: its hash, parent, and what went into it."""
+    """A committed global adapter: its commit id, parent, and what went into it.
+
+    ``id`` names the commit, not the tensors: ``version_id(parent, round, content)``,
+    so two commits with equal tensors (a round whose updates were all zero) are two
+    versions. ``content`` is the tensors' hash (``tensors_hash``); a participant checks
+    both against what it downloads.
+    """
 
     id: str
     round: int
@@ -92,6 +98,14 @@ class GlobalVersion:
     participants: tuple[str, ...] = ()
     num_examples: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    content: str = ""
+
+
+def version_id(parent: str | None, server_round: int, content: str) -> str:
+    """A commit's id: sha256 over its parent's id, its round and its tensors' hash (as a
+    git commit names its tree and parent), unique along a lineage."""
+    text = f"zenfed-version/1\n{parent or ''}\n{server_round}\n{content}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def tensors_hash(tensors: Tensors) -> str:

@@ -8,7 +8,8 @@
 Files live at ``root/ab/cdef...`` (the first two hex digits as a folder). A blob is written
 to a temporary file, fsynced and renamed, so a crash leaves either no blob or the whole
 blob, never part of one. Global versions and uploaded updates both live here; the database
-holds only their digests.
+holds only their digests. The store's folders are 0700 and its files 0600 (the tensors of
+updates are the participants' work and nobody else's to read).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,7 +29,8 @@ class BlobStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)
 
     def path(self, digest: str) -> Path:
         """Where the blob named ``digest`` lives (whether or not it exists)."""
@@ -43,8 +46,8 @@ class BlobStore:
         target = self.path(digest)
         if target.is_file():
             return digest
-        target.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)  # 0600
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -84,6 +87,18 @@ class BlobStore:
     def size(self, digest: str) -> int:
         """The blob's length in bytes."""
         return self.path(digest).stat().st_size
+
+    def digests(self) -> Iterator[str]:
+        """The names of every stored blob (temporary files of unfinished writes aside)."""
+        for folder in self.root.iterdir():
+            if folder.is_dir() and len(folder.name) == 2:
+                for f in folder.iterdir():
+                    if not f.name.startswith("."):
+                        yield folder.name + f.name
+
+    def delete(self, digest: str) -> None:
+        """Remove a blob (nothing if it is not stored)."""
+        self.path(digest).unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -26,7 +26,7 @@ from zenfed.participant.agent import ParticipantState
 from zenfed.privacy.dp import PrivacyLedger
 from zenfed.protocol.messages import GlobalVersion
 
-FORMAT = 1
+FORMAT = 2  # 2: versions are named by commit (parent, round, content), not by content
 
 
 def save_checkpoint(

@@ -8,11 +8,13 @@
 Tensors never live here: versions and updates are rows naming blobs (sha256) in the
 :class:`~zenfed.store.blobs.BlobStore`. Every state change is written with an ``Audit``
 row in the same transaction, so the audit log is complete by construction. SQLite runs in
-WAL mode with full fsync and foreign keys on.
+WAL mode with full fsync and foreign keys on; its file (and the WAL and shared-memory files
+SQLite makes beside it, which inherit the file's mode) is readable by its owner only.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -32,6 +34,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    make_url,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -61,6 +64,8 @@ class Participant(Base):
     data_profile: Mapped[dict[str, Any]]
     enrolled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When it first asked for a task: only participants that did are sampled.
+    polled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class EnrollmentToken(Base):
@@ -123,7 +128,8 @@ class Version(Base):
 
     __tablename__ = "versions"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # tensors_hash
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # protocol.version_id
+    content: Mapped[str | None] = mapped_column(String(64))  # tensors_hash of the version
     round: Mapped[int]  # -1 for the initial version
     parent: Mapped[str | None] = mapped_column(String(64))
     blob_sha256: Mapped[str] = mapped_column(String(64))  # the version as downloaded in full
@@ -169,6 +175,7 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        _private_sqlite_file(url)
         self.engine: Engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -198,6 +205,21 @@ def alembic_config(url: str) -> Config:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
+
+
+def _private_sqlite_file(url: str) -> None:
+    """Create a SQLite database file 0600 before SQLite does (its WAL and SHM files copy
+    the database file's mode), and tighten files left 0644 by an older version."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for p in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
+        if p.exists():
+            p.chmod(0o600)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
