@@ -55,7 +55,7 @@ def serve(state: Path, port: int, agents: int, rounds: int) -> None:
     from zenfed.coordinator.persistent import PersistentCoordinator
     from zenfed.store.blobs import BlobStore
     from zenfed.store.db import Database
-    from zenfed.transport.http import create_app
+    from zenfed.transport.http.app import create_app
 
     fed = PersistentCoordinator(
         _config(agents, rounds),

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 import uvicorn
 
 from zenfed.coordinator.persistent import PersistentCoordinator
-from zenfed.transport.http import create_app
+from zenfed.transport.http.app import create_app
 
 
 def free_port() -> int:

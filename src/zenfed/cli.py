@@ -78,7 +78,7 @@ def export(
     from zenfed.config import parse_config
     from zenfed.model import export_adapter, export_merged
     from zenfed.model.build import adapter_model
-    from zenfed.store.checkpoint import load_checkpoint
+    from zenfed.sim.runner import load_run
 
     try:
         cfg_file = run / "config.json"
@@ -88,7 +88,7 @@ def export(
                 fix="pass the --out folder of a simulate run",
             )
         cfg = parse_config(json.loads(cfg_file.read_text()), origin=str(cfg_file))
-        state, _, _ = load_checkpoint(run / "checkpoint.pt")
+        state, _, _ = load_run(run)
         model, tok = adapter_model(cfg)
         if merged:
             export_merged(model, state.published, tok, out)

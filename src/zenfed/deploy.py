@@ -79,7 +79,7 @@ def serve(
     from zenfed.model.build import adapter_model
     from zenfed.store.blobs import BlobStore
     from zenfed.store.db import Database
-    from zenfed.transport.http import create_app
+    from zenfed.transport.http.app import create_app
 
     if (tls_cert is None) != (tls_key is None):
         raise ZenfedError("TLS needs both --tls-cert and --tls-key", fix="give both or neither")
@@ -150,13 +150,13 @@ def join(
     from zenfed.data.federated import build_participants
     from zenfed.model.build import adapter_model
     from zenfed.participant.agent import Participant, Runtime
-    from zenfed.participant.remote import run_participant
+    from zenfed.participant.loop import drive, run_participant
     from zenfed.protocol.auth import Identity
     from zenfed.transport.http.client import CoordinatorClient, CoordinatorRefused
 
     record = identity_path.with_suffix(".enrollment.json")
     me = Identity.load(identity_path) if identity_path.exists() else Identity.create(identity_path)
-    client = CoordinatorClient(url, me, verify=str(cafile) if cafile else True)
+    client = CoordinatorClient(url, me, verify=str(cafile) if cafile else True, wait_s=wait_s)
     try:
         cfg = parse_config(client.federation(), origin=url)
         model, tok = adapter_model(cfg)
@@ -198,11 +198,26 @@ def join(
         me_p = Participant(
             name, pdata, runtime, load_participant_state(state_file), signing_key=me.key
         )
-        return run_participant(
-            client, me_p, wait_s=wait_s, save_state=lambda p: save_participant_state(p, state_file)
-        )
+        loop = run_participant(client, me_p, lambda p: save_participant_state(p, state_file))
+        accepted = drive(loop, log=_say)
+        print(f"federation finished; {accepted} updates accepted", flush=True)
+        return accepted
     finally:
         client.close()
+
+
+def _say(event: Any) -> None:
+    """One line per task an agent carried out (or could not)."""
+    from zenfed.participant.loop import Done, Failed
+
+    if isinstance(event, Done):
+        print(
+            f"round {event.task.round + 1}: {event.task.kind} {event.status} "
+            f"(loss {event.loss:.4f})",
+            flush=True,
+        )
+    elif isinstance(event, Failed):
+        print(f"round {event.task.round + 1}: {event.error}", flush=True)
 
 
 def measure_throughput(model: Any, examples: Any, batch_size: int, pad_id: int) -> float:
@@ -229,26 +244,22 @@ def measure_throughput(model: Any, examples: Any, batch_size: int, pad_id: int) 
 
 
 def save_participant_state(participant: Any, path: Path) -> None:
-    """Write what the participant keeps across rounds (atomically, readable by it only)."""
-    import torch
+    """Write what the participant keeps across rounds (atomically, readable by it only):
+    ``ParticipantState.to_bytes``, the same bytes a simulation checkpoint holds."""
+    from zenfed.store.checkpoint import atomic_write
 
-    from zenfed.store.checkpoint import atomic_write, participant_blob
-
-    blob = participant_blob(participant.state)
-    atomic_write(path, lambda f: torch.save(blob, f))
+    data = participant.state.to_bytes()
+    atomic_write(path, lambda f: f.write(data))
     path.chmod(0o600)
 
 
 def load_participant_state(path: Path) -> Any:
     """The state saved by :func:`save_participant_state`, or a fresh one."""
-    import torch
-
-    from zenfed.participant.agent import ParticipantState
-    from zenfed.store.checkpoint import participant_from_blob
+    from zenfed.participant.state import ParticipantState
 
     if not path.is_file():
         return ParticipantState()
-    return participant_from_blob(torch.load(path, weights_only=True))
+    return ParticipantState.from_bytes(path.read_bytes())
 
 
 def _memory_gb() -> float:

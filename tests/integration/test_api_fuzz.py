@@ -19,7 +19,7 @@ from zenfed.config import parse_config
 from zenfed.coordinator.persistent import PersistentCoordinator
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Database
-from zenfed.transport.http import create_app
+from zenfed.transport.http.app import create_app
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from peft import PeftModel
 
 from zenfed.config import ModelConfig
 from zenfed.model import load_base_model
-from zenfed.store import load_checkpoint
+from zenfed.sim.runner import load_run
 
 pytestmark = pytest.mark.integration
 
@@ -82,14 +82,14 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(config: Path, tmp_pat
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    killed_at, _, _ = load_checkpoint(run_b / "checkpoint.pt")
+    killed_at, _, _ = load_run(run_b)
     assert 1 <= killed_at.round < 8  # really stopped mid-run
     resumed = _zenfed(
         "simulate", "--config", str(config), "--out", str(run_b), "--resume", "--quiet"
     )
     assert resumed.returncode == 0, resumed.stderr
-    a, _, _ = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
-    b, _, hist = load_checkpoint(run_b / "checkpoint.pt")
+    a, _, _ = load_run(tmp_path / "a")
+    b, _, hist = load_run(run_b)
     assert [h["round"] for h in hist] == list(range(9))
     for k in a.params:
         torch.testing.assert_close(b.params[k], a.params[k], rtol=0, atol=0)
@@ -118,7 +118,7 @@ def test_export_writes_a_loadable_peft_adapter(config: Path, tmp_path: Path) -> 
     assert out.returncode == 0, out.stderr
     base, _ = load_base_model(ModelConfig(name="tiny-llama"))
     model = PeftModel.from_pretrained(base, tmp_path / "exp")
-    state, _, _ = load_checkpoint(run / "checkpoint.pt")
+    state, _, _ = load_run(run)
     loaded = {n: p for n, p in model.named_parameters() if "lora_B" in n}
     assert any(float(p.abs().sum()) > 0 for p in loaded.values())  # trained, not the init
     merged = _zenfed("export", "--run", str(run), "--out", str(tmp_path / "m"), "--merged")

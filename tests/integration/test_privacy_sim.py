@@ -9,8 +9,8 @@ import pytest
 from tests.conftest import tiny_config
 from zenfed.privacy import dp
 from zenfed.sim import run_simulation
+from zenfed.sim.runner import load_run
 from zenfed.sim.setup import build_world
-from zenfed.store import load_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def test_secure_distributed_dp_simulation_reports_epsilon_and_resumes(tmp_path: 
     world = build_world(CFG)
     part = run_simulation(CFG, tmp_path, world=world, stop_after=1)
     assert part["stopped_after"] == 1
-    state, _, history = load_checkpoint(tmp_path / "checkpoint.pt")
+    state, _, history = load_run(tmp_path)
     released = len(state.privacy.rounds)
     assert released == sum(1 for h in history[1:] if "aborted" not in h)
     s = run_simulation(CFG, tmp_path, world=world, resume=True)

@@ -2,7 +2,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zenfed.aggregate import ServerOptState, WeightedMean, fedavg, server_step
+from zenfed.aggregate import ServerOptState, StreamingMean, fedavg, server_step
 from zenfed.config import ServerConfig
 
 
@@ -43,9 +43,9 @@ def test_weighted_mean_rejects_non_positive_weights() -> None:
 
     from zenfed.errors import ZenfedError
 
-    acc = WeightedMean()
+    acc = StreamingMean()
     with pytest.raises(ZenfedError, match="positive"):
-        acc.add(_t(1.0), 0.0)
+        acc.add("a", _t(1.0), 0.0)
     with pytest.raises(ZenfedError, match="no updates"):
         acc.result()
 

@@ -9,8 +9,8 @@ import torch
 from zenfed.config import parse_config
 from zenfed.coordinator import Coordinator, UpdateRejected, sample_participants
 from zenfed.errors import ZenfedError
-from zenfed.protocol import Update, tensors_hash
-from zenfed.protocol.messages import version_id
+from zenfed.protocol import Update, version_id
+from zenfed.tensors import tensors_hash
 
 INITIAL = {"a": torch.zeros(2, 3), "b": torch.ones(4)}
 
@@ -34,10 +34,11 @@ def _wire(tensors: dict[str, torch.Tensor]) -> bytes:
 def _update(
     c: Coordinator, pid: str, value: float, n: int, tensors: Any = None, **kw: Any
 ) -> Update:
-    assert c._open is not None
+    info = c.open_round_info
+    assert info is not None
     tensors = tensors or {k: torch.full_like(v, value) for k, v in INITIAL.items()}
     u = Update(
-        round=c._open.round,
+        round=info[0],
         participant=pid,
         base_version=c.version.id,
         payload=_wire(tensors),
@@ -138,8 +139,14 @@ def test_sampling_respects_fraction_and_minimum() -> None:
 def test_cohorts_are_reproducible_per_round() -> None:
     cfg = parse_config({"sampling": {"fraction": 0.5}, "data": {"categories": ["ai"]}})
     names = {f"p{i}": 10 for i in range(8)}
-    a = Coordinator(cfg, INITIAL, names).strategy.configure(3, sorted(names), "v")
-    b = Coordinator(cfg, INITIAL, names).strategy.configure(3, sorted(names), "v")
-    c = Coordinator(cfg, INITIAL, names).strategy.configure(4, sorted(names), "v")
+    members = {n: n for n in names}
+    a = Coordinator(cfg, INITIAL, names).strategy.configure(3, members, "v")
+    b = Coordinator(cfg, INITIAL, names).strategy.configure(3, members, "v")
+    c = Coordinator(cfg, INITIAL, names).strategy.configure(4, members, "v")
     assert [(t.participant, t.seed) for t in a] == [(t.participant, t.seed) for t in b]
     assert len(a) == 4 and [t.participant for t in a] != [t.participant for t in c]
+    # ids differ between a simulation and a deployment, names do not: cohorts and seeds
+    # follow the names
+    by_key = {f"key-{9 - i}": n for i, n in enumerate(sorted(names))}
+    d = Coordinator(cfg, INITIAL, names).strategy.configure(3, by_key, "v")
+    assert [(by_key[t.participant], t.seed) for t in d] == [(t.participant, t.seed) for t in a]

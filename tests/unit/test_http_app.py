@@ -18,7 +18,7 @@ from zenfed.coordinator.persistent import PersistentCoordinator
 from zenfed.protocol.auth import Identity, sign_request
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Database
-from zenfed.transport.http import create_app
+from zenfed.transport.http.app import create_app
 
 INITIAL = {"a": torch.zeros(2, 3), "b": torch.ones(4)}
 OP = {"authorization": "Bearer op-secret"}

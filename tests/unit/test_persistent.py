@@ -81,9 +81,9 @@ def test_enrolled_participants_train_a_round_and_everything_is_recorded(tmp_path
     b, _ = _join(fed, "lab", 10)
     fed.tick()
     assert fed.next_task(a) is not None and fed.next_task(b) is not None
-    assert fed.submit(_upload(fed, a, 1.0, 30)) == "accepted"
+    assert fed.port.upload(_upload(fed, a, 1.0, 30)) == "accepted"
     assert fed.next_task(a) is None  # uploaded: nothing more to do this round
-    fed.submit(_upload(fed, b, 5.0, 10))
+    fed.port.upload(_upload(fed, b, 5.0, 10))
     version = fed.tick()  # quorum reached
     assert version is not None and version.round == 0
     torch.testing.assert_close(fed.engine.state.params["a"], torch.full((2, 3), 2.0))
@@ -131,10 +131,10 @@ def test_retried_upload_is_acknowledged_once_and_a_different_one_refused(tmp_pat
     _join(fed, "b")
     fed.tick()
     up = _upload(fed, a, 1.0)
-    assert fed.submit(up) == "accepted"
-    assert fed.submit(up) == "duplicate"
+    assert fed.port.upload(up) == "accepted"
+    assert fed.port.upload(up) == "duplicate"
     with pytest.raises(UpdateRejected, match="already uploaded"):
-        fed.submit(_upload_again(fed, up, 7.0))
+        fed.port.upload(_upload_again(fed, up, 7.0))
     assert fed.engine.open_round_info is not None
     assert len(fed.engine.open_round_info[2]) == 1
     assert fed.rejections == {"already_uploaded": 1}
@@ -159,17 +159,17 @@ def test_a_restart_mid_round_loses_no_accepted_update_and_counts_none_twice(
         ids[id(f)] = [_join(f, n, e) for n, e in (("a", 30), ("b", 10))]
         f.tick()
     (a, _), (b, _) = ids[id(fed)]
-    fed.submit(_upload(fed, a, 1.0, 30))
+    fed.port.upload(_upload(fed, a, 1.0, 30))
     del fed  # the process dies here: nothing but the database and blobs remain
     fed = _fed(tmp_path / "crash", clock)
     assert fed.engine.open_round_info is not None
     assert fed.engine.open_round_info[2] == {a}  # the accepted update is back, once
     assert fed.next_task(a) is None and fed.next_task(b) is not None
-    fed.submit(_upload(fed, b, 5.0, 10))
+    fed.port.upload(_upload(fed, b, 5.0, 10))
     v = fed.tick()
     (ra, _), (rb, _) = ids[id(ref)]
-    ref.submit(_upload(ref, ra, 1.0, 30))
-    ref.submit(_upload(ref, rb, 5.0, 10))
+    ref.port.upload(_upload(ref, ra, 1.0, 30))
+    ref.port.upload(_upload(ref, rb, 5.0, 10))
     rv = ref.tick()
     assert v is not None and rv is not None and v.id == rv.id
     # and after the round: the version, server momentum and round number survive a restart
@@ -192,7 +192,7 @@ def test_deadline_closes_with_stragglers_or_aborts_an_empty_round(tmp_path: Path
     clock.t += 61
     assert fed.tick() is None and fed.engine.open_round_info is None  # aborted, nobody uploaded
     fed.tick()  # round 0 again, new attempt
-    fed.submit(_upload(fed, a, 1.0))
+    fed.port.upload(_upload(fed, a, 1.0))
     clock.t += 61
     v = fed.tick()
     assert v is not None and v.metrics["stragglers"] == 1.0
@@ -227,7 +227,7 @@ def test_state_changes_are_logged_as_json_lines(
     a, _ = _join(fed, "a")
     _join(fed, "b")
     fed.tick()
-    fed.submit(_upload(fed, a, 1.0))
+    fed.port.upload(_upload(fed, a, 1.0))
     lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
     events = [x["event"] for x in lines]
     assert events == ["enroll", "enroll", "open_round", "upload"]
@@ -248,7 +248,7 @@ def test_dp_ledger_survives_a_restart_and_the_budget_stops_the_service(tmp_path:
     for _ in range(2):
         fed.tick()
         for pid in people:
-            fed.submit(_upload(fed, pid, 0.5))
+            fed.port.upload(_upload(fed, pid, 0.5))
         assert fed.tick() is not None
     spent = fed.engine.epsilon()
     z = fed.engine.noise_multiplier
@@ -274,7 +274,7 @@ def test_a_commit_that_fails_to_store_leaves_the_round_open_and_the_next_tick_co
     b, _ = _join(fed, "b")
     fed.tick()
     for pid in (a, b):
-        fed.submit(_upload(fed, pid, 0.0))  # the result equals its parent's tensors
+        fed.port.upload(_upload(fed, pid, 0.0))  # the result equals its parent's tensors
     before = fed.engine.version.id
     real_put = fed.blobs.put
 

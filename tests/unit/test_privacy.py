@@ -132,8 +132,9 @@ def test_a_non_linear_codec_under_secure_aggregation_is_refused() -> None:
 
 
 def _update(c: Coordinator, pid: str, payload: bytes, n: int = 10) -> Update:
-    assert c._open is not None
-    return Update(c._open.round, pid, c.version.id, payload, n, 8, 100, 1.0, 2.0, 1)
+    info = c.open_round_info
+    assert info is not None
+    return Update(info[0], pid, c.version.id, payload, n, 8, 100, 1.0, 2.0, 1)
 
 
 def _dense(c: Coordinator, tensors: dict[str, torch.Tensor]) -> bytes:
@@ -245,7 +246,7 @@ def test_a_secure_round_below_the_survivors_needed_aborts_and_keeps_the_version(
     with pytest.raises(SecAggAborted, match="2 needed|7 needed"):
         _secure_round(c, deltas, drop=frozenset({"p1", "p2"}))
     c.skip_round("aborted")
-    assert c.version.id == before and c.state.round == 1 and c._open is None
+    assert c.version.id == before and c.state.round == 1 and c.open_round_info is None
 
 
 @pytest.mark.parametrize(("noise", "std"), [("distributed", 8**0.5 / 8), ("central", 2 / 8)])

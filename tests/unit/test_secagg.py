@@ -21,9 +21,9 @@ from zenfed.privacy.secagg import (
     fixedpoint,
     graph,
     shamir,
-    wire,
 )
 from zenfed.privacy.secagg.protocol import decode_sum
+from zenfed.transport.http import wire
 
 
 def _identities(ids: list[str]) -> tuple[dict[str, Ed25519PrivateKey], dict[str, bytes]]:
@@ -260,9 +260,9 @@ def test_unusable_keys_bad_ciphertexts_and_weak_thresholds_are_refused() -> None
     with pytest.raises(SecAggError, match="not 62 bytes"):
         srv.receive_shares("a", {k: v + b"x" for k, v in good.items()})
     with pytest.raises(SecAggError, match="malformed"):
-        wire.setup_from_json({"round": 0})
+        wire.task_from_json({"round": 0, "participant": "a", "version": "v", "secagg": {}})
     with pytest.raises(SecAggError, match="malformed"):
-        wire.request_from_json({"round": "x", "survivors": [], "dropped": []})
+        wire.stage_input_from_json("unmask", {"round": "x", "survivors": [], "dropped": []})
 
 
 def test_a_bad_share_is_skipped_when_enough_good_ones_remain() -> None:

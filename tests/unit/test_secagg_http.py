@@ -15,11 +15,12 @@ from fastapi.testclient import TestClient
 from tests.unit.test_http_app import INITIAL, _enroll, _get, _put, _task
 from zenfed.config import parse_config
 from zenfed.coordinator.persistent import PersistentCoordinator
-from zenfed.privacy.secagg import SecAggClient, wire
+from zenfed.privacy.secagg import SecAggClient
 from zenfed.protocol.auth import Identity, sign_request
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Database
-from zenfed.transport.http import create_app
+from zenfed.transport.http import wire
+from zenfed.transport.http.app import create_app
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_a_secure_round_over_http_commits_the_plaintext_mean(secure: Any) -> Non
     assert _get(client, me0, f"{base}/share_keys").status_code == 204
     clients = {}
     for pid, me in people:
-        setup = wire.setup_from_json(tasks[pid]["secagg"])
+        setup = wire.task_from_json(tasks[pid]).secagg
         clients[pid] = SecAggClient(pid, setup, me.key.sign)
         r = _post(
             client,
@@ -92,7 +93,7 @@ def test_a_secure_round_over_http_commits_the_plaintext_mean(secure: Any) -> Non
         r = _put(client, me, tasks[pid], safetensors.numpy.save({"masked": words}))
         assert r.status_code == 200, r.text
     for pid, me in people:
-        req = wire.request_from_json(_wait(client, me, f"{base}/unmask"))
+        req = wire.stage_input_from_json("unmask", _wait(client, me, f"{base}/unmask"))
         shares = clients[pid].unmask(req)
         r = _post(client, me, f"{base}/unmask", {"shares": wire.blobs_to_json(shares)})
         assert r.status_code == 200, r.text
@@ -113,7 +114,7 @@ def test_stage_messages_out_of_place_are_refused(secure: Any) -> None:
     (pid_a, me_a), (_, me_b), _ = people
     r = _post(client, me_a, f"{base}/unmask", {"shares": {}})
     assert r.status_code == 409 and "in advertise_keys" in r.json()["error"]
-    forged = SecAggClient(pid_a, wire.setup_from_json(tasks[pid_a]["secagg"]), me_b.key.sign)
+    forged = SecAggClient(pid_a, wire.task_from_json(tasks[pid_a]).secagg, me_b.key.sign)
     r = _post(
         client, me_a, f"{base}/advertise_keys", {"keys": wire.keys_to_json(forged.advertise())}
     )

@@ -8,12 +8,12 @@ import torch
 
 from tests.conftest import tiny_config
 from zenfed.config import parse_config
-from zenfed.coordinator import Coordinator
+from zenfed.coordinator import CoordinatorPort
 from zenfed.errors import ZenfedError
 from zenfed.protocol import Update
 from zenfed.sim import run_simulation
+from zenfed.sim.runner import load_run
 from zenfed.sim.setup import build_world
-from zenfed.store import load_checkpoint
 
 CFG = tiny_config(
     train={"lr": 1e-2, "local_steps": 2, "batch_size": 4, "keep_optimizer_state": True},
@@ -54,8 +54,8 @@ def test_resume_finishes_with_the_same_result_as_an_uninterrupted_run(
     assert part["stopped_after"] == 1
     resumed = run_simulation(CFG, tmp_path / "b", world=world, resume=True)
     assert resumed["version"] == whole["version"]  # bit-identical global adapter
-    a, _, _ = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
-    b, _, hist_b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    a, _, _ = load_run(tmp_path / "a")
+    b, _, hist_b = load_run(tmp_path / "b")
     for k in a.params:
         torch.testing.assert_close(a.params[k], b.params[k], rtol=0, atol=0)
     assert [h["round"] for h in hist_b] == [0, 1, 2, 3]  # no round done twice
@@ -98,20 +98,21 @@ def test_traffic_is_the_length_of_what_the_transport_carried(
     )
     carried: dict[tuple[int, str], int] = {}
     served: dict[tuple[int, str], int] = {}
-    submit, download = Coordinator.submit, Coordinator.download
+    upload, download = CoordinatorPort.upload, CoordinatorPort.download
 
-    def spy_submit(self: Coordinator, update: Update) -> None:
+    def spy_upload(self: CoordinatorPort, update: Update) -> str:
         carried[(update.round + 1, update.participant)] = len(update.payload)
-        submit(self, update)
+        return upload(self, update)
 
-    def spy_download(self: Coordinator, version: str, held: str | None, pid: str = "") -> bytes:
-        out = download(self, version, held, pid)
-        if self._open is not None:  # training downloads (evaluation ones are not a round's)
-            served[(self._open.round + 1, pid)] = len(out)
+    def spy_download(self: CoordinatorPort, pid: str, version: str, held: str | None) -> bytes:
+        out = download(self, pid, version, held)
+        info = self.engine.open_round_info
+        if info is not None:  # training downloads (evaluation ones are not a round's)
+            served[(info[0] + 1, pid)] = len(out)
         return out
 
-    monkeypatch.setattr(Coordinator, "submit", spy_submit)
-    monkeypatch.setattr(Coordinator, "download", spy_download)
+    monkeypatch.setattr(CoordinatorPort, "upload", spy_upload)
+    monkeypatch.setattr(CoordinatorPort, "download", spy_download)
     s = run_simulation(cfg, tmp_path, world=world)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     for row in rows[1:]:
@@ -147,7 +148,7 @@ def test_downlink_sends_differences_to_holders_and_they_match_the_version(
     assert downs and all(0 < d * 3 < full for d in downs), (downs, full)
     assert s["fed_loss"] < s["initial_loss"] - 0.05
     # the published version is what every participant trained from and evaluated
-    ckpt, _, _ = load_checkpoint(tmp_path / "checkpoint.pt")
+    ckpt, _, _ = load_run(tmp_path)
     assert ckpt.public is not None and len(ckpt.broadcasts) == 3
     held = {name: p.state.held for name, p in world.participants.items()}
     assert all(h is not None and h[0] == s["version"] for h in held.values())

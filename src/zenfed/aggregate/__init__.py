@@ -1,6 +1,20 @@
-"""Aggregators (pure functions over updates and weights) and server optimizers."""
+"""Aggregation: rules (pure functions over updates and weights, a registry), accumulators
+(where a round's updates wait) and server optimizers (state in, state out)."""
 
-from zenfed.aggregate.fedavg import WeightedMean, fedavg
+from zenfed.aggregate.accumulate import Accumulator, Aggregate, KeepAll, StreamingMean
+from zenfed.aggregate.rules import AGGREGATORS, AggregationRule, fedavg, median
 from zenfed.aggregate.server_opt import SERVER_OPTIMIZERS, ServerOptState, server_step
 
-__all__ = ["SERVER_OPTIMIZERS", "ServerOptState", "WeightedMean", "fedavg", "server_step"]
+__all__ = [
+    "AGGREGATORS",
+    "SERVER_OPTIMIZERS",
+    "Accumulator",
+    "Aggregate",
+    "AggregationRule",
+    "KeepAll",
+    "ServerOptState",
+    "StreamingMean",
+    "fedavg",
+    "median",
+    "server_step",
+]

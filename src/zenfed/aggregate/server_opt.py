@@ -22,8 +22,7 @@ from functools import partial
 import torch
 
 from zenfed.config import ServerConfig
-
-Tensors = dict[str, torch.Tensor]
+from zenfed.tensors import Tensors
 
 
 @dataclass(frozen=True)

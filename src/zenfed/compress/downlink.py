@@ -1,8 +1,10 @@
 """The downlink: a participant gets the global version as a full adapter, or as the
 compressed differences since the version it already holds.
 
-    payload = coordinator.download(version, held=participant_held_version)
-    tensors = receive(payload, held, codec, expected=version)   # hash-checked
+    pub = Publisher(cfg.compress, shapes, run_seed)             # the coordinator's side
+    public, broadcast = pub.publish(params, published, parent, server_round)
+    payload = pub.payload(state, version, held)                 # what one download carries
+    tensors = receive(payload, held, codec, expected=version)   # the participant's, checked
 
 With a downlink pipeline (``compress.downlink``) the coordinator publishes, after each
 round, one broadcast: the new server parameters minus the previously published version,
@@ -22,8 +24,9 @@ their codec seeds); both name the version (id, parent, round, content hash).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import safetensors.torch
 import torch
 
@@ -31,13 +34,10 @@ from zenfed.compress.base import Shape
 from zenfed.compress.pipeline import Pipeline
 from zenfed.config import CompressConfig
 from zenfed.errors import ZenfedError
-from zenfed.protocol.messages import (
-    GlobalVersion,
-    Tensors,
-    safetensors_metadata,
-    tensors_hash,
-    version_id,
-)
+from zenfed.protocol.messages import GlobalVersion, version_id
+from zenfed.tensors import Tensors, safetensors_metadata, tensors_hash
+
+KEEP_BROADCASTS = 16  # participants more rounds behind than this download in full
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,74 @@ def downlink_pipeline(cfg: CompressConfig, shapes: dict[str, Shape]) -> Pipeline
     if not cfg.downlink:
         return None
     return Pipeline(cfg.model_copy(update={"pipeline": cfg.downlink}), shapes)
+
+
+class Publisher:
+    """The coordinator's downlink: publishes each new version (as a broadcast when a
+    downlink codec is set) and serves downloads, in full or as the broadcasts since the
+    version a participant holds (only when that is smaller)."""
+
+    def __init__(self, cfg: CompressConfig, shapes: dict[str, Shape], run_seed: int) -> None:
+        self.codec = downlink_pipeline(cfg, shapes)  # None: versions travel in full
+        self.run_seed = run_seed
+        self._served: tuple[str, bytes] | None = None
+
+    def publish(
+        self, params: Tensors, published: Tensors, server_round: int
+    ) -> tuple[Tensors | None, Broadcast | None]:
+        """(The new published tensors, the broadcast leading there) for new server
+        ``params``; (None, None) without a downlink codec (params are published as they
+        are). The broadcast's ``version`` and ``parent`` are filled by :meth:`chain`."""
+        if self.codec is None:
+            return None, None
+        seed = int(np.random.default_rng([self.run_seed, server_round, 2]).integers(2**62))
+        diff = {k: params[k] - published[k] for k in params}
+        payload = self.codec.to_bytes(self.codec.encode(diff, shared_seed=seed, private_seed=seed))
+        return apply_broadcast(published, self.codec, payload, seed), Broadcast(
+            "", "", seed, payload
+        )
+
+    @staticmethod
+    def chain(
+        kept: list[Broadcast], new: Broadcast | None, version: GlobalVersion
+    ) -> list[Broadcast]:
+        """The broadcasts to keep once ``version`` is committed by ``new``."""
+        if new is None:
+            return []
+        named = replace(new, version=version.id, parent=version.parent or "")
+        return [*kept[-(KEEP_BROADCASTS - 1) :], named]
+
+    def full(self, tensors: Tensors, version: GlobalVersion) -> bytes:
+        """``version`` in full as the wire carries it (safetensors), built once."""
+        if self._served is None or self._served[0] != version.id:
+            self._served = (version.id, full_payload(tensors, version))
+        return self._served[1]
+
+    def payload(
+        self,
+        broadcasts: list[Broadcast],
+        tensors: Tensors,
+        version: GlobalVersion,
+        held: str | None,
+    ) -> bytes:
+        """What a participant holding ``held`` downloads to get ``version``."""
+        full = self.full(tensors, version)
+        return self.diff_since(broadcasts, held, version, len(full)) or full
+
+    @staticmethod
+    def diff_since(
+        broadcasts: list[Broadcast], held: str | None, version: GlobalVersion, full_size: int
+    ) -> bytes | None:
+        """The kept broadcasts from ``held`` to ``version`` as one payload, if they connect
+        and are smaller than the full version (``full_size`` bytes); else None."""
+        ids = [b.parent for b in broadcasts]
+        if held is None or held == version.id or held not in ids:
+            return None
+        chain = broadcasts[ids.index(held) :]
+        if chain[-1].version != version.id:
+            return None
+        diff = diff_payload(chain, version)
+        return diff if len(diff) < full_size else None
 
 
 def receive(payload: bytes, held: Tensors | None, codec: Pipeline | None, expected: str) -> Tensors:

@@ -30,8 +30,8 @@ from zenfed.compress.sign import Sign
 from zenfed.compress.sketch import Sketch
 from zenfed.compress.topk import TopK
 from zenfed.config import CompressConfig
+from zenfed.tensors import Tensors
 
-Tensors = dict[str, torch.Tensor]
 FORMAT = "zenfed-update/1"
 
 CODECS: dict[str, Callable[[Any], Codec]] = {

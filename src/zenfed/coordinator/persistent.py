@@ -1,86 +1,52 @@
-"""The coordinator of a deployment: the round engine, with a database and a blob store
-under it so that enrollment, every accepted update and every version survive a crash.
+"""The coordinator of a deployment: the round port over the engine, with a database and a
+blob store under it so that enrollment, every accepted update and every version survive
+a crash.
 
     fed = PersistentCoordinator(cfg, initial, Database(url), BlobStore(root))
     token = fed.invite("clinic-7")                                  # operator
     pid = fed.enroll(token, "clinic-7", public_key, capacity, data)  # participant
     fed.tick()                                                      # open/close on time
-    task = fed.next_task(pid)                                       # None: nothing to do
-    fed.submit(update)                                              # stored, then counted
+    task = fed.port.task(pid)                                       # any round message
+    fed.port.upload(update)                                         # stored, then counted
 
-A submit runs ``engine.check`` (validate and decode; nothing changes), writes the payload
-to the blob store (atomic), commits one transaction (the update's row and its audit
-line), and only then ``engine.accept``. A crash before the commit loses nothing that was
-acknowledged: the participant retries. After it, a restart replays the open round's
-stored updates into the engine, so none is lost and none counted twice. A retry of an
-accepted upload (same participant, round and payload hash) is acknowledged again and not
-counted. A round's result is stored before the engine adopts it (``aggregate_round``, then
-the version's blobs and rows, then ``commit``): a failed store leaves the round open and
-the next tick tries again. Blobs that no row names (a crash between the two) are removed
-at start. This class knows nothing of HTTP: ``transport.http`` serves it.
+Rounds run through ``CoordinatorPort`` (port.py) exactly as in the simulation; this class
+adds who may take part (invites, idempotent enrollment, signed requests, revocation), the
+journal that writes every change before it takes effect (journal.py), and the way back
+after a crash: the newest version's saved ``CoordinatorState``, the participants, and the
+open round's stored updates replayed (validated again, counted once). A secure round
+cannot survive a restart (the masks' secrets lived in memory) and is aborted.
 
 Only participants that have asked for a task at least once are sampled, so an agent that
-enrolled and never came back does not hold up every round until its deadline; enrolling
-again with the same key and token (a retry whose answer was lost) gets the same answer.
+enrolled and never came back does not hold up every round until its deadline. This class
+knows nothing of HTTP: ``transport.http`` serves it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import secrets
 import time
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
-import safetensors.torch
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from zenfed.aggregate.server_opt import ServerOptState
-from zenfed.compress.downlink import Broadcast, full_payload
 from zenfed.config import FederationConfig
-from zenfed.coordinator.engine import (
-    KEEP_BROADCASTS,
-    MAX_COUNT,
-    Commit,
-    Coordinator,
-    CoordinatorState,
-    RoundAborted,
-    UpdateRejected,
-)
+from zenfed.coordinator.engine import Coordinator
+from zenfed.coordinator.journal import StoreJournal, log_event, sha256, update_from_row
+from zenfed.coordinator.port import CoordinatorPort, Tick
+from zenfed.coordinator.state import Commit, CoordinatorState
+from zenfed.coordinator.validate import MAX_COUNT
 from zenfed.errors import ZenfedError
-from zenfed.privacy.dp import PrivacyBudgetExceeded
-from zenfed.privacy.secagg import SecAggAborted, SecAggError, SecAggServer, wire
-from zenfed.protocol.auth import (
-    MAX_SKEW_S,
-    AuthError,
-    check_body,
-    participant_id,
-    verify_signature,
-)
-from zenfed.protocol.messages import (
-    GlobalVersion,
-    Task,
-    Tensors,
-    Update,
-    safetensors_metadata,
-    tensors_hash,
-)
+from zenfed.protocol.auth import AuthError, check_body, participant_id, verify_signature
+from zenfed.protocol.messages import GlobalVersion, Task
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Audit, Database, EnrollmentToken, Nonce, Participant, Round, Version
 from zenfed.store.db import Update as UpdateRow
 from zenfed.store.db import audit as audit_row
-
-log = logging.getLogger(__name__)
-
-
-def _log(event: str, level: int = logging.INFO, **fields: Any) -> None:
-    log.log(level, event, extra={"fields": fields})
+from zenfed.tensors import Tensors
 
 
 class EnrollmentRefused(ZenfedError):
@@ -92,7 +58,7 @@ class UnknownParticipant(ZenfedError):
 
 
 class PersistentCoordinator:
-    """The engine plus durable state: what ``zenfed serve`` runs."""
+    """The round port plus durable state and membership: what ``zenfed serve`` runs."""
 
     def __init__(
         self,
@@ -103,27 +69,27 @@ class PersistentCoordinator:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg, self.db, self.blobs, self.clock = cfg, db, blobs, clock
-        self.rejections: Counter[str] = Counter()
         db.upgrade()
-        self.engine = Coordinator(cfg, initial, {})
-        self._round_id: int | None = None  # the open attempt's row
-        self._tasks: dict[str, Task] = {}
-        self._deadline = 0.0
-        self._stage_deadline = 0.0  # secure rounds: when the current stage closes anyway
-        self.exhausted = ""  # why no further round may run (the privacy budget is spent)
+        self.engine = Coordinator(cfg, initial, {}, spill=self._spill)
+        self.journal = StoreJournal(db, blobs, clock)
+        self.port = CoordinatorPort(self.engine, self.journal, clock)
         # Enrolled, not revoked: id -> declared examples. Those that have asked for a task
         # are also in engine.participants, the pool cohorts are drawn from.
         self.enrolled: dict[str, int] = {}
         with db.transaction() as s:
             known = s.scalar(select(Version.id).limit(1))
         if known is None:
-            st = self.engine.state
-            self._store_version(Commit(self.engine.version, st), None, "initial")
+            self.journal.store_version(Commit(self.engine.version, self.engine.state), None, "")
         else:
             self._recover()
         self._collect_orphans()
 
-    # ---- enrollment ----------------------------------------------------------------------
+    @property
+    def rejections(self) -> dict[str, int]:
+        """Refused updates by reason."""
+        return dict(self.journal.rejections)
+
+    # ---- membership -------------------------------------------------------------------------
 
     def invite(self, label: str = "", ttl_s: float | None = None) -> str:
         """A new single-use enrollment token (only its hash is stored)."""
@@ -132,7 +98,7 @@ class PersistentCoordinator:
         with self.db.transaction() as s:
             s.add(
                 EnrollmentToken(
-                    token_hash=_sha(token.encode()),
+                    token_hash=sha256(token.encode()),
                     label=label,
                     expires_at=self._now() + timedelta(seconds=ttl),
                 )
@@ -153,25 +119,10 @@ class PersistentCoordinator:
         Idempotent: the same key with the token it already used (a retry whose answer
         was lost) gets the same id again, and nothing changes.
         """
-        svc = self.cfg.service
-        if len(public_key) != 32:
-            raise EnrollmentRefused("public key is not 32 raw Ed25519 bytes", fix="send the key")
-        memory = capacity.get("memory_gb", 0.0)
-        if not isinstance(memory, int | float) or memory < svc.min_memory_gb:
-            raise EnrollmentRefused(
-                f"declared memory {memory} GB is below the federation's {svc.min_memory_gb} GB",
-                fix="join from a machine that meets the requirements",
-            )
-        examples = data_profile.get("examples", 0)
-        if not isinstance(examples, int) or not svc.min_examples <= examples <= MAX_COUNT:
-            raise EnrollmentRefused(
-                f"declared {examples} examples; the federation needs at least "
-                f"{svc.min_examples} (and at most {MAX_COUNT})",
-                fix="declare the number of training examples",
-            )
+        examples = self._check_requirements(public_key, capacity, data_profile)
         pid = participant_id(public_key)
         with self.db.transaction() as s:
-            tok = s.get(EnrollmentToken, _sha(token.encode()), with_for_update=True)
+            tok = s.get(EnrollmentToken, sha256(token.encode()), with_for_update=True)
             if tok is None:
                 raise EnrollmentRefused("unknown enrollment token", fix="ask the operator")
             known = s.get(Participant, pid)
@@ -200,9 +151,31 @@ class PersistentCoordinator:
             tok.used_at, tok.used_by = self._now(), pid
             audit_row(s, pid, "enroll", {"name": name, "capacity": capacity, "data": data_profile})
         self.enrolled[pid] = examples
+        self.engine.names[pid] = name
         self.engine.verify_keys[pid] = public_key  # signs its secure-aggregation keys
-        _log("enroll", participant=pid, name=name, examples=examples)
+        log_event("enroll", participant=pid, name=name, examples=examples)
         return pid
+
+    def _check_requirements(
+        self, public_key: bytes, capacity: dict[str, Any], data_profile: dict[str, Any]
+    ) -> int:
+        svc = self.cfg.service
+        if len(public_key) != 32:
+            raise EnrollmentRefused("public key is not 32 raw Ed25519 bytes", fix="send the key")
+        memory = capacity.get("memory_gb", 0.0)
+        if not isinstance(memory, int | float) or memory < svc.min_memory_gb:
+            raise EnrollmentRefused(
+                f"declared memory {memory} GB is below the federation's {svc.min_memory_gb} GB",
+                fix="join from a machine that meets the requirements",
+            )
+        examples = data_profile.get("examples", 0)
+        if not isinstance(examples, int) or not svc.min_examples <= examples <= MAX_COUNT:
+            raise EnrollmentRefused(
+                f"declared {examples} examples; the federation needs at least "
+                f"{svc.min_examples} (and at most {MAX_COUNT})",
+                fix="declare the number of training examples",
+            )
+        return examples
 
     def revoke(self, who: str) -> str:
         """Revoke a participant by name (or id): its requests are refused from now on and
@@ -221,14 +194,15 @@ class PersistentCoordinator:
             pid = p.id
         self.enrolled.pop(pid, None)
         self.engine.participants.pop(pid, None)
-        _log("revoke", participant=pid)
+        log_event("revoke", participant=pid)
         return pid
 
     def whoami(self, pid: str) -> dict[str, Any]:
         """What the coordinator knows of an (authenticated) participant."""
         with self.db.transaction() as s:
             p = s.get(Participant, pid)
-            assert p is not None  # authenticated callers exist
+            if p is None:
+                raise AuthError(f"participant {pid[:12]} is unknown", fix="enroll")
             return {"participant": p.id, "name": p.name, "data_profile": p.data_profile}
 
     def authenticate(
@@ -259,180 +233,27 @@ class PersistentCoordinator:
             raise AuthError("request nonce was already used (a replay)", fix="sign anew") from e
         return pid
 
-    # ---- rounds ----------------------------------------------------------------------------
+    # ---- rounds ------------------------------------------------------------------------------
 
     def tick(self) -> GlobalVersion | None:
-        """Open a round when none is open, close one at quorum or deadline."""
-        info = self.engine.open_round_info
-        if info is None:
-            if self._can_open():
-                self._open()
-            return None
-        _, cohort, received = info
-        if self._secure():
-            return self._tick_secure()
-        if len(received) >= math.ceil(self.cfg.service.quorum * len(cohort)):
-            return self._close("quorum")
-        if self.clock() >= self._deadline:
-            if received:
-                return self._close("deadline")
-            self._abort("deadline passed with no update")
-        return None
+        """Advance the port on the wall clock; the version a closing tick committed."""
+        what: Tick = self.port.tick()
+        return self.port.last_version if what == "closed" else None
 
     def next_task(self, pid: str) -> Task | None:
-        """The open round's task for ``pid``, unless it has none or already uploaded (or,
-        in a secure round, already advertised keys or missed the advertising stage: its
-        secrets live in one agent process)."""
+        """``pid``'s task now (the port's answer); a participant's first ask makes it one
+        that cohorts are drawn from."""
         if pid not in self.engine.participants and pid in self.enrolled:
-            self._ready(pid)
-        info = self.engine.open_round_info
-        if info is None or pid not in self._tasks or pid in info[2]:
-            return None
-        if self._secure():
-            srv = self.engine.secagg
-            if srv.stage_name != "advertise_keys" or pid in srv.keys:
-                return None
-        return self._tasks[pid]
-
-    def _ready(self, pid: str) -> None:
-        """``pid`` asked for work for the first time: it joins the cohorts from now on."""
-        with self.db.transaction() as s:
-            p = s.get(Participant, pid)
-            if p is not None and p.polled_at is None:
-                p.polled_at = self._now()
-        self.engine.enroll(pid, self.enrolled[pid])
-
-    # ---- secure aggregation stages ---------------------------------------------------------
-
-    def _secure(self) -> bool:
-        return bool(self._tasks) and next(iter(self._tasks.values())).secagg is not None
-
-    def _tick_secure(self) -> GlobalVersion | None:
-        """Close the current stage when everyone still in it answered, or at its deadline;
-        the last stage closes the round. Too few survivors abort the round."""
-        srv = self.engine.secagg
-        members, answered = srv.progress()
-        done = answered >= members
-        if not done and self.clock() < self._stage_deadline:
-            return None
-        try:
-            if srv.stage_name == "unmask":
-                return self._close("secure aggregation complete")
-            srv.close_stage()
-        except SecAggAborted as e:
-            self._abort(e.problem)
-            return None
-        timeout = self.cfg.secagg.stage_timeout_s
-        if srv.stage_name == "masked_input":  # the training stage gets the round's time
-            timeout = self.cfg.service.round_timeout_s
-        self._stage_deadline = self.clock() + timeout
-        _log("secagg_stage", round=srv.round, stage=srv.stage_name)
-        return None
-
-    def secagg_post(self, pid: str, server_round: int, stage: str, body: dict[str, Any]) -> None:
-        """A participant's message for ``stage`` of the open secure round."""
-        srv = self._secure_round(server_round)
-        if stage == "advertise_keys":
-            srv.receive_keys(wire.keys_from_json(pid, body.get("keys")))
-        elif stage == "share_keys":
-            srv.receive_shares(pid, wire.blobs_from_json(body.get("shares"), "shares"))
-        elif stage == "unmask":
-            srv.receive_unmask(pid, wire.blobs_from_json(body.get("shares"), "shares"))
-        else:
-            raise SecAggError(
-                f"nothing is posted for stage '{stage}'",
-                fix="post advertise_keys, share_keys or unmask; masked input is an upload",
-            )
-        with self.db.transaction() as s:
-            audit_row(s, pid, f"secagg_{stage}", {"round": server_round})
-
-    def secagg_get(self, pid: str, server_round: int, stage: str) -> dict[str, Any] | None:
-        """What ``pid`` needs to do ``stage`` (None while the stage has not started)."""
-        srv = self._secure_round(server_round)
-        order = ("advertise_keys", "share_keys", "masked_input", "unmask")
-        if stage not in order[1:]:
-            raise SecAggError(f"nothing to fetch for stage '{stage}'", fix=f"one of {order[1:]}")
-        if order.index(srv.stage_name) < order.index(stage):
-            return None
-        if order.index(srv.stage_name) > order.index(stage):
-            raise SecAggError(
-                f"stage {stage} of round {server_round + 1} is over", fix="the round went on"
-            )
-        if stage == "share_keys":
-            keys = srv.keys_for(pid)
-            return {
-                "keys": {v: wire.keys_to_json(k) for v, k in keys.items()},
-                "identities": {v: wire.b64(srv.verify_keys[v]) for v in keys},
-            }
-        if stage == "masked_input":
-            return {"inbox": wire.blobs_to_json(srv.inbox(pid))}
-        if pid not in srv.masked:
-            raise SecAggError(f"'{pid}' uploaded no masked input", fix="the round went on")
-        req = srv.unmask_request()
-        return {"round": req.round, "survivors": req.survivors, "dropped": req.dropped}
-
-    def _secure_round(self, server_round: int) -> SecAggServer:
-        info = self.engine.open_round_info
-        if info is None or info[0] != server_round or not self._secure():
-            raise SecAggError(
-                f"round {server_round + 1} is not an open secure round",
-                fix="fetch the current task",
-            )
-        return self.engine.secagg
-
-    def submit(self, update: Update) -> Literal["accepted", "duplicate"]:
-        """Validate, store, then count ``update``; a retry of a stored one is acknowledged.
-
-        A refusal is counted, logged and audited, and stores nothing.
-        """
-        digest = _sha(update.payload)
-        if self._round_id is not None and update.round == self.engine.state.round:
             with self.db.transaction() as s:
-                prior = s.scalar(
-                    select(UpdateRow).where(
-                        UpdateRow.round_id == self._round_id,
-                        UpdateRow.participant_id == update.participant,
-                    )
-                )
-            if prior is not None and prior.payload_sha256 == digest:
-                return "duplicate"
-        try:
-            tensors = self.engine.check(update)
-        except UpdateRejected as e:
-            self._refused(update, e)
-            raise
-        existed = self.blobs.has(digest)
-        self.blobs.put(update.payload)
-        try:
-            with self.db.transaction() as s:
-                s.add(_update_row(update, self._round_id or 0, digest))
-                audit_row(
-                    s,
-                    update.participant,
-                    "upload",
-                    {"round": update.round, "sha256": digest, "bytes": len(update.payload)},
-                )
-        except BaseException:
-            if not existed:  # no blob without its row
-                self.blobs.delete(digest)
-            raise
-        self.engine.accept(update, tensors)
-        _log(
-            "upload", participant=update.participant, round=update.round, bytes=len(update.payload)
-        )
-        return "accepted"
-
-    def _refused(self, update: Update, e: UpdateRejected) -> None:
-        self.rejections[e.reason] += 1
-        _log("reject", logging.WARNING, participant=update.participant, reason=e.problem)
-        with self.db.transaction() as s:
-            detail = {"round": update.round, "reason": e.problem, "kind": e.reason}
-            audit_row(s, update.participant, "reject_update", detail)
+                p = s.get(Participant, pid)
+                if p is not None and p.polled_at is None:
+                    p.polled_at = self._now()
+            self.engine.enroll(pid, self.enrolled[pid])
+        return self.port.task(pid)
 
     def finished(self) -> bool:
         """Whether every round has run (no round is open and none will be)."""
-        done = self.engine.state.round >= self.cfg.run.rounds or bool(self.exhausted)
-        return self.engine.open_round_info is None and done
+        return self.port.finished()
 
     def version_blob(self, version: str) -> str:
         """The blob digest of a committed version (as downloaded in full)."""
@@ -444,217 +265,29 @@ class PersistentCoordinator:
 
     def status(self) -> dict[str, Any]:
         """The federation at a glance: round, version, participants, open round."""
-        info = self.engine.open_round_info
+        info, engine = self.engine.open_round_info, self.engine
+        with self.db.transaction() as s:
+            revoked = s.scalars(select(Participant.id).where(Participant.revoked_at.is_not(None)))
+            n_revoked = len(revoked.all())
         return {
-            "round": self.engine.state.round,
+            "round": engine.state.round,
             "rounds": self.cfg.run.rounds,
-            "version": self.engine.version.id,
+            "version": engine.version.id,
             "participants": len(self.enrolled),
-            "ready": len(self.engine.participants),
-            "revoked": self._revoked_count(),
-            "epsilon": self.engine.epsilon() if self.engine.noise_multiplier else None,
-            "stopped": self.exhausted or None,
+            "ready": len(engine.participants),
+            "revoked": n_revoked,
+            "epsilon": engine.epsilon() if engine.noise_multiplier else None,
+            "stopped": self.port.exhausted or None,
             "open_round": None
             if info is None
             else {
                 "round": info[0],
                 "cohort": len(info[1]),
                 "received": len(info[2]),
-                "deadline_in_s": round(self._deadline - self.clock(), 1),
+                "deadline_in_s": round(self.port.next_deadline() - self.clock(), 1),
             },
-            "rejections": dict(self.rejections),
+            "rejections": self.rejections,
         }
-
-    def _revoked_count(self) -> int:
-        with self.db.transaction() as s:
-            rows = s.scalars(select(Participant.id).where(Participant.revoked_at.is_not(None)))
-            return len(rows.all())
-
-    # ---- internals -------------------------------------------------------------------------
-
-    def _can_open(self) -> bool:
-        enough = len(self.engine.participants) >= max(1, self.cfg.sampling.min_participants)
-        if not (enough and self.engine.state.round < self.cfg.run.rounds) or self.exhausted:
-            return False
-        try:
-            self.engine.check_budget()
-        except PrivacyBudgetExceeded as e:
-            self.exhausted = e.problem
-            with self.db.transaction() as s:
-                audit_row(s, "coordinator", "privacy_budget_exhausted", {"reason": e.problem})
-            _log("privacy_budget_exhausted", logging.WARNING, reason=e.problem)
-            return False
-        return True
-
-    def _open(self) -> None:
-        try:
-            tasks = self.engine.open_round()
-        except (RoundAborted, SecAggAborted) as e:
-            self.engine.skip_round(e.problem)
-            with self.db.transaction() as s:
-                audit_row(s, "coordinator", "skip_round", {"reason": e.problem})
-            _log("skip_round", logging.WARNING, reason=e.problem)
-            return
-        deadline = self.clock() + self.cfg.service.round_timeout_s
-        try:
-            with self.db.transaction() as s:
-                row = Round(
-                    number=tasks[0].round,
-                    status="open",
-                    base_version=tasks[0].version,
-                    codec_seed=tasks[0].codec_seed,
-                    tasks=[asdict(t) for t in tasks],
-                    deadline_at=datetime.fromtimestamp(deadline, UTC),
-                )
-                s.add(row)
-                s.flush()
-                audit_row(s, "coordinator", "open_round", {"round": row.number, "id": row.id})
-                self._round_id = row.id
-        except BaseException:
-            self.engine.abort_round()
-            raise
-        self._tasks = {t.participant: t for t in tasks}
-        self._deadline = deadline
-        self._stage_deadline = self.clock() + self.cfg.secagg.stage_timeout_s
-        _log("open_round", round=tasks[0].round, cohort=len(tasks))
-        # Nonces older than the accepted clock skew can never be replayed: forget them.
-        with self.db.transaction() as s:
-            cutoff = self._now() - timedelta(seconds=2 * MAX_SKEW_S)
-            s.execute(delete(Nonce).where(Nonce.seen_at < cutoff))
-
-    def _close(self, why: str) -> GlobalVersion:
-        result = self.engine.aggregate_round()
-        self._store_version(result, self._round_id, why)  # fails: the round stays open
-        version = self.engine.commit(result)
-        _log(
-            "close_round", round=version.round, version=version.id, why=why, metrics=version.metrics
-        )
-        self._round_id, self._tasks = None, {}
-        return version
-
-    def _abort(self, reason: str) -> None:
-        with self.db.transaction() as s:
-            row = s.get(Round, self._round_id)
-            assert row is not None
-            row.status, row.closed_at, row.reason = "aborted", self._now(), reason
-            audit_row(s, "coordinator", "abort_round", {"round": row.number, "reason": reason})
-        self.engine.abort_round()
-        self._round_id, self._tasks = None, {}
-        _log("abort_round", logging.WARNING, reason=reason)
-
-    def _store_version(self, result: Commit, round_id: int | None, why: str) -> None:
-        """Blobs first (atomic, idempotent), then one transaction for the rows."""
-        st, v = result.state, result.version
-        full = self.blobs.put(full_payload(st.published, v))
-        server = self.blobs.put(_server_state_bytes(st))
-        bc = st.broadcasts[-1] if st.broadcasts and st.broadcasts[-1].version == v.id else None
-        bc_sha = self.blobs.put(bc.payload) if bc else None
-        with self.db.transaction() as s:
-            s.add(
-                Version(
-                    id=v.id,
-                    content=v.content,
-                    round=v.round,
-                    parent=v.parent,
-                    blob_sha256=full,
-                    server_state_sha256=server,
-                    broadcast_sha256=bc_sha,
-                    broadcast_seed=bc.seed if bc else None,
-                    participants=list(v.participants),
-                    num_examples=v.num_examples,
-                    metrics=v.metrics,
-                )
-            )
-            if round_id is not None:
-                row = s.get(Round, round_id)
-                assert row is not None
-                row.status, row.closed_at, row.result_version = "closed", self._now(), v.id
-                row.reason = why
-            audit_row(s, "coordinator", "commit_version", {"version": v.id, "round": v.round})
-
-    def _collect_orphans(self) -> None:
-        """Remove blobs that no row names: an upload or version whose transaction never
-        committed (a crash, a full disk). Nothing acknowledged is among them."""
-        with self.db.transaction() as s:
-            named = set(s.scalars(select(UpdateRow.payload_sha256)))
-            for row in s.scalars(select(Version)):
-                named |= {row.blob_sha256, row.server_state_sha256, row.broadcast_sha256 or ""}
-        orphans = [d for d in self.blobs.digests() if d not in named]
-        for digest in orphans:
-            self.blobs.delete(digest)
-        if orphans:
-            _log("collected_orphans", blobs=len(orphans))
-
-    def _recover(self) -> None:
-        """Rebuild the engine from the store: participants, versions, the open round."""
-        with self.db.transaction() as s:
-            people = s.scalars(select(Participant)).all()
-            rows = s.scalars(select(Version).order_by(Version.round, Version.created_at)).all()
-            open_row = s.scalar(select(Round).where(Round.status == "open"))
-            stored = (
-                s.scalars(select(UpdateRow).where(UpdateRow.round_id == open_row.id)).all()
-                if open_row
-                else []
-            )
-        for p in people:
-            examples = int(p.data_profile.get("examples", 1))
-            self.engine.examples[p.id] = examples  # bounds a stored update's weight
-            if p.revoked_at is not None:
-                continue
-            self.enrolled[p.id] = examples
-            self.engine.verify_keys[p.id] = p.public_key
-            if p.polled_at is not None:
-                self.engine.enroll(p.id, examples)
-        latest = rows[-1]
-        params, server_state = _load_server_state(self.blobs.get(latest.server_state_sha256))
-        published = dict(safetensors.torch.load(self.blobs.get(latest.blob_sha256)))
-        broadcasts = [
-            Broadcast(
-                r.id, r.parent or "", r.broadcast_seed or 0, self.blobs.get(r.broadcast_sha256)
-            )
-            for r in rows[-KEEP_BROADCASTS:]
-            if r.broadcast_sha256
-        ]
-        versions = [
-            GlobalVersion(
-                r.id,
-                r.round,
-                r.parent,
-                tuple(r.participants),
-                r.num_examples,
-                r.metrics,
-                r.content or r.id,
-            )
-            for r in rows
-        ]
-        if versions[-1].content != tensors_hash(published):
-            raise ZenfedError(
-                f"the stored version {latest.id[:12]} does not match its tensors",
-                fix="restore the state folder from a backup",
-            )
-        public = published if self.engine.downlink is not None else None
-        self.engine.state = CoordinatorState(
-            latest.round + 1, params, server_state, versions, public, broadcasts
-        )
-        self.engine.state.privacy = self.engine.ledger_from_versions()
-        if open_row is None:
-            return
-        tasks = [_task_from_json(t) for t in open_row.tasks]
-        if tasks and tasks[0].secagg is not None:
-            # The masks' secrets lived in the agents' processes and this one: the masked
-            # uploads stored so far can never be unmasked. The round is retried.
-            self._round_id = open_row.id
-            self.engine.restore_round(tasks)
-            self._abort("the coordinator restarted during a secure round")
-            return
-        self.engine.restore_round(tasks)
-        self._round_id, self._tasks = open_row.id, {t.participant: t for t in tasks}
-        deadline = open_row.deadline_at
-        self._deadline = _aware(deadline).timestamp() if deadline else self.clock()
-        for row in stored:  # replay: validated again, counted once
-            u = _update_from_row(row, self.blobs.get(row.payload_sha256), open_row)
-            self.engine.accept(u, self.engine.check(u))
-        _log("recovered", round=open_row.number, replayed=len(stored))
 
     def audit_log(self) -> list[tuple[str, str, dict[str, Any]]]:
         """Every audit line, oldest first, as (actor, action, detail)."""
@@ -663,68 +296,84 @@ class PersistentCoordinator:
                 (a.actor, a.action, a.detail) for a in s.scalars(select(Audit).order_by(Audit.id))
             ]
 
+    # ---- the way back after a crash -----------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Rebuild the engine from the store: the state, participants, the open round."""
+        with self.db.transaction() as s:
+            people = s.scalars(select(Participant)).all()
+            latest = s.scalar(select(Version).order_by(Version.round.desc()).limit(1))
+            open_row = s.scalar(select(Round).where(Round.status == "open"))
+            stored = (
+                s.scalars(select(UpdateRow).where(UpdateRow.round_id == open_row.id)).all()
+                if open_row
+                else []
+            )
+        assert latest is not None and latest.server_state_sha256 is not None
+        state = CoordinatorState.from_bytes(self.blobs.get(latest.server_state_sha256))
+        if state.version.id != latest.id:
+            raise ZenfedError(
+                f"the saved state is not of the newest version {latest.id[:12]}",
+                fix="restore the state folder from a backup",
+            )
+        self.engine.state = state
+        for p in people:
+            examples = int(p.data_profile.get("examples", 1))
+            self.engine.examples[p.id] = examples  # bounds a stored update's weight
+            self.engine.names[p.id] = p.name
+            if p.revoked_at is not None:
+                continue
+            self.enrolled[p.id] = examples
+            self.engine.verify_keys[p.id] = p.public_key
+            if p.polled_at is not None:
+                self.engine.enroll(p.id, examples)
+        if open_row is not None:
+            self._reopen(open_row, stored)
+
+    def _reopen(self, row: Round, stored: Sequence[UpdateRow]) -> None:
+        tasks = [Task.from_dict(t) for t in row.tasks]
+        deadline = _aware(row.deadline_at).timestamp() if row.deadline_at else self.clock()
+        self.engine.restore_round(tasks, deadline)
+        self.journal.round_id = row.id
+        if tasks[0].secagg is not None:
+            # The masks' secrets lived in the agents' processes and this one: the masked
+            # uploads stored so far can never be unmasked. The round is retried.
+            self.journal.aborted(row.number, "the coordinator restarted during a secure round")
+            self.engine.abort_round()
+            return
+        for u_row in stored:  # replay: validated again, counted once
+            u = update_from_row(u_row, self.blobs.get(u_row.payload_sha256), row)
+            tensors = self.engine.check(u)
+            self.port.digests[u.participant] = u_row.payload_sha256
+            self.engine.accept(u, tensors)
+        log_event("recovered", round=row.number, replayed=len(stored))
+
+    def _spill(self, participant: str, _tensors: Tensors) -> Callable[[], Tensors]:
+        """A keep-every-update round keeps a loader of the stored payload, not tensors."""
+        digest, seed = self.port.digests[participant], self.engine.codec_seed
+        return lambda: self.engine.codec.unpack(self.blobs.get(digest), shared_seed=seed)
+
+    def _collect_orphans(self) -> None:
+        """Remove blobs that no row names: an upload or version whose transaction never
+        committed (a crash, a full disk). Nothing acknowledged is among them."""
+        with self.db.transaction() as s:
+            named = set(s.scalars(select(UpdateRow.payload_sha256)))
+            for row in s.scalars(select(Version)):
+                named |= {
+                    row.blob_sha256,
+                    row.server_state_sha256 or "",
+                    row.broadcast_sha256 or "",
+                }
+        orphans = [d for d in self.blobs.digests() if d not in named]
+        for digest in orphans:
+            self.blobs.delete(digest)
+        if orphans:
+            log_event("collected_orphans", level=logging.INFO, blobs=len(orphans))
+
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _aware(dt: datetime) -> datetime:
     # SQLite returns naive datetimes even for timezone-aware columns: they are UTC.
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
-def _task_from_json(d: dict[str, Any]) -> Task:
-    setup = d.get("secagg")
-    return Task(**{**d, "secagg": wire.setup_from_json(setup) if setup else None})
-
-
-def _update_row(u: Update, round_id: int, digest: str) -> UpdateRow:
-    return UpdateRow(
-        round_id=round_id,
-        participant_id=u.participant,
-        payload_sha256=digest,
-        size=len(u.payload),
-        num_examples=u.num_examples,
-        examples_seen=u.examples_seen,
-        num_tokens=u.num_tokens,
-        seconds=u.seconds,
-        train_loss=u.train_loss,
-        steps=u.steps,
-    )
-
-
-def _update_from_row(row: UpdateRow, payload: bytes, round_row: Round) -> Update:
-    return Update(
-        round=round_row.number,
-        participant=row.participant_id,
-        base_version=round_row.base_version,
-        payload=payload,
-        num_examples=row.num_examples,
-        examples_seen=row.examples_seen,
-        num_tokens=row.num_tokens,
-        seconds=row.seconds,
-        train_loss=row.train_loss,
-        steps=row.steps,
-    )
-
-
-def _server_state_bytes(st: CoordinatorState) -> bytes:
-    """The server's parameters and optimizer moments as one safetensors blob."""
-    tensors = {f"params/{k}": v for k, v in st.params.items()}
-    tensors |= {f"m/{k}": v for k, v in st.server_state.m.items()}
-    tensors |= {f"v/{k}": v for k, v in st.server_state.v.items()}
-    meta = {"format": "zenfed-server-state/1", "step": str(st.server_state.step)}
-    return safetensors.torch.save({k: t.contiguous() for k, t in tensors.items()}, metadata=meta)
-
-
-def _load_server_state(data: bytes) -> tuple[Tensors, ServerOptState]:
-    tensors = safetensors.torch.load(data)
-    step = int(safetensors_metadata(data)["step"])
-    parts: dict[str, Tensors] = {"params": {}, "m": {}, "v": {}}
-    for key, t in tensors.items():
-        kind, name = key.split("/", 1)
-        parts[kind][name] = t
-    return parts["params"], ServerOptState(m=parts["m"], v=parts["v"], step=step)

@@ -1,12 +1,14 @@
 """The strategy: which participants train in a round and with what settings.
 
-    tasks = strategy.configure(server_round=3, participants=["a", "b"], version=v)
+    tasks = strategy.configure(server_round=3, members={"id-a": "a", "id-b": "b"}, version=v)
 
 Client sampling takes ``ceil(fraction * n)`` participants, never fewer than
 ``min_participants`` (nor more than there are), or, with ``sampling.method = "poisson"``,
 each participant independently with probability ``fraction`` (the cohort may be empty);
-drawn by a generator seeded with the run's
-seed and the round, so a resumed run samples the same cohorts. Each round also gets one
+drawn by a generator seeded with the run's seed and the round, over the participants in
+the order of their names, so a resumed run samples the same cohorts and a simulation and
+a deployment of the same participants (their ids differ, their names do not) sample and
+seed them alike. Each round also gets one
 ``codec_seed`` that every task shares: codecs that must pick the same coordinates on every
 participant (random-k, count sketch) draw them from it.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -42,9 +44,11 @@ class Strategy:
     def __init__(self, cfg: FederationConfig) -> None:
         self.cfg = cfg
 
-    def configure(self, server_round: int, participants: Sequence[str], version: str) -> list[Task]:
-        """The training tasks of ``server_round`` (0-based) starting from ``version``."""
+    def configure(self, server_round: int, members: Mapping[str, str], version: str) -> list[Task]:
+        """The training tasks of ``server_round`` (0-based) starting from ``version``, for
+        a cohort drawn from ``members`` (id -> name)."""
         run, train = self.cfg.run, self.cfg.train
+        participants = sorted(members, key=lambda p: (members[p], p))
         rng = np.random.default_rng([run.seed, server_round])
         sc = self.cfg.sampling
         if sc.method == "poisson":

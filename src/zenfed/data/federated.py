@@ -9,6 +9,7 @@ examples into train and held-out parts (a seeded shuffle; ``heldout_fraction`` h
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -46,7 +47,10 @@ def build_participants(
         ]
         # Truncation can cut every labelled token (a long prompt): nothing to learn from.
         toks = [t for t in toks if t.num_loss_tokens > 0]
-        train, held = split_heldout(toks, cfg.heldout_fraction, rng, name)
+        # Each holder's split depends on its own data and the seed only: the same whether
+        # it is simulated among others or joins a deployment alone.
+        own = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        train, held = split_heldout(toks, cfg.heldout_fraction, own, name)
         meta = _common_meta([examples[i] for i in idx])
         out.append(ParticipantData(name=name, train=tuple(train), heldout=tuple(held), meta=meta))
     return out

@@ -2,7 +2,10 @@
 
     p = Participant("clinic", data, runtime)
     update = p.train(task, download)     # download(version, held_version) -> bytes
-    report = p.evaluate(task, download)  # from any transport
+    report = p.evaluate(task, download)
+
+What a participant does with a task; how tasks reach it and results leave it is its loop
+(``zenfed.participant.loop``), the same for the simulation and ``zenfed join``.
 
 The global version arrives as bytes, in full or as the broadcasts since the version the
 participant holds (``zenfed.compress.downlink``), and is checked against its hash.
@@ -32,12 +35,14 @@ from zenfed.config import CompressConfig, TrainConfig
 from zenfed.data.examples import ParticipantData
 from zenfed.errors import ZenfedError
 from zenfed.model.adapter import adapter_parameters, set_adapter_state
+from zenfed.participant.state import ParticipantState
 from zenfed.privacy import dp
 from zenfed.privacy.secagg import AdvertiseKeys, SecAggClient, UnmaskRequest
-from zenfed.protocol.messages import EvalReport, Task, Tensors, Update
+from zenfed.protocol.messages import EvalReport, Task, Update
+from zenfed.tensors import Tensors
 from zenfed.train.dp_sgd import RecordDP, sampling_rate
 from zenfed.train.evaluate import evaluate
-from zenfed.train.trainer import OptimizerState, StepPlan, plan_steps, train_local
+from zenfed.train.trainer import StepPlan, plan_steps, train_local
 
 Download = Callable[[str, str | None], bytes]  # (version, held version or None) -> payload
 
@@ -66,21 +71,6 @@ class Runtime:
                 downlink_pipeline(self.compress, shapes),
             )
         return self._codecs
-
-
-@dataclass
-class ParticipantState:
-    """What a participant keeps across rounds and restarts."""
-
-    optimizer: OptimizerState | None = None
-    rounds_trained: int = 0
-    extra: dict[str, Tensors] = field(default_factory=dict)
-    # The last global version received, kept only with a downlink codec (to apply the
-    # broadcasts to). Not checkpointed: after a restart the next download is in full.
-    held: tuple[str, Tensors] | None = None
-    # DP-SGD: the (sampling rate, noise multiplier) of every private local step taken:
-    # this holder's own privacy ledger for its records.
-    record_privacy: list[tuple[float, float]] = field(default_factory=list)
 
 
 class Participant:
@@ -160,7 +150,6 @@ class Participant:
             seconds=result.seconds,
             train_loss=result.train_loss,
             steps=result.steps,
-            below_clip=below if task.report_clip and task.secagg is None else None,
             record_epsilon=record_epsilon,
         )
 

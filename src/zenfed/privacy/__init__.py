@@ -1,3 +1,2 @@
 """Privacy: differential privacy (``dp``: clipping, noise, accounting over Google's
-dp-accounting) and secure aggregation (``secagg``: SecAgg+ on ``cryptography`` and
-PyCryptodome)."""
+dp-accounting) and secure aggregation (``secagg``: SecAgg+ on ``cryptography``)."""

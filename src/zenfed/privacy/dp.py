@@ -36,8 +36,8 @@ from dp_accounting import pld, rdp
 
 from zenfed.config import PrivacyConfig
 from zenfed.errors import ZenfedError
+from zenfed.tensors import Tensors
 
-Tensors = dict[str, torch.Tensor]
 # The RDP accountant logs every fractional order it drops as numerically unstable (the
 # epsilon is then taken over the remaining orders): not something a user can act on.
 logging.getLogger("absl").setLevel(logging.ERROR)

@@ -1,5 +1,15 @@
-"""Message types of the federation protocol."""
+"""The words of the federation protocol: round messages, secure-aggregation stage
+messages, the participant's port to the coordinator, and signed requests (``auth``)."""
 
-from zenfed.protocol.messages import EvalReport, GlobalVersion, Task, Tensors, Update, tensors_hash
+from zenfed.protocol.messages import EvalReport, GlobalVersion, Task, Update, version_id
+from zenfed.protocol.port import FederationFinished, ParticipantPort
 
-__all__ = ["EvalReport", "GlobalVersion", "Task", "Tensors", "Update", "tensors_hash"]
+__all__ = [
+    "EvalReport",
+    "FederationFinished",
+    "GlobalVersion",
+    "ParticipantPort",
+    "Task",
+    "Update",
+    "version_id",
+]

@@ -3,20 +3,19 @@
 Task      coordinator -> participant: train (or evaluate) from version V
 Update    participant -> coordinator: the encoded adapter delta and what it cost
 EvalReport participant -> coordinator: held-out loss sums of version V
+
+Each has one plain form (``Task.to_dict`` / ``Task.from_dict``, ``Update.metadata`` /
+``Update.from_metadata``): what the HTTP transport encodes, what the coordinator's
+database rows hold and what a restart replays, so no field is lost on any of the ways.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
 
-import torch
-
-from zenfed.privacy.secagg.protocol import SecAggSetup
-
-Tensors = dict[str, torch.Tensor]
+from zenfed.protocol.secagg import SecAggSetup
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,7 @@ class Task:
 
     round: int
     participant: str
-    version: str  # content hash of the global adapter to start from
+    version: str  # the id of the global version to start from
     kind: Literal["train", "evaluate"] = "train"
     seed: int = 0
     lr: float | None = None  # None: the federation's train.lr
@@ -47,6 +46,29 @@ class Task:
     record_noise_multiplier: float = 0.0
     privacy_delta: float = 1e-6
 
+    def to_dict(self) -> dict[str, Any]:
+        """The task as plain data (numbers, strings, lists, dicts)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Task:
+        """The inverse of :meth:`to_dict` (TypeError or ValueError if malformed)."""
+        setup = d.get("secagg")
+        if setup is not None:
+            setup = SecAggSetup(
+                int(setup["round"]),
+                tuple(str(x) for x in setup["neighbours"]),
+                int(setup["threshold"]),
+                int(setup["length"]),
+                float(setup["bound"]),
+                float(setup["scale"]),
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown task fields {sorted(unknown)}")
+        return cls(**{**d, "secagg": setup})
+
 
 @dataclass(frozen=True)
 class Update:
@@ -66,8 +88,20 @@ class Update:
     seconds: float
     train_loss: float
     steps: int
-    below_clip: bool | None = None  # adaptive clipping without secure aggregation
     record_epsilon: float | None = None  # DP-SGD: epsilon spent on this holder's records
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the payload, the round and the sender (which the transport
+        carries itself): the one plain form of an update's metadata."""
+        skip = ("round", "participant", "payload")
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    @classmethod
+    def from_metadata(
+        cls, server_round: int, participant: str, payload: bytes, meta: dict[str, Any]
+    ) -> Update:
+        """The inverse of :meth:`metadata`."""
+        return cls(round=server_round, participant=participant, payload=payload, **meta)
 
 
 @dataclass(frozen=True)
@@ -106,22 +140,3 @@ def version_id(parent: str | None, server_round: int, content: str) -> str:
     git commit names its tree and parent), unique along a lineage."""
     text = f"zenfed-version/1\n{parent or ''}\n{server_round}\n{content}"
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def tensors_hash(tensors: Tensors) -> str:
-    """sha256 over names, dtypes, shapes and bytes, in name order: a version's identity."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def safetensors_metadata(payload: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of safetensors bytes (safetensors reads it only from files).
-
-    Format: an 8-byte little-endian header length, then the JSON header.
-    """
-    n = int.from_bytes(payload[:8], "little")
-    return dict(json.loads(payload[8 : 8 + n]).get("__metadata__", {}))

@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from zenfed.model.adapter import set_adapter_state
-from zenfed.protocol.messages import Tensors
 from zenfed.sim.setup import World
+from zenfed.tensors import Tensors
 
 
 def plot_losses(history: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:

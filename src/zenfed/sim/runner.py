@@ -1,7 +1,14 @@
 """Run a federation in one process: N virtual participants, the real Coordinator and
-Participant classes, an in-memory transport.
+Participant classes, an in-memory transport, a virtual clock.
 
     summary = run_simulation(load_config("examples/demo.toml"), baselines=("centralized",))
+
+A round here is what it is in a deployment: the coordinator's port ticks (opens the round,
+advances secure-aggregation stages, closes it when its trigger says so), and every
+participant runs its one loop (``zenfed.participant.loop``) against the port. When no
+participant can make progress and nothing is due, the virtual clock jumps to the next
+deadline, so stragglers and dropouts end a round exactly as the service's wall clock
+would end it.
 
 Writes into the run folder: ``config.json``, ``checkpoint.pt`` after every round (``resume``
 continues a killed run from it), ``metrics.jsonl`` (one row per round), ``loss.png``,
@@ -21,11 +28,15 @@ import numpy as np
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from zenfed.config import FederationConfig, parse_config
-from zenfed.coordinator.engine import Coordinator, RoundAborted
+from zenfed.coordinator.engine import Coordinator
+from zenfed.coordinator.port import CoordinatorPort
+from zenfed.coordinator.state import CoordinatorState
 from zenfed.errors import ZenfedError
 from zenfed.model.adapter import export_adapter
-from zenfed.participant.agent import Participant, ParticipantState
-from zenfed.privacy.secagg import STAGES, SecAggAborted
+from zenfed.participant.agent import Participant
+from zenfed.participant.state import ParticipantState
+from zenfed.privacy.dp import PrivacyBudgetExceeded
+from zenfed.protocol.secagg import STAGES
 from zenfed.sim import baselines as bl
 from zenfed.sim.progress import Progress
 from zenfed.sim.report import plot_losses, sample_generations
@@ -75,16 +86,18 @@ def run_simulation(
     for p in world.participants.values():
         p.state = ParticipantState()  # and every run starts clean
     if resume:
-        coord.state, states, history = load_checkpoint(out / "checkpoint.pt")
+        coord.state, states, history = load_run(out)
         for name, st in states.items():
             world.participants[name].state = st
-    transport = InMemoryTransport(coord, world.participants, drop=_dropouts(cfg, coord))
+    clock = SimClock()
+    port = CoordinatorPort(coord, clock=clock)
+    transport = InMemoryTransport(port, world.participants, drop=_dropouts(cfg, coord))
     if not history:
         history.append({"round": 0, **_evaluate(coord, transport, progress)})
     rounds = cfg.run.rounds
     progress.start_rounds(rounds, done=coord.state.round)
     for r in range(coord.state.round, rounds):
-        row = run_round(coord, transport, progress)
+        row = run_round(port, transport, clock, progress)
         if (r + 1) % cfg.run.eval_every == 0 or r + 1 == rounds:
             t_eval = time.perf_counter()
             row.update(_evaluate(coord, transport, progress))
@@ -92,8 +105,8 @@ def run_simulation(
         history.append(row)
         save_checkpoint(
             out / "checkpoint.pt",
-            coord.state,
-            {k: p.state for k, p in world.participants.items()},
+            coord.state.to_bytes(),
+            {k: p.state.to_bytes() for k, p in world.participants.items()},
             history,
         )
         _write_metrics(out / "metrics.jsonl", history)
@@ -105,26 +118,55 @@ def run_simulation(
     )
 
 
+class SimClock:
+    """The simulation's clock: it moves only when told to (to the next deadline)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def run_round(
-    coord: Coordinator, transport: InMemoryTransport, progress: Progress
+    port: CoordinatorPort, transport: InMemoryTransport, clock: SimClock, progress: Progress
 ) -> dict[str, Any]:
-    """One training round: open, run every task through the transport, close."""
+    """One training round: the port opens it, every participant's loop runs until all of
+    them wait, the port ticks (a stage closes, or the round), and when nothing can move
+    the clock jumps to the next deadline."""
     t0 = time.perf_counter()
+    coord = port.engine
     r = coord.state.round
-    try:
-        tasks = coord.open_round()
-        progress.start_phase(f"round {r + 1}: training", len(tasks))
-        failures = transport.run(tasks, on_done=progress.advance_phase)
-        if len(failures) == len(tasks) and tasks[0].secagg is None:
+    transport.failures.clear()
+    what = port.tick()
+    if what == "exhausted":
+        raise PrivacyBudgetExceeded(port.exhausted, fix="release the current version")
+    if what == "skipped":
+        progress.note(f"round {r + 1} aborted: {coord.last_skip}")
+        return {"round": r + 1, "aborted": coord.last_skip, "seconds": time.perf_counter() - t0}
+    info = coord.open_round_info
+    assert info is not None
+    cohort, secure = info[1], coord.secure
+    progress.start_phase(f"round {r + 1}: training", len(cohort))
+    while what not in ("closed", "aborted"):
+        transport.settle(progress.advance_phase)
+        what = port.tick()
+        if what == "idle":  # nobody can move and nothing is due: time passes
+            if not port.next_deadline() < float("inf"):
+                raise ZenfedError(f"round {r + 1} cannot end", fix="report this as a bug")
+            clock.t = max(clock.t, port.next_deadline())
+    failures = {p: e for p, e in transport.failures.items() if p in cohort}
+    if what == "aborted":
+        if len(failures) == len(cohort) and not secure:
             raise ZenfedError(
                 f"round {r + 1}: every participant failed; first: {next(iter(failures.values()))}",
                 fix="see the error above",
             )
-        version = coord.close_round()
-    except (RoundAborted, SecAggAborted) as e:
-        coord.skip_round(str(e))
-        progress.note(f"round {r + 1} aborted: {e}")
-        return {"round": r + 1, "aborted": str(e), "seconds": time.perf_counter() - t0}
+        coord.skip_round(port.last_reason)
+        progress.note(f"round {r + 1} aborted: {port.last_reason}")
+        return {"round": r + 1, "aborted": port.last_reason, "seconds": time.perf_counter() - t0}
+    version = port.last_version
+    assert version is not None
     return {
         "round": r + 1,
         "version": version.id[:16],
@@ -133,6 +175,15 @@ def run_round(
         "failures": failures,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def load_run(
+    out: Path,
+) -> tuple[CoordinatorState, dict[str, ParticipantState], list[dict[str, Any]]]:
+    """The coordinator state, participant states and history in a run folder's checkpoint."""
+    coord, parts, history = load_checkpoint(out / "checkpoint.pt")
+    states = {k: ParticipantState.from_bytes(v) for k, v in parts.items()}
+    return CoordinatorState.from_bytes(coord), states, history
 
 
 def identity_key(p: Participant) -> bytes:
@@ -160,13 +211,13 @@ def _dropouts(cfg: FederationConfig, coord: Coordinator) -> Callable[[str, str],
 def _evaluate(
     coord: Coordinator, transport: InMemoryTransport, progress: Progress
 ) -> dict[str, Any]:
-    tasks = coord.evaluation_tasks()
-    progress.start_phase("evaluating", len(tasks))
-    transport.run(tasks, on_done=progress.advance_phase)
-    reports = coord.evaluation_reports()
+    ev = coord.open_evaluation()
+    progress.start_phase("evaluating", len(ev.tasks))
+    transport.settle(progress.advance_phase)
+    coord.evaluation = None
     return {
-        **coord.evaluation_summary(),
-        "own_loss": {k: r.loss_sum / max(1, r.num_tokens) for k, r in reports.items()},
+        **ev.summary(),
+        "own_loss": {k: r.loss_sum / max(1, r.num_tokens) for k, r in ev.reports.items()},
     }
 
 

@@ -17,7 +17,7 @@ from zenfed.data.federated import build_participants
 from zenfed.model.adapter import get_adapter_state
 from zenfed.model.build import adapter_model
 from zenfed.participant.agent import Participant, Runtime
-from zenfed.protocol.messages import Tensors
+from zenfed.tensors import Tensors
 
 
 @dataclass

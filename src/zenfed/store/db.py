@@ -49,7 +49,11 @@ def utcnow() -> datetime:
 class Base(DeclarativeBase):
     """Declarative base of every table."""
 
-    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        dict[str, Any] | None: JSON,
+        list[Any]: JSON,
+    }
 
 
 class Participant(Base):
@@ -120,6 +124,7 @@ class Update(Base):
     seconds: Mapped[float]
     train_loss: Mapped[float]
     steps: Mapped[int]
+    meta: Mapped[dict[str, Any] | None]  # Update.metadata(): every field, for the replay
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -133,7 +138,8 @@ class Version(Base):
     round: Mapped[int]  # -1 for the initial version
     parent: Mapped[str | None] = mapped_column(String(64))
     blob_sha256: Mapped[str] = mapped_column(String(64))  # the version as downloaded in full
-    server_state_sha256: Mapped[str] = mapped_column(String(64))  # params + optimizer state
+    # CoordinatorState.to_bytes() after this version; kept for the newest version only
+    server_state_sha256: Mapped[str | None] = mapped_column(String(64))
     # With a downlink codec: the broadcast that leads from the parent to this version.
     broadcast_sha256: Mapped[str | None] = mapped_column(String(64))
     broadcast_seed: Mapped[int | None] = mapped_column(BigInteger)

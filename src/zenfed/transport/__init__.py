@@ -1,4 +1,4 @@
-"""Transports move tasks and updates: in-memory (simulation); HTTP comes with deployment."""
+"""Transports carry the port's messages: in memory (simulation) or over HTTP (deployment)."""
 
 from zenfed.transport.inmemory import InMemoryTransport
 

@@ -1,116 +1,116 @@
-"""In-memory transport: the simulation's wire. Tasks and updates are passed by reference.
+"""In-memory transport: the simulation's wire. Every participant runs its one loop
+(``zenfed.participant.loop``) against the coordinator's port through direct calls.
 
-    transport = InMemoryTransport(coordinator, participants)
-    failures = transport.run(tasks, on_done=lambda pid: ...)
+    transport = InMemoryTransport(port, participants, drop=...)
+    moved = transport.settle(on_done=lambda pid: ...)   # every loop until all wait
 
-No process and no thread hop: the participant is called directly. What crosses is what
-would cross a network, bytes: the version it downloads (in full, or as the broadcasts
-since the one it holds) and its encoded update; the coordinator counts both. A
-participant that raises a ZenfedError (say, a NaN loss) is recorded as a failure for the
-round; the round goes on without it.
+No process and no thread hop. What crosses is what would cross a network, bytes: the
+version a participant downloads (in full, or as the broadcasts since the one it holds)
+and its encoded update; the coordinator counts both. ``settle`` advances each
+participant's loop in turn (in the order of their ids) until every one is idle or waiting
+for a stage; the runner then ticks the coordinator and, when nothing is due, moves its
+virtual clock to the next deadline. A participant that fails a task (say, a NaN loss) is
+recorded in ``failures`` and is not handed that task again in its round.
 
-A round with secure aggregation runs its four stages here in order (advertise keys,
-share keys, train and upload masked, unmask), each a method call on both sides and each
-closed once every live participant answered. ``drop(stage, participant)`` injects
-dropouts: a participant it names stops answering from that stage on.
+``drop(stage, participant)`` injects dropouts: a participant it names stops at that stage
+of the round (before taking a training task, or before a secure-aggregation stage).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 
-from zenfed.coordinator.engine import Coordinator
+from zenfed.coordinator.port import CoordinatorPort
 from zenfed.errors import ZenfedError
 from zenfed.participant.agent import Participant
-from zenfed.privacy.secagg import STAGES
-from zenfed.protocol.messages import Task
+from zenfed.participant.loop import Done, Event, Failed, run_participant
+from zenfed.protocol.messages import EvalReport, Task, Update
+from zenfed.protocol.port import StageInput, StageMessage
+from zenfed.protocol.secagg import STAGES
+
+Drop = Callable[[str, str], bool]
+
+
+class Dropped(ZenfedError):
+    """An injected dropout."""
+
+
+class InMemoryPort:
+    """One participant's view of the coordinator's port (a ``ParticipantPort``)."""
+
+    def __init__(self, port: CoordinatorPort, pid: str, drop: Drop, failures: dict[str, str]):
+        self.port, self.pid, self.drop, self.failures = port, pid, drop, failures
+        self.failed: set[tuple[str, int]] = set()  # (kind, round) of tasks that failed
+
+    def task(self) -> Task | None:
+        """The participant's task (None once it failed it, or drops out before it)."""
+        t = self.port.task(self.pid)
+        if t is None or (t.kind, t.round) in self.failed:
+            return None
+        if t.kind == "train":
+            first = STAGES[0] if t.secagg is not None else "masked_input"
+            if self.drop(first, self.pid):
+                self.failed.add((t.kind, t.round))
+                self.failures[self.pid] = f"dropped out at {first} (injected)"
+                return None
+        return t
+
+    def download(self, version: str, held: str | None) -> bytes:
+        """Bytes of the version, counted by the coordinator."""
+        return self.port.download(self.pid, version, held)
+
+    def stage_get(self, server_round: int, stage: str) -> StageInput | None:
+        """What the stage needs (Dropped if the participant drops out here)."""
+        if self.drop(stage, self.pid):
+            raise Dropped(f"dropped out at {stage} (injected)", fix="")
+        return self.port.stage_get(self.pid, server_round, stage)
+
+    def stage_post(self, server_round: int, stage: str, message: StageMessage) -> None:
+        """A stage message, delivered."""
+        self.port.stage_post(self.pid, server_round, stage, message)
+
+    def upload(self, update: Update) -> str:
+        """An update, delivered."""
+        return self.port.upload(update)
+
+    def report(self, report: EvalReport) -> None:
+        """An evaluation report, delivered."""
+        self.port.report(report)
 
 
 class InMemoryTransport:
-    """Deliver tasks to in-process participants and their results to the coordinator."""
+    """Every participant's loop against one coordinator port, advanced in turn."""
 
     def __init__(
         self,
-        coordinator: Coordinator,
+        port: CoordinatorPort,
         participants: dict[str, Participant],
-        drop: Callable[[str, str], bool] | None = None,
+        drop: Drop | None = None,
     ) -> None:
-        self.coordinator = coordinator
-        self.participants = participants
-        self.drop = drop or (lambda stage, pid: False)
+        self.port = port
+        self.failures: dict[str, str] = {}
+        never: Drop = lambda stage, pid: False  # noqa: E731
+        self.ports = {
+            pid: InMemoryPort(port, pid, drop or never, self.failures) for pid in participants
+        }
+        self.loops: dict[str, Iterator[Event]] = {
+            pid: run_participant(self.ports[pid], p) for pid, p in participants.items()
+        }
 
-    def run(
-        self, tasks: Sequence[Task], on_done: Callable[[str], None] | None = None
-    ) -> dict[str, str]:
-        """Run every task; returns {participant: error} for those that failed."""
-        if tasks and tasks[0].secagg is not None:
-            return self._run_secure(tasks, on_done)
-        failures: dict[str, str] = {}
-        for task in tasks:
-            p = self.participants[task.participant]
-
-            def download(version: str, held: str | None, pid: str = task.participant) -> bytes:
-                return self.coordinator.download(version, held, pid)
-
-            try:
-                if task.kind == "train" and self.drop("masked_input", task.participant):
-                    failures[task.participant] = "dropped out (injected)"
-                elif task.kind == "train":
-                    self.coordinator.submit(p.train(task, download))
-                else:
-                    self.coordinator.submit_evaluation(p.evaluate(task, download))
-            except ZenfedError as e:
-                failures[task.participant] = str(e)
-            if on_done is not None:
-                on_done(task.participant)
-        return failures
-
-    def _run_secure(
-        self, tasks: Sequence[Task], on_done: Callable[[str], None] | None
-    ) -> dict[str, str]:
-        """The four stages of SecAgg+ for a training round (the coordinator closes each)."""
-        coord, server = self.coordinator, self.coordinator.secagg
-        failures: dict[str, str] = {}
-        live = {t.participant: t for t in tasks}
-
-        def step(stage: str, act: Callable[[Task, Participant], None]) -> None:
-            for pid, task in list(live.items()):
-                if self.drop(stage, pid):
-                    failures[pid] = f"dropped out at {stage} (injected)"
-                    del live[pid]
-                    continue
-                try:
-                    act(task, self.participants[pid])
-                except ZenfedError as e:
-                    failures[pid] = f"{stage}: {e}"
-                    del live[pid]
-
-        def advertise(task: Task, p: Participant) -> None:
-            server.receive_keys(p.secagg_advertise(task))
-
-        def share(task: Task, p: Participant) -> None:
-            keys = server.keys_for(task.participant)
-            vks = {v: server.verify_keys[v] for v in keys if v in server.verify_keys}
-            server.receive_shares(task.participant, p.secagg_share(keys, vks))
-
-        def train(task: Task, p: Participant) -> None:
-            p.secagg_receive(server.inbox(task.participant))
-
-            def download(version: str, held: str | None) -> bytes:
-                return coord.download(version, held, task.participant)
-
-            coord.submit(p.train(task, download))
-
-        def unmask(task: Task, p: Participant) -> None:
-            server.receive_unmask(task.participant, p.secagg_unmask(request))
-
-        for stage, act in zip(STAGES[:3], (advertise, share, train), strict=True):
-            step(stage, act)
-            server.close_stage()  # SecAggAborted below the survivors needed
-        request = server.unmask_request()
-        live = {pid: t for pid, t in live.items() if pid in request.survivors}
-        step("unmask", unmask)
-        for t in tasks:
-            if on_done is not None:
-                on_done(t.participant)
-        return failures
+    def settle(self, on_done: Callable[[str], None] | None = None) -> bool:
+        """Advance every loop until each is idle or waiting; whether any task ended."""
+        moved = False
+        while True:
+            progress = False
+            for pid in sorted(self.loops):
+                event = next(self.loops[pid], None)
+                if isinstance(event, Failed):
+                    self.ports[pid].failed.add((event.task.kind, event.task.round))
+                    self.failures[pid] = str(event.error)
+                if isinstance(event, Done | Failed):
+                    progress = True
+                    if on_done is not None:
+                        on_done(pid)
+            if not progress:
+                return moved
+            moved = True

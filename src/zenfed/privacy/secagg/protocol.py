@@ -41,7 +41,6 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
@@ -49,8 +48,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from zenfed.errors import ZenfedError
 from zenfed.privacy.secagg import crypto, fixedpoint, graph, shamir
+from zenfed.protocol.secagg import STAGES, AdvertiseKeys, SecAggSetup, UnmaskRequest
 
-STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
 # nonce (12) + two Shamir shares + GCM tag (16)
 SHARE_CIPHERTEXT_BYTES = 12 + 2 * shamir.SHARE_BYTES + 16
 MAX_SUBSETS = 64  # share subsets tried per secret when some shares are bad
@@ -62,51 +61,6 @@ class SecAggError(ZenfedError):
 
 class SecAggAborted(ZenfedError):
     """The round cannot finish securely (too few survivors or shares); nothing is released."""
-
-
-@dataclass(frozen=True)
-class SecAggSetup:
-    """What a participant needs to take part: its neighbours and the encoding."""
-
-    round: int
-    neighbours: tuple[str, ...]
-    threshold: int  # shares that reconstruct a participant's secrets
-    length: int  # values in the masked vector
-    bound: float  # every value is clamped to [-bound, bound]
-    scale: float  # fixed-point scale (sums of the whole cohort cannot overflow)
-
-
-@dataclass(frozen=True)
-class AdvertiseKeys:
-    """Stage 1: a participant's two public keys and seed commitment, signed."""
-
-    participant: str
-    cipher_key: bytes
-    mask_key: bytes
-    seed_commitment: bytes
-    signature: bytes
-
-    def signed_bytes(self, round: int) -> bytes:
-        """What the Ed25519 signature covers."""
-        return b"|".join(
-            [
-                b"zenfed/secagg/advertise",
-                str(round).encode(),
-                self.participant.encode(),
-                self.cipher_key,
-                self.mask_key,
-                self.seed_commitment,
-            ]
-        )
-
-
-@dataclass(frozen=True)
-class UnmaskRequest:
-    """Stage 4: who uploaded a masked vector and who dropped after sharing keys."""
-
-    round: int
-    survivors: tuple[str, ...]
-    dropped: tuple[str, ...]
 
 
 def _share_aad(round: int, owner: str, recipient: str) -> bytes:

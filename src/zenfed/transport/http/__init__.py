@@ -1,5 +1,2 @@
-"""The HTTP transport: the coordinator service (FastAPI) and, to come, the agent's client."""
-
-from zenfed.transport.http.app import create_app
-
-__all__ = ["create_app"]
+"""The HTTP transport: the coordinator service (FastAPI, ``app``) and the participant's
+client (httpx, ``client``); ``wire`` is the JSON form of the port's messages."""

@@ -50,7 +50,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, Response
@@ -60,16 +59,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from pydantic import ValidationError
 
 from zenfed.config import MAX_WAIT_S
-from zenfed.coordinator.engine import UpdateRejected
 from zenfed.coordinator.persistent import (
     EnrollmentRefused,
     PersistentCoordinator,
     UnknownParticipant,
 )
+from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
 from zenfed.privacy.secagg import SecAggAborted, SecAggError
 from zenfed.protocol.auth import H_ID, AuthError, check_body
 from zenfed.protocol.messages import Update
+from zenfed.protocol.port import FederationFinished
+from zenfed.transport.http import wire
 from zenfed.transport.http.limits import (
     BodyLimit,
     BodyTimeout,
@@ -326,15 +327,17 @@ def create_app(
         pid = await signed(request, b"")
 
         def poll() -> Any:
-            t = fed.next_task(pid)
-            return t if t is not None else ("finished" if fed.finished() else None)
+            try:
+                return fed.next_task(pid)
+            except FederationFinished:
+                return "finished"
 
         got = await long_poll(request, wait, poll, 0.2)
         if got == "finished":
             return JSONResponse(
                 {"error": "the federation has finished", "fix": "nothing to do"}, status_code=410
             )
-        return Response(status_code=204) if got is None else JSONResponse(asdict(got))
+        return Response(status_code=204) if got is None else JSONResponse(got.to_dict())
 
     @app.post("/v1/rounds/{server_round}/secagg/{stage}")
     @guard
@@ -347,9 +350,8 @@ def create_app(
             data = json.loads(body)
         except (ValueError, RecursionError) as e:
             raise SecAggError("the body is not JSON", fix="send a JSON object") from e
-        if not isinstance(data, dict):
-            raise SecAggError("the body is not a JSON object", fix="send a JSON object")
-        await run(lambda: fed.secagg_post(pid, server_round, stage, data))
+        message = wire.stage_message_from_json(stage, pid, data)
+        await run(lambda: fed.port.stage_post(pid, server_round, stage, message))
         return JSONResponse({"status": "accepted"})
 
     @app.get("/v1/rounds/{server_round}/secagg/{stage}")
@@ -360,8 +362,12 @@ def create_app(
         """Secure aggregation: long-poll for what ``stage`` needs (the neighbours' keys, the
         shares sent to this participant, the unmask request); 204 while it has not begun."""
         pid = await signed(request, b"")
-        got = await long_poll(request, wait, lambda: fed.secagg_get(pid, server_round, stage), 0.1)
-        return Response(status_code=204) if got is None else JSONResponse(got)
+        got = await long_poll(
+            request, wait, lambda: fed.port.stage_get(pid, server_round, stage), 0.1
+        )
+        if got is None:
+            return Response(status_code=204)
+        return JSONResponse(wire.stage_input_to_json(got))
 
     @app.get("/v1/versions/{version}")
     @guard
@@ -405,8 +411,8 @@ def create_app(
             body = await read_body(request.stream(), limit, body_timeout)
             check_body(body, headers)
             meta = _update_meta(request)
-            update = Update(round=server_round, participant=pid, payload=body, **meta)
-            result = await run(lambda: fed.submit(update))
+            update = Update.from_metadata(server_round, pid, body, meta)
+            result = await run(lambda: fed.port.upload(update))
         metrics.bytes_in.inc(len(body))
         return JSONResponse({"status": result})
 

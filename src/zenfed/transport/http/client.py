@@ -1,10 +1,16 @@
-"""The participant's side of the HTTP transport: signed requests with retries (httpx).
+"""The participant's side of the HTTP transport: the port to the coordinator as signed
+requests with retries (httpx).
 
     client = CoordinatorClient("https://coord:8443", identity, verify="ca.pem")
     pid, config = client.enroll(token, "clinic-7", capacity, data_profile)
-    task = client.task(wait=20)                 # None: no task yet; FederationFinished: done
+    task = client.task()                        # long-polls; None: no task yet
     payload = client.download(task.version, held)
     client.upload(update)                       # "accepted" or "duplicate" (a retried one)
+
+It is a ``ParticipantPort`` (``zenfed.protocol.port``): ``zenfed join`` runs the same
+participant loop over it that the simulation runs over the in-memory transport; it only
+encodes the port's messages (``wire``) and decodes the answers. Neighbours' identity keys
+are checked against their ids (key hashes), so a coordinator cannot substitute one.
 
 Network errors and 5xx answers are retried with exponential backoff and full jitter,
 capped at ``max_backoff_s``, for as long as it takes (or ``give_up_after_s``): an agent
@@ -23,22 +29,20 @@ import random
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
 
 from zenfed.errors import ZenfedError
-from zenfed.privacy.secagg import wire
-from zenfed.protocol.auth import Identity, sign_request
-from zenfed.protocol.messages import Task, Update
+from zenfed.privacy.secagg import SecAggError
+from zenfed.protocol.auth import Identity, participant_id, sign_request
+from zenfed.protocol.messages import EvalReport, Task, Update
+from zenfed.protocol.port import FederationFinished, NeighbourKeys, StageInput, StageMessage
+from zenfed.transport.http import wire
 
 T = TypeVar("T")
-
-
-class FederationFinished(ZenfedError):
-    """The coordinator has run every round: nothing more to do."""
+__all__ = ["CoordinatorClient", "CoordinatorRefused", "FederationFinished"]
 
 
 class CoordinatorRefused(ZenfedError):
@@ -62,6 +66,7 @@ class CoordinatorClient:
         max_backoff_s: float = 30.0,
         give_up_after_s: float | None = None,
         log: Callable[[str], None] = print,
+        wait_s: float = 20.0,
     ) -> None:
         self.identity = identity
         if isinstance(verify, str):  # a CA file: trust it (and only what it signs)
@@ -71,6 +76,7 @@ class CoordinatorClient:
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.give_up_after_s = give_up_after_s
         self.log = log
+        self.wait_s = wait_s  # how long a task or stage long-poll waits at the coordinator
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -102,35 +108,41 @@ class CoordinatorClient:
         enrolled, or revoked)."""
         return dict(self._send("GET", "/v1/me").json())
 
-    def task(self, wait: float = 20.0) -> Task | None:
-        """This participant's task in the open round, waiting up to ``wait`` seconds."""
-        r = self._send("GET", f"/v1/task?wait={wait:g}")
+    def task(self) -> Task | None:
+        """This participant's task in the open round, long-polling up to ``wait_s``."""
+        r = self._send("GET", f"/v1/task?wait={self.wait_s:g}")
         if r.status_code == 204:
             return None
-        d = r.json()
-        setup = d.get("secagg")
-        return Task(**{**d, "secagg": wire.setup_from_json(setup) if setup else None})
+        return wire.task_from_json(r.json())
 
-    def secagg_send(self, server_round: int, stage: str, body: dict[str, Any]) -> None:
+    def stage_post(self, server_round: int, stage: str, message: StageMessage) -> None:
         """Post this participant's message for a secure-aggregation stage (signed JSON)."""
-        data = json.dumps(body).encode()
+        data = json.dumps(wire.stage_message_to_json(message)).encode()
         path = f"/v1/rounds/{server_round}/secagg/{stage}"
         self._send("POST", path, body=data, content_type="application/json")
 
-    def secagg_wait(
-        self, server_round: int, stage: str, timeout_s: float, wait: float = 20.0
-    ) -> dict[str, Any]:
-        """What a secure-aggregation stage needs, once it has begun (ZenfedError after
-        ``timeout_s`` or if the coordinator says the stage is over or we are not in it)."""
-        end = time.monotonic() + timeout_s
-        path = f"/v1/rounds/{server_round}/secagg/{stage}?wait={wait:g}"
-        while time.monotonic() < end:
-            r = self._send("GET", path)
-            if r.status_code == 200:
-                return dict(r.json())
+    def stage_get(self, server_round: int, stage: str) -> StageInput | None:
+        """What a stage needs, long-polling up to ``wait_s`` (None: not begun yet)."""
+        path = f"/v1/rounds/{server_round}/secagg/{stage}?wait={self.wait_s:g}"
+        r = self._send("GET", path)
+        if r.status_code == 204:
+            return None
+        got = wire.stage_input_from_json(stage, r.json())
+        if isinstance(got, NeighbourKeys):
+            for v, key in got.identities.items():  # ids are key hashes: no substitution
+                if participant_id(key) != v:
+                    raise SecAggError(
+                        f"the identity key given for '{v[:12]}' is not that participant's",
+                        fix="refused: a coordinator substituting keys could read the shares",
+                    )
+        return got
+
+    def report(self, report: EvalReport) -> None:
+        """Federated evaluation over the network is not built yet (the service hands out
+        no evaluation tasks, so this is never asked for)."""
         raise ZenfedError(
-            f"stage {stage} of round {server_round + 1} did not begin within {timeout_s:g} s",
-            fix="the round went on without this participant",
+            "the coordinator service does not run federated evaluation yet",
+            fix="evaluate with zenfed simulate",
         )
 
     def download(self, version: str, held: str | None) -> bytes:
@@ -159,9 +171,7 @@ class CoordinatorClient:
 
     def upload(self, update: Update) -> str:
         """Upload ``update``'s payload with its metadata; "accepted" or "duplicate"."""
-        skip = ("payload", "participant")
-        meta = {k: v for k, v in asdict(update).items() if k not in skip and v is not None}
-        meta.pop("round")
+        meta = {k: v for k, v in update.metadata().items() if v is not None}
         path = f"/v1/rounds/{update.round}/update?{urlencode(meta)}"
         r = self._send("PUT", path, body=update.payload, content_type="application/octet-stream")
         return str(r.json()["status"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from zenfed.config import MAX_TTL_S
-from zenfed.coordinator.engine import MAX_COUNT, MAX_SECONDS
+from zenfed.coordinator.validate import MAX_COUNT, MAX_SECONDS
 
 NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # printable: names end up in logs and tables
 
@@ -32,7 +32,6 @@ class UpdateMeta(_Strict):
     seconds: float = Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)
     train_loss: float = Field(allow_inf_nan=False)
     steps: int = Field(ge=0, le=MAX_COUNT)
-    below_clip: bool | None = None
     record_epsilon: float | None = Field(default=None, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
 
 

@@ -1,0 +1,136 @@
+"""Accumulators: where a round's accepted updates go until it closes.
+
+    acc = StreamingMean()                       # or KeepAll(AGGREGATORS["median"])
+    acc.add("clinic", tensors, weight=120.0)
+    agg = acc.result()                          # Aggregate(total, weight, count, below)
+    mean = agg.mean()
+
+``StreamingMean`` keeps a float64 running sum (memory O(model) however many arrive);
+``KeepAll`` keeps every update (or a way to load it back: ``spill`` turns tensors into a
+loader, which a deployment points at its blob store) for rules that need each one. The
+result is an ``Aggregate``: the weighted sum, its total weight, the count, and the sum of
+the centred clip bits adaptive clipping reports. A privacy policy noises the sum and
+may replace the weight by a fixed denominator before the mean is taken; the masked sum of
+secure aggregation (``zenfed.coordinator.secure``) gives an Aggregate too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import torch
+
+from zenfed.aggregate.rules import AggregationRule
+from zenfed.errors import ZenfedError
+from zenfed.tensors import Tensors
+
+Loader = Callable[[], Tensors]
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A round's combined updates before the server step.
+
+    ``total`` is the weighted sum (in the space the updates travelled in: ``decode``,
+    if set, maps it to the adapter's tensors, linearly); the mean is total / weight.
+    """
+
+    total: Tensors
+    weight: float
+    count: int
+    below: float = 0.0  # sum over updates of ([norm <= clip] - 1/2)
+    decode: Callable[[Tensors], Tensors] | None = field(default=None, compare=False)
+
+    def mean(self) -> Tensors:
+        """The aggregate update: decode(total) / weight, float32."""
+        total = self.decode(self.total) if self.decode is not None else self.total
+        return {k: (v.to(torch.float64) / self.weight).to(torch.float32) for k, v in total.items()}
+
+    def with_total(self, total: Tensors, weight: float | None = None) -> Aggregate:
+        """The same aggregate with another sum (noised) and, optionally, weight."""
+        return replace(self, total=total, weight=self.weight if weight is None else weight)
+
+
+class Accumulator(Protocol):
+    """Where accepted updates go."""
+
+    def add(self, participant: str, tensors: Tensors, weight: float, below: float = 0.0) -> None:
+        """Fold in one accepted update with its aggregation weight."""
+        ...
+
+    def result(self) -> Aggregate:
+        """What the round's updates combine to (ZenfedError if none arrived)."""
+        ...
+
+
+class StreamingMean:
+    """A running weighted sum in float64: the aggregate of FedAvg, O(model) memory."""
+
+    def __init__(self) -> None:
+        self._sum: Tensors = {}
+        self.weight = 0.0
+        self.count = 0
+        self.below = 0.0
+
+    def add(self, participant: str, tensors: Tensors, weight: float, below: float = 0.0) -> None:
+        """Add ``weight * tensors``; the first update fixes names and shapes."""
+        _positive(weight)
+        if not self._sum:
+            self._sum = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in tensors.items()}
+        for k, v in tensors.items():
+            self._sum[k].add_(v.to(torch.float64), alpha=weight)
+        self.weight += weight
+        self.count += 1
+        self.below += below
+
+    def result(self) -> Aggregate:
+        """The weighted sum so far."""
+        _nonempty(self.count)
+        return Aggregate(dict(self._sum), self.weight, self.count, self.below)
+
+
+class KeepAll:
+    """Every update of the round, for a rule that needs each one (median, Krum, ...).
+
+    ``spill(participant, tensors)`` may return a loader instead of keeping the tensors in
+    memory (a deployment reads them back from its blob store when the round closes).
+    """
+
+    def __init__(
+        self, rule: AggregationRule, spill: Callable[[str, Tensors], Loader] | None = None
+    ) -> None:
+        self.rule = rule
+        self.spill = spill or (lambda _pid, t: lambda: t)
+        self._kept: list[tuple[str, Loader, float]] = []
+        self.below = 0.0
+
+    def add(self, participant: str, tensors: Tensors, weight: float, below: float = 0.0) -> None:
+        """Keep the update (or its loader)."""
+        _positive(weight)
+        self._kept.append((participant, self.spill(participant, tensors), weight))
+        self.below += below
+
+    def result(self) -> Aggregate:
+        """The rule over every kept update, as an aggregate whose mean is the rule's result
+        (in participant order, so the result does not depend on arrival order)."""
+        _nonempty(len(self._kept))
+        kept = sorted(self._kept, key=lambda x: x[0])
+        weights = [w for _, _, w in kept]
+        combined = self.rule.fn([load() for _, load, _ in kept], weights)
+        total_weight = float(sum(weights))
+        total = {k: v.to(torch.float64) * total_weight for k, v in combined.items()}
+        return Aggregate(total, total_weight, len(kept), self.below)
+
+
+def _positive(weight: float) -> None:
+    if not weight > 0:
+        raise ZenfedError(
+            f"update weight must be positive, got {weight}", fix="report num_examples > 0"
+        )
+
+
+def _nonempty(count: int) -> None:
+    if not count:
+        raise ZenfedError("no updates to aggregate", fix="wait for at least one update")

@@ -1,0 +1,204 @@
+"""The deployment's journal: every state change of the round port, written to the database
+and the blob store before it takes effect, with its audit line and a JSON log line.
+
+    journal = StoreJournal(db, blobs, clock)
+    port = CoordinatorPort(engine, journal, clock)
+
+An accepted update: its payload to the blob store (atomic), then its row and audit line
+in one transaction, then it is counted; a committed version: its blobs (the version as
+downloaded, the coordinator's state after it, its broadcast), then its row, the round's
+row and the audit line in one transaction, then the engine adopts it. A crash in between
+leaves either nothing or a blob no row names (removed at the next start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+
+from zenfed.compress.downlink import full_payload
+from zenfed.coordinator.port import Journal
+from zenfed.coordinator.state import Commit
+from zenfed.coordinator.validate import UpdateRejected
+from zenfed.protocol.auth import MAX_SKEW_S
+from zenfed.protocol.messages import Task, Update
+from zenfed.store.blobs import BlobStore
+from zenfed.store.db import Database, Nonce, Round, Version
+from zenfed.store.db import Update as UpdateRow
+from zenfed.store.db import audit as audit_row
+
+log = logging.getLogger("zenfed.coordinator")
+
+
+def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """One structured log line (JSON under ``zenfed serve``)."""
+    log.log(level, event, extra={"fields": fields})
+
+
+def sha256(data: bytes) -> str:
+    """The hex sha256 of ``data`` (a blob's name)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class StoreJournal(Journal):
+    """Writes the port's state changes to the database and the blob store."""
+
+    def __init__(self, db: Database, blobs: BlobStore, clock: Callable[[], float]) -> None:
+        self.db, self.blobs, self.clock = db, blobs, clock
+        self.round_id: int | None = None  # the open attempt's row
+        self.rejections: Counter[str] = Counter()
+
+    def now(self) -> datetime:
+        """The clock as an aware datetime."""
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    def opened(self, tasks: list[Task], deadline: float) -> None:
+        """The round's row with its tasks as sent; nonces too old to replay are dropped."""
+        with self.db.transaction() as s:
+            row = Round(
+                number=tasks[0].round,
+                status="open",
+                base_version=tasks[0].version,
+                codec_seed=tasks[0].codec_seed,
+                tasks=[t.to_dict() for t in tasks],
+                deadline_at=datetime.fromtimestamp(min(deadline, 4e10), UTC),
+            )
+            s.add(row)
+            s.flush()
+            audit_row(s, "coordinator", "open_round", {"round": row.number, "id": row.id})
+            self.round_id = row.id
+        log_event("open_round", round=tasks[0].round, cohort=len(tasks))
+        with self.db.transaction() as s:
+            cutoff = self.now() - timedelta(seconds=2 * MAX_SKEW_S)
+            s.execute(delete(Nonce).where(Nonce.seen_at < cutoff))
+
+    def storing(self, u: Update) -> None:
+        """The payload's blob, then its row and audit line; no blob without its row."""
+        digest = sha256(u.payload)
+        existed = self.blobs.has(digest)
+        self.blobs.put(u.payload)
+        try:
+            with self.db.transaction() as s:
+                s.add(update_row(u, self.round_id or 0, digest))
+                detail = {"round": u.round, "sha256": digest, "bytes": len(u.payload)}
+                audit_row(s, u.participant, "upload", detail)
+        except BaseException:
+            if not existed:
+                self.blobs.delete(digest)
+            raise
+        log_event("upload", participant=u.participant, round=u.round, bytes=len(u.payload))
+
+    def rejected(self, u: Update, e: UpdateRejected) -> None:
+        """Counted by reason, logged and audited."""
+        self.rejections[e.reason] += 1
+        log_event("reject", logging.WARNING, participant=u.participant, reason=e.problem)
+        with self.db.transaction() as s:
+            detail = {"round": u.round, "reason": e.problem, "kind": e.reason}
+            audit_row(s, u.participant, "reject_update", detail)
+
+    def committing(self, result: Commit, why: str) -> None:
+        """The version's blobs and rows; the previous version's state blob is let go."""
+        self.store_version(result, self.round_id, why)
+        self.round_id = None
+        v = result.version
+        log_event("close_round", round=v.round, version=v.id, why=why, metrics=v.metrics)
+
+    def store_version(self, result: Commit, round_id: int | None, why: str) -> None:
+        """Blobs first (atomic, idempotent), then one transaction for the rows."""
+        st, v = result.state, result.version
+        full = self.blobs.put(full_payload(st.published, v))
+        state = self.blobs.put(st.to_bytes())
+        bc = st.broadcasts[-1] if st.broadcasts and st.broadcasts[-1].version == v.id else None
+        bc_sha = self.blobs.put(bc.payload) if bc else None
+        with self.db.transaction() as s:
+            kept = Version.server_state_sha256.is_not(None)
+            old = set(s.scalars(select(Version.server_state_sha256).where(kept)))
+            s.execute(update(Version).values(server_state_sha256=None))
+            s.add(
+                Version(
+                    id=v.id,
+                    content=v.content,
+                    round=v.round,
+                    parent=v.parent,
+                    blob_sha256=full,
+                    server_state_sha256=state,
+                    broadcast_sha256=bc_sha,
+                    broadcast_seed=bc.seed if bc else None,
+                    participants=list(v.participants),
+                    num_examples=v.num_examples,
+                    metrics=v.metrics,
+                )
+            )
+            if round_id is not None:
+                row = s.get(Round, round_id)
+                assert row is not None
+                row.status, row.closed_at, row.result_version = "closed", self.now(), v.id
+                row.reason = why
+            audit_row(s, "coordinator", "commit_version", {"version": v.id, "round": v.round})
+        for digest in old - {state}:
+            if digest:
+                self.blobs.delete(digest)
+
+    def aborted(self, server_round: int, reason: str) -> None:
+        """The round's row is closed as aborted."""
+        with self.db.transaction() as s:
+            row = s.get(Round, self.round_id)
+            assert row is not None
+            row.status, row.closed_at, row.reason = "aborted", self.now(), reason
+            audit_row(s, "coordinator", "abort_round", {"round": row.number, "reason": reason})
+        self.round_id = None
+        log_event("abort_round", logging.WARNING, round=server_round, reason=reason)
+
+    def skipped(self, server_round: int, reason: str) -> None:
+        """Audited: a round that could not open."""
+        with self.db.transaction() as s:
+            audit_row(s, "coordinator", "skip_round", {"round": server_round, "reason": reason})
+        log_event("skip_round", logging.WARNING, round=server_round, reason=reason)
+
+    def exhausted(self, reason: str) -> None:
+        """Audited: the privacy budget stops the federation."""
+        with self.db.transaction() as s:
+            audit_row(s, "coordinator", "privacy_budget_exhausted", {"reason": reason})
+        log_event("privacy_budget_exhausted", logging.WARNING, reason=reason)
+
+    def staged(self, participant: str, server_round: int, stage: str) -> None:
+        """Audited: a secure-aggregation stage message."""
+        with self.db.transaction() as s:
+            audit_row(s, participant, f"secagg_{stage}", {"round": server_round})
+
+
+def update_row(u: Update, round_id: int, digest: str) -> UpdateRow:
+    """An accepted update's row: its metadata (whole, and the fields one queries)."""
+    return UpdateRow(
+        round_id=round_id,
+        participant_id=u.participant,
+        payload_sha256=digest,
+        size=len(u.payload),
+        num_examples=u.num_examples,
+        examples_seen=u.examples_seen,
+        num_tokens=u.num_tokens,
+        seconds=u.seconds,
+        train_loss=u.train_loss,
+        steps=u.steps,
+        meta=u.metadata(),
+    )
+
+
+def update_from_row(row: UpdateRow, payload: bytes, round_row: Round) -> Update:
+    """The update a row records (rows from before ``meta`` existed: from their columns)."""
+    meta = row.meta or {
+        "base_version": round_row.base_version,
+        "num_examples": row.num_examples,
+        "examples_seen": row.examples_seen,
+        "num_tokens": row.num_tokens,
+        "seconds": row.seconds,
+        "train_loss": row.train_loss,
+        "steps": row.steps,
+    }
+    return Update.from_metadata(round_row.number, row.participant_id, payload, meta)

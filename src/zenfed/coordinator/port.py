@@ -1,0 +1,288 @@
+"""The coordinator's one message-level port: every transport drives the engine through it.
+
+    port = CoordinatorPort(engine, journal=Journal(), clock=time.time)
+    port.tick()                                   # open / advance a stage / close on time
+    task = port.task(pid)                         # None: nothing for pid now
+    port.stage_post(pid, r, "advertise_keys", keys); port.stage_get(pid, r, "share_keys")
+    port.upload(update)                           # "accepted" | "duplicate"
+    port.download(pid, version, held); port.report(eval_report)
+
+Messages in and out are the dataclasses of ``zenfed.protocol``: the in-memory transport
+(the simulation) calls these methods directly, the HTTP app decodes requests into them
+and encodes their answers; nothing else drives a round. That makes this the one place
+where the stages of secure aggregation are driven: a stage closes once everyone still in
+it has answered, or at its deadline (``secagg.stage_timeout_s``; the training stage gets
+the round's time), and the last one closes the round. A plaintext round closes when the
+engine's trigger says so. ``tick`` uses the port's clock: the wall clock in a deployment,
+a virtual one in the simulation (which jumps to ``next_deadline`` when no participant can
+make progress), so both run the same timing rules.
+
+A ``Journal`` hears of every state change before it becomes visible (an update before it
+is counted, a version before it is adopted): the deployment's persistent coordinator
+writes them to its database and blob store; the simulation's journal keeps nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from zenfed.coordinator.engine import Coordinator, RoundAborted
+from zenfed.coordinator.state import Commit
+from zenfed.coordinator.validate import UpdateRejected
+from zenfed.errors import ZenfedError
+from zenfed.privacy.dp import PrivacyBudgetExceeded
+from zenfed.privacy.secagg import SecAggAborted, SecAggError, SecAggServer
+from zenfed.protocol.messages import EvalReport, GlobalVersion, Task, Update
+from zenfed.protocol.port import (
+    FederationFinished,
+    NeighbourKeys,
+    Shares,
+    StageInput,
+    StageMessage,
+)
+from zenfed.protocol.secagg import STAGES, AdvertiseKeys, UnmaskRequest
+
+Tick = Literal["idle", "opened", "stage", "closed", "aborted", "skipped", "exhausted"]
+
+
+class Journal:
+    """Hears of every state change of the port, before it takes effect. This base keeps
+    nothing (the simulation's state lives in memory and its run checkpoint); the
+    deployment's ``StoreJournal`` writes each change to its database and blob store."""
+
+    def opened(self, tasks: list[Task], deadline: float) -> None:
+        """A round opened with these tasks."""
+
+    def storing(self, update: Update) -> None:
+        """An accepted update, before it is counted (raise to refuse it)."""
+
+    def rejected(self, update: Update, error: UpdateRejected) -> None:
+        """A refused update."""
+
+    def committing(self, result: Commit, why: str) -> None:
+        """A round's result, before the engine adopts it (raise to keep the round open)."""
+
+    def aborted(self, server_round: int, reason: str) -> None:
+        """The open round ended without a version."""
+
+    def skipped(self, server_round: int, reason: str) -> None:
+        """A round could not open and was skipped."""
+
+    def exhausted(self, reason: str) -> None:
+        """The privacy budget allows no further round."""
+
+    def staged(self, participant: str, server_round: int, stage: str) -> None:
+        """A secure-aggregation stage message was accepted."""
+
+
+class CoordinatorPort:
+    """Messages in and out of one coordinator engine, and its clock-driven ticks."""
+
+    def __init__(
+        self,
+        engine: Coordinator,
+        journal: Journal | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine, self.journal, self.clock = engine, journal or Journal(), clock
+        self.digests: dict[str, str] = {}  # the open round's accepted payloads, by sender
+        self.stage_deadline = math.inf  # secure rounds: when the current stage closes anyway
+        self.exhausted = ""  # why no further round may run (the privacy budget is spent)
+        self.last_version: GlobalVersion | None = None  # what the last closing tick made
+        self.last_reason = ""  # why the last aborted or skipped round made no version
+
+    # ---- participant messages -------------------------------------------------------------
+
+    def task(self, pid: str) -> Task | None:
+        """``pid``'s task now: its evaluation, or its training task in the open round (not
+        once it uploaded; in a secure round, not once it advertised keys or after the
+        advertising stage: its secrets live in one agent process). FederationFinished
+        once no round is open and none will be."""
+        ev = self.engine.evaluation
+        task = ev.pending(pid) if ev is not None else None
+        if task is None:
+            task = self.engine.task_for(pid)
+        if task is None:
+            if self.finished():
+                raise FederationFinished("the federation has finished", fix="nothing to do")
+            return None
+        if task.secagg is not None:
+            srv = self.engine.secagg
+            if srv.stage_name != STAGES[0] or pid in srv.keys:
+                return None
+        return task
+
+    def download(self, pid: str, version: str, held: str | None) -> bytes:
+        """Version ``version`` for ``pid``: the broadcasts since ``held``, or in full."""
+        return self.engine.download(version, held, pid)
+
+    def upload(self, update: Update) -> Literal["accepted", "duplicate"]:
+        """Validate, journal, then count ``update``; a retry of an accepted one (same
+        sender, round and payload) is acknowledged and not counted again."""
+        digest = hashlib.sha256(update.payload).hexdigest()
+        info = self.engine.open_round_info
+        same_round = info is not None and update.round == info[0]
+        if same_round and self.digests.get(update.participant) == digest:
+            return "duplicate"
+        try:
+            tensors = self.engine.check(update)
+        except UpdateRejected as e:
+            self.journal.rejected(update, e)
+            raise
+        self.journal.storing(update)
+        self.digests[update.participant] = digest
+        self.engine.accept(update, tensors)
+        return "accepted"
+
+    def report(self, report: EvalReport) -> None:
+        """An evaluation result for the current evaluation."""
+        ev = self.engine.evaluation
+        if ev is None:
+            raise ZenfedError("no evaluation is open", fix="evaluate when asked to")
+        ev.report(report)
+
+    def stage_post(self, pid: str, server_round: int, stage: str, message: StageMessage) -> None:
+        """``pid``'s message for ``stage`` of the open secure round."""
+        srv = self._secure_round(server_round)
+        if stage == "advertise_keys" and isinstance(message, AdvertiseKeys):
+            if message.participant != pid:
+                raise SecAggError("keys are advertised for their sender only", fix="refused")
+            srv.receive_keys(message)
+        elif stage == "share_keys" and isinstance(message, Shares):
+            srv.receive_shares(pid, message.shares)
+        elif stage == "unmask" and isinstance(message, Shares):
+            srv.receive_unmask(pid, message.shares)
+        else:
+            raise SecAggError(
+                f"nothing of this kind is posted for stage '{stage}'",
+                fix="post advertise_keys, share_keys or unmask; masked input is an upload",
+            )
+        self.journal.staged(pid, server_round, stage)
+
+    def stage_get(self, pid: str, server_round: int, stage: str) -> StageInput | None:
+        """What ``pid`` needs to do ``stage`` (None while the stage has not begun)."""
+        srv = self._secure_round(server_round)
+        if stage not in STAGES[1:]:
+            raise SecAggError(f"nothing to fetch for stage '{stage}'", fix=f"one of {STAGES[1:]}")
+        now, want = STAGES.index(srv.stage_name), STAGES.index(stage)
+        if now < want:
+            return None
+        if now > want:
+            raise SecAggError(
+                f"stage {stage} of round {server_round + 1} is over", fix="the round went on"
+            )
+        if stage == "share_keys":
+            keys = srv.keys_for(pid)
+            return NeighbourKeys(keys, {v: srv.verify_keys[v] for v in keys})
+        if stage == "masked_input":
+            return Shares(srv.inbox(pid))
+        if pid not in srv.masked:
+            raise SecAggError(f"'{pid}' uploaded no masked input", fix="the round went on")
+        req = srv.unmask_request()
+        return UnmaskRequest(req.round, req.survivors, req.dropped)
+
+    def _secure_round(self, server_round: int) -> SecAggServer:
+        info = self.engine.open_round_info
+        if info is None or info[0] != server_round or not self.engine.secure:
+            raise SecAggError(
+                f"round {server_round + 1} is not an open secure round",
+                fix="fetch the current task",
+            )
+        return self.engine.secagg
+
+    # ---- time ------------------------------------------------------------------------------
+
+    def finished(self) -> bool:
+        """Whether every round has run (no round is open and none will be)."""
+        done = self.engine.state.round >= self.engine.cfg.run.rounds or bool(self.exhausted)
+        return self.engine.open_round_info is None and done
+
+    def next_deadline(self) -> float:
+        """When the next timed event is due (inf with none)."""
+        if self.engine.open_round_info is None:
+            return math.inf
+        if self.engine.secure:
+            return self.stage_deadline
+        return self.engine.deadline or math.inf
+
+    def tick(self) -> Tick:
+        """Open a round when none is open, advance a secure stage, or close the open round
+        when its trigger (or last stage) says so. What happened; ``last_version`` holds a
+        version a closing tick made."""
+        if self.engine.open_round_info is None:
+            return self._open() if self._can_open() else "idle"
+        if self.engine.secure:
+            return self._tick_secure()
+        now = self.clock()
+        decision = self.engine.decide(now)
+        if decision == "close":
+            return self._close("quorum" if now < (self.engine.deadline or 0) else "deadline")
+        if decision == "abort":
+            return self._abort("deadline passed with no update")
+        return "idle"
+
+    def _can_open(self) -> bool:
+        cfg, engine = self.engine.cfg, self.engine
+        enough = len(engine.participants) >= max(1, cfg.sampling.min_participants)
+        return enough and engine.state.round < cfg.run.rounds and not self.exhausted
+
+    def _open(self) -> Tick:
+        engine = self.engine
+        try:
+            tasks = engine.open_round(self.clock())
+        except PrivacyBudgetExceeded as e:
+            self.exhausted = e.problem
+            self.journal.exhausted(e.problem)
+            return "exhausted"
+        except (RoundAborted, SecAggAborted) as e:
+            r = engine.state.round
+            engine.skip_round(e.problem)
+            self.last_reason = e.problem
+            self.journal.skipped(r, e.problem)
+            return "skipped"
+        try:
+            self.journal.opened(tasks, engine.deadline or math.inf)
+        except BaseException:
+            engine.abort_round()
+            raise
+        self.digests = {}
+        self.stage_deadline = self.clock() + engine.cfg.secagg.stage_timeout_s
+        return "opened"
+
+    def _tick_secure(self) -> Tick:
+        """Close the current stage when everyone still in it answered, or at its deadline;
+        the last stage closes the round. Too few survivors abort the round."""
+        srv = self.engine.secagg
+        members, answered = srv.progress()
+        if len(answered) < len(members) and self.clock() < self.stage_deadline:
+            return "idle"
+        try:
+            if srv.stage_name == "unmask":
+                return self._close("secure aggregation complete")
+            srv.close_stage()
+        except SecAggAborted as e:
+            return self._abort(e.problem)
+        cfg = self.engine.cfg
+        timeout = cfg.secagg.stage_timeout_s
+        if srv.stage_name == "masked_input":  # the training stage gets the round's time
+            timeout = cfg.service.round_timeout_s
+        self.stage_deadline = self.clock() + timeout
+        return "stage"
+
+    def _close(self, why: str) -> Tick:
+        result = self.engine.aggregate_round()
+        self.journal.committing(result, why)  # fails: the round stays open
+        self.last_version = self.engine.commit(result)
+        return "closed"
+
+    def _abort(self, reason: str) -> Tick:
+        info = self.engine.open_round_info
+        assert info is not None
+        self.last_reason = reason
+        self.journal.aborted(info[0], reason)
+        self.engine.abort_round()
+        return "aborted"

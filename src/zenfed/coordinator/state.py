@@ -1,0 +1,109 @@
+"""What the coordinator must remember between rounds, and its one byte form.
+
+    data = state.to_bytes()                       # run checkpoints and the service's store
+    state = CoordinatorState.from_bytes(data)     # resume, restart
+
+The same bytes serve the simulation's run checkpoint and the deployment's store (one blob
+per committed version), so a restart rebuilds exactly what a resumed simulation does:
+parameters, server-optimizer moments, the versions' lineage, the published version and
+its broadcasts, and the privacy ledger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from zenfed.aggregate.server_opt import ServerOptState
+from zenfed.compress.downlink import Broadcast
+from zenfed.privacy.dp import PrivacyLedger
+from zenfed.protocol.messages import GlobalVersion
+from zenfed.store.records import bytes_tensor, pack_record, tensor_bytes, unpack_record
+from zenfed.tensors import Tensors
+
+KIND = "zenfed-coordinator-state/2"
+
+
+@dataclass
+class CoordinatorState:
+    """Everything needed to resume: the current global adapter and the server's memory."""
+
+    round: int  # the next round to run
+    params: Tensors  # the server's parameters
+    server_state: ServerOptState
+    versions: list[GlobalVersion]
+    # With a downlink codec: the published version (params as the participants hold them)
+    # and the last broadcasts that lead to it. Without one, public is params itself.
+    public: Tensors | None = None
+    broadcasts: list[Broadcast] = field(default_factory=list)
+    privacy: PrivacyLedger = field(default_factory=PrivacyLedger)
+
+    @property
+    def published(self) -> Tensors:
+        """The tensors of the current global version: what participants download."""
+        return self.params if self.public is None else self.public
+
+    @property
+    def version(self) -> GlobalVersion:
+        """The latest committed version."""
+        return self.versions[-1]
+
+    def to_bytes(self) -> bytes:
+        """The state as one record (safetensors; see ``zenfed.store.records``)."""
+        tensors = {f"params/{k}": v for k, v in self.params.items()}
+        tensors |= {f"m/{k}": v for k, v in self.server_state.m.items()}
+        tensors |= {f"v/{k}": v for k, v in self.server_state.v.items()}
+        tensors |= {f"public/{k}": v for k, v in (self.public or {}).items()}
+        tensors |= {
+            f"broadcast/{i}": bytes_tensor(b.payload) for i, b in enumerate(self.broadcasts)
+        }
+        fields: dict[str, Any] = {
+            "round": self.round,
+            "step": self.server_state.step,
+            "versions": [asdict(v) for v in self.versions],
+            "has_public": self.public is not None,
+            "broadcasts": [[b.version, b.parent, b.seed] for b in self.broadcasts],
+            "privacy": {"rounds": self.privacy.rounds, "clip_norm": self.privacy.clip_norm},
+        }
+        return pack_record(KIND, tensors, fields)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CoordinatorState:
+        """The state :meth:`to_bytes` wrote."""
+        tensors, f = unpack_record(data, KIND)
+        parts: dict[str, Tensors] = {"params": {}, "m": {}, "v": {}, "public": {}, "broadcast": {}}
+        for key, t in tensors.items():
+            kind, name = key.split("/", 1)
+            parts[kind][name] = t
+        versions = [
+            GlobalVersion(**{**v, "participants": tuple(v["participants"])}) for v in f["versions"]
+        ]
+        broadcasts = [
+            Broadcast(version, parent, int(seed), tensor_bytes(parts["broadcast"][str(i)]))
+            for i, (version, parent, seed) in enumerate(f["broadcasts"])
+        ]
+        ledger = PrivacyLedger(
+            [(float(q), float(z)) for q, z in f["privacy"]["rounds"]], f["privacy"]["clip_norm"]
+        )
+        return cls(
+            round=int(f["round"]),
+            params=parts["params"],
+            server_state=ServerOptState(m=parts["m"], v=parts["v"], step=int(f["step"])),
+            versions=versions,
+            public=parts["public"] if f["has_public"] else None,
+            broadcasts=broadcasts,
+            privacy=ledger,
+        )
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A round's result before it is committed: the new version and the state after it."""
+
+    version: GlobalVersion
+    state: CoordinatorState
+
+    @property
+    def published(self) -> Tensors:
+        """The new version's tensors as participants download them."""
+        return self.state.published

@@ -1,0 +1,135 @@
+"""The participant's loop, written once: take a task, answer the secure-aggregation stages,
+train (or evaluate), send the result; until the federation has finished.
+
+    for event in run_participant(port, participant):   # zenfed join: a blocking port
+        print(event)
+    loops = {p: run_participant(port_of(p), p) for p in ...}   # the simulation: one each,
+    ...                                                        # advanced in turn
+
+The loop is a generator over a ``ParticipantPort`` (``zenfed.protocol.port``). It yields
+an event whenever it cannot go on without the coordinator (``Idle``: no task now;
+``Waiting``: a stage has not begun) and after each task (``Done``, ``Failed``). Over HTTP
+the port's calls long-poll, so the caller just keeps iterating; in the simulation the
+in-memory transport advances every participant's loop until all of them wait, then lets
+the coordinator's clock move. A task that fails (a refused upload, a stage that is over,
+a NaN loss) is reported and not retried within its round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+from zenfed.errors import ZenfedError
+from zenfed.participant.agent import Participant
+from zenfed.protocol.messages import Task
+from zenfed.protocol.port import FederationFinished, NeighbourKeys, ParticipantPort, Shares
+from zenfed.protocol.secagg import UnmaskRequest
+
+
+@dataclass(frozen=True)
+class Idle:
+    """No task for this participant now."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A secure-aggregation stage this participant needs has not begun."""
+
+    round: int
+    stage: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """A task carried out: ``status`` is the coordinator's answer to its result."""
+
+    task: Task
+    status: str
+    loss: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A task that could not be carried out (not retried in its round)."""
+
+    task: Task
+    error: ZenfedError
+
+
+Event = Idle | Waiting | Done | Failed
+IDLE = Idle()
+
+
+def run_participant(
+    port: ParticipantPort,
+    participant: Participant,
+    on_result: Callable[[Participant], None] | None = None,
+) -> Iterator[Event]:
+    """Work for the coordinator behind ``port`` until it says the federation has finished.
+
+    ``on_result`` runs after every accepted training result (``zenfed join`` saves the
+    participant's state there, so a restart loses nothing it had)."""
+    while True:
+        try:
+            task = port.task()
+        except FederationFinished:
+            return
+        if task is None:
+            yield IDLE
+            continue
+        try:
+            done = yield from run_task(port, participant, task)
+        except ZenfedError as e:
+            yield Failed(task, e)
+            continue
+        if done.status == "accepted" and task.kind == "train" and on_result is not None:
+            on_result(participant)
+        yield done
+
+
+def run_task(port: ParticipantPort, p: Participant, task: Task) -> Generator[Event, None, Done]:
+    """One task through ``port``: evaluate; or train and upload, inside the stages of
+    secure aggregation when the task carries a setup."""
+    if task.kind == "evaluate":
+        report = p.evaluate(task, port.download)
+        port.report(report)
+        return Done(task, "reported", report.loss_sum / max(1, report.num_tokens))
+    if task.secagg is None:
+        update = p.train(task, port.download)
+        return Done(task, port.upload(update), update.train_loss)
+    r = task.round
+    port.stage_post(r, "advertise_keys", p.secagg_advertise(task))
+    neighbours = yield from _stage(port, r, "share_keys", NeighbourKeys)
+    port.stage_post(r, "share_keys", Shares(p.secagg_share(neighbours.keys, neighbours.identities)))
+    inbox = yield from _stage(port, r, "masked_input", Shares)
+    p.secagg_receive(inbox.shares)
+    update = p.train(task, port.download)
+    status = port.upload(update)
+    request = yield from _stage(port, r, "unmask", UnmaskRequest)
+    port.stage_post(r, "unmask", Shares(p.secagg_unmask(request)))
+    return Done(task, status, update.train_loss)
+
+
+T = TypeVar("T", NeighbourKeys, Shares, UnmaskRequest)
+
+
+def _stage(
+    port: ParticipantPort, server_round: int, stage: str, kind: type[T]
+) -> Generator[Event, None, T]:
+    """What ``stage`` needs, once it has begun (yielding Waiting until then)."""
+    while (got := port.stage_get(server_round, stage)) is None:
+        yield Waiting(server_round, stage)
+    if not isinstance(got, kind):
+        raise ZenfedError(f"stage {stage} answered with a {type(got).__name__}", fix="refused")
+    return got
+
+
+def drive(loop: Iterator[Event], log: Callable[[Event], None] = lambda e: None) -> int:
+    """Run a participant's loop over a blocking port to its end; the results accepted."""
+    accepted = 0
+    for event in loop:
+        log(event)
+        accepted += isinstance(event, Done) and event.status == "accepted"
+    return accepted

@@ -1,0 +1,184 @@
+"""The privacy policy of a federation: what clipping and differential privacy do to a round,
+as one object the round engine calls at fixed points and never looks inside.
+
+    policy = PrivacyPolicy(cfg)               # z calibrated to the target epsilon here
+    policy.check_budget(ledger, server_round)  # before a round: PrivacyBudgetExceeded
+    tasks = policy.decorate(tasks, examples, ledger, expected_cohort, secure)
+    tensors, weight, below = policy.prepare(task, tensors, num_examples)   # plaintext upload
+    agg, metrics, ledger = policy.release(agg, ledger, expected_cohort, secure)
+
+Like Flower's DP strategy wrappers it decorates what goes out (the clip bound, each
+participant's share of distributed noise, its weight under secure aggregation) and what
+comes back (clips plaintext updates itself, noises the sum, replaces the denominator by
+the expected cohort q * N, accounts the release, adapts the clip bound). Without a clip
+bound it changes nothing. The mathematics (DP-FedAvg, adaptive clipping, the accountant)
+are in ``zenfed.privacy.dp``; this only composes them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from zenfed.aggregate.accumulate import Aggregate
+from zenfed.config import FederationConfig
+from zenfed.privacy import dp
+from zenfed.protocol.messages import Task
+from zenfed.tensors import Tensors
+
+
+class PrivacyPolicy:
+    """Clipping and participant-level DP for one federation config."""
+
+    def __init__(self, cfg: FederationConfig) -> None:
+        self.pc, self.sc = cfg.privacy, cfg.secagg
+        self.sampling_rate = cfg.sampling.fraction
+        pc = self.pc
+        # DP: the noise multiplier, calibrated to the target epsilon over the whole run.
+        self.noise_multiplier: float | None = pc.noise_multiplier
+        if pc.enabled and self.noise_multiplier is None:
+            assert pc.target_epsilon is not None
+            self.noise_multiplier = dp.calibrate_noise(
+                pc.target_epsilon,
+                pc.target_delta,
+                self.sampling_rate,
+                cfg.run.rounds,
+                pc.accountant,
+            )
+
+    @property
+    def accounted(self) -> bool:
+        """Whether releases are noised and accounted (epsilon is spent)."""
+        return self.noise_multiplier is not None
+
+    def initial_ledger(self) -> dp.PrivacyLedger:
+        """The ledger of a new federation: nothing spent, the configured clip bound."""
+        return dp.PrivacyLedger([], self.pc.clip_norm or self.sc.clip_norm)
+
+    def epsilon(self, ledger: dp.PrivacyLedger) -> float:
+        """Epsilon spent by ``ledger`` at the federation's delta (0 without DP)."""
+        return ledger.spent(self.pc.target_delta, self.pc.accountant)
+
+    def check_budget(self, ledger: dp.PrivacyLedger, server_round: int) -> None:
+        """PrivacyBudgetExceeded if releasing ``server_round`` (0-based) would spend more
+        than the target."""
+        z, pc = self.noise_multiplier, self.pc
+        if z is None or pc.target_epsilon is None:
+            return
+        eps = dp.epsilon([*ledger.rounds, (self.sampling_rate, z)], pc.target_delta, pc.accountant)
+        if eps > pc.target_epsilon * (1 + 1e-9):
+            raise dp.PrivacyBudgetExceeded(
+                f"round {server_round + 1} would spend epsilon {eps:.3f} > the budget "
+                f"{pc.target_epsilon:g} (delta {pc.target_delta:g}); training stops here",
+                fix="release the current version, or start a new federation with a new budget",
+            )
+
+    def noise(self, ledger: dp.PrivacyLedger, expected_cohort: float) -> tuple[float, float]:
+        """(stddev of the update sum's noise, stddev of the clip count's noise)."""
+        z, clip = self.noise_multiplier, ledger.clip_norm
+        if z is None or clip is None:
+            return 0.0, 0.0
+        z_update = dp.update_noise_multiplier(self.pc, z, expected_cohort)
+        count = dp.count_stddev(self.pc, expected_cohort, z) if self.pc.adaptive_clipping else 0.0
+        return z_update * clip, count
+
+    def decorate(
+        self,
+        tasks: list[Task],
+        examples: dict[str, int],
+        ledger: dp.PrivacyLedger,
+        expected_cohort: float,
+        secure: bool,
+    ) -> list[Task]:
+        """The clip bound, noise shares and (under secure aggregation) weights of tasks."""
+        clip = ledger.clip_norm
+        if clip is None:
+            return tasks
+        update_std, count_std = self.noise(ledger, expected_cohort)
+        distributed = secure and self.pc.noise == "distributed"
+        share = max(1, self.sc.min_survivors) ** 0.5  # survivors >= min: noise >= target
+        top = max(examples[t.participant] for t in tasks)
+        out = []
+        for t in tasks:
+            weight = 1.0 if self.accounted else examples[t.participant] / top
+            out.append(
+                replace(
+                    t,
+                    clip_norm=clip,
+                    noise_std=update_std / share if distributed else 0.0,
+                    report_clip=self.pc.adaptive_clipping,
+                    count_noise_std=count_std / share if distributed else 0.0,
+                    weight=weight if secure else 1.0,
+                )
+            )
+        return out
+
+    def prepare(
+        self, task: Task, tensors: Tensors, num_examples: int
+    ) -> tuple[Tensors, float, float]:
+        """A plaintext update as it enters the sum: (tensors, weight, centred clip bit).
+
+        The coordinator sees plaintext updates, so it clips them itself (it does not
+        trust the participant to have); under DP every update weighs 1."""
+        if task.clip_norm is None:
+            return tensors, float(num_examples), 0.0
+        clipped, norm = dp.clip_l2(tensors, task.clip_norm)
+        below = float(norm <= task.clip_norm) - 0.5  # centred, as the accounting assumes
+        return clipped, 1.0 if self.accounted else float(num_examples), below
+
+    def release(
+        self,
+        agg: Aggregate,
+        ledger: dp.PrivacyLedger,
+        expected_cohort: float,
+        secure: bool,
+    ) -> tuple[Aggregate, dict[str, float], dp.PrivacyLedger]:
+        """The aggregate as released (noised; the fixed denominator q * N under DP), its
+        privacy metrics, and the ledger after the release."""
+        if ledger.clip_norm is None:
+            return agg, {}, ledger
+        update_std, count_std = self.noise(ledger, expected_cohort)
+        metrics: dict[str, float] = {"clip_norm": float(ledger.clip_norm)}
+        central = self.accounted and (self.pc.noise == "central" or not secure)
+        below, count = agg.below, float(agg.count)
+        if central:  # where the clip bound holds: on the sum as it travelled
+            agg = agg.with_total(_noised(agg.total, update_std))
+        if self.accounted:
+            if central:
+                gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+                below += float(torch.randn((), generator=gen)) * count_std
+            agg = agg.with_total(agg.total, weight=expected_cohort)
+            count = expected_cohort  # the fixed denominator q * N
+            metrics["noise_std"] = update_std
+        if self.pc.adaptive_clipping:
+            metrics["below_clip_fraction"] = below / max(count, 1e-12) + 0.5
+        new = self._ledger_after(ledger, metrics)
+        if self.accounted:
+            metrics["epsilon"] = self.epsilon(new)
+            # the ledger entry itself, so a reader of the versions can rebuild the ledger
+            metrics["noise_multiplier"] = float(self.noise_multiplier or 0.0)
+            metrics["sampling_rate"] = self.sampling_rate
+        if new.clip_norm is not None:
+            metrics["next_clip_norm"] = new.clip_norm
+        return agg, metrics, new
+
+    def _ledger_after(self, old: dp.PrivacyLedger, metrics: dict[str, float]) -> dp.PrivacyLedger:
+        rounds = list(old.rounds)
+        if self.noise_multiplier is not None:
+            rounds.append((self.sampling_rate, self.noise_multiplier))
+        clip = old.clip_norm
+        if clip is not None and "below_clip_fraction" in metrics:
+            clip = dp.next_clip_norm(self.pc, clip, metrics["below_clip_fraction"])
+        return dp.PrivacyLedger(rounds, clip)
+
+
+def _noised(total: Tensors, std: float) -> Tensors:
+    """``total`` plus independent N(0, std^2) noise drawn from OS entropy (float64)."""
+    rng = np.random.default_rng()
+    return {
+        k: v.to(torch.float64) + torch.from_numpy(rng.normal(0.0, std, tuple(v.shape)))
+        for k, v in total.items()
+    }
