@@ -34,6 +34,24 @@ def private_state_dir(state: Path) -> None:
     state.chmod(0o700)
 
 
+def lock_state_dir(state: Path) -> Any:
+    """An exclusive lock on ``state`` for this process's lifetime (the open file holding
+    it): a second ``zenfed serve`` on the same state would race the first for its rows and
+    collect its in-flight blobs as orphans, so it is refused."""
+    import fcntl
+
+    f = (state / "serve.lock").open("a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        f.close()
+        raise ZenfedError(
+            f"another zenfed serve is using the state folder '{state}'",
+            fix="stop it first, or give this one another --state",
+        ) from e
+    return f
+
+
 def resolve_token(token: str | None, token_file: Path | None) -> str | None:
     """The enrollment token: ``--token``, else the first line of ``--token-file``, else
     ``$ZENFED_TOKEN`` (the last two keep it out of the process list)."""
@@ -90,6 +108,7 @@ def serve(
 
     configure_json_logging()
     private_state_dir(state)
+    lock = lock_state_dir(state)  # held until this process exits
     token = operator_token(state)
     model, _ = adapter_model(cfg)
     db = Database(db_url or f"sqlite:///{state / 'zenfed.db'}")
@@ -105,6 +124,7 @@ def serve(
         timeout_keep_alive=75,  # longer than a long-poll: idle agents keep their connection
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
+    lock.close()
 
 
 def local_data(cfg: FederationConfig, data: Path | None, chatterbot: str | None) -> DataConfig:

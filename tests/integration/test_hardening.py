@@ -392,6 +392,7 @@ def test_out_of_range_metadata_is_refused_before_anything_is_stored(tmp_path: Pa
             ("seconds", math.nan),
             ("seconds", math.inf),
             ("train_loss", math.nan),
+            ("train_loss", 1e308),
             ("record_epsilon", -1.0),
         ):
             r = agents[0].upload(t, body, **{field: value})
@@ -513,3 +514,153 @@ def test_enroll_answers_json_errors_for_every_malformed_field(tmp_path: Path) ->
             r = a.http.post("/v1/enroll", content=body, headers={"content-type": "x"})
             assert 400 <= r.status_code < 500 and "error" in r.json(), (bad, r.text)
         assert a.http.post("/v1/enroll", json=good).status_code == 200
+
+
+# ---- found in review: the edges of the fixes above ----------------------------------------
+
+
+def test_an_upload_outside_its_round_or_cohort_is_refused_before_its_body(tmp_path: Path) -> None:
+    fed = _fed(tmp_path, _cfg(body_timeout_s=60.0))
+    with serving(fed) as url:
+        port = int(url.rsplit(":", 1)[1])
+        a, b = Agent(url, "a"), Agent(url, "b")
+        a.enroll()
+        b.enroll()
+        late = Agent(url, "late")  # asks for work after the round opened: not in its cohort
+        t_a = a.task()
+        late.enroll()
+        body = payload(fed, 1.0)
+        for who, task, status in ((late, t_a, b"422"), (a, {**t_a, "round": 7}, b"409")):
+            path = update_path(task)
+            signed = sign_request(who.me, "PUT", path, body)
+            head = (
+                f"PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
+                f"content-length: {len(body)}\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in signed.items())
+                + "\r\n"
+            ).encode()
+            t0 = time.monotonic()
+            answer = _answer_after(port, head, b"")  # no body at all: answered anyway
+            assert answer.startswith(b"HTTP/1.1 " + status), answer
+            assert time.monotonic() - t0 < 3
+        # one participant holds at most one upload slot at a time
+        path = update_path(t_a)
+        signed = sign_request(a.me, "PUT", path, body)
+        head = (
+            f"PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
+            f"content-length: {len(body)}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in signed.items())
+            + "\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(head + body[:10])  # holds a slot, trickling
+            time.sleep(0.5)
+            r = a.upload(t_a, body)
+            assert r.status_code == 409 and "in progress" in r.json()["error"]
+        wait_for(lambda: a.upload(t_a, body).status_code == 200)
+
+
+def test_revoking_a_cohort_member_lets_the_round_close_without_it(tmp_path: Path) -> None:
+    fed = _fed(tmp_path, _cfg(round_timeout_s=600.0))
+    with serving(fed) as url:
+        a, b = Agent(url, "a"), Agent(url, "b")
+        a.enroll()
+        b.enroll()
+        t_a, t_b = a.task(), b.task()
+        assert a.http.post("/v1/participants/b/revoke", headers=OP).status_code == 200
+        assert b.upload(t_b, payload(fed, 5.0)).status_code == 401
+        assert a.upload(t_a, payload(fed, 1.0)).status_code == 200
+        wait_for(lambda: _status(a.http)["round"] == 1, timeout=10)  # not 600 s
+    assert fed.engine.version.participants == (a.pid,)
+
+
+def test_names_that_could_be_taken_for_ids_or_paths_are_refused(tmp_path: Path) -> None:
+    fed = _fed(tmp_path)
+    with serving(fed) as url:
+        a = Agent(url, "x")
+        for name, status in (("ab" * 32, 403), ("clinic/evil", 422)):
+            body = {**a.enroll_body(invite(a.http)), "name": name}
+            r = a.http.post("/v1/enroll", json=body)
+            assert r.status_code == status and "error" in r.json(), r.text
+
+
+def test_every_refusal_is_json_even_from_the_framework(tmp_path: Path) -> None:
+    fed = _fed(tmp_path)
+    with serving(fed) as url:
+        http = httpx.Client(base_url=url)
+        for r in (
+            http.get("/no/such/route"),
+            http.delete("/v1/task"),
+            http.post("/v1/enroll", content=b"[" * 30000, headers={"content-type": "x"}),
+        ):
+            assert 400 <= r.status_code < 500 and "error" in r.json(), r.text
+
+
+def test_a_body_cut_short_by_a_disconnect_is_not_acted_on(tmp_path: Path) -> None:
+    fed = _fed(tmp_path)
+    with serving(fed) as url:
+        a = Agent(url, "a")
+        token = invite(a.http)
+        body = json.dumps(a.enroll_body(token)).encode()
+        head = (
+            "POST /v1/enroll HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body) + 1000}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as s:
+            s.sendall(head + body)  # a valid enrollment, but 1000 bytes short; then gone
+        time.sleep(0.5)
+        assert fed.enrolled == {}
+        assert a.http.post("/v1/enroll", json=a.enroll_body(token)).status_code == 200
+
+
+def test_the_client_outlives_more_failures_than_a_float_backoff_can_count(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    me = Identity(Ed25519PrivateKey.generate())
+    client = CoordinatorClient(
+        f"http://127.0.0.1:{port}", me, backoff_s=1e-6, max_backoff_s=0.0, log=lambda _: None
+    )
+    attempts = {"n": 0}
+    send = client.http.request
+
+    def counted(*args: Any, **kwargs: Any) -> httpx.Response:
+        attempts["n"] += 1
+        return send(*args, **kwargs)
+
+    client.http.request = counted  # type: ignore[method-assign]
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(client.federation()))
+    worker.start()
+    wait_for(lambda: attempts["n"] > 1100, timeout=60)  # 2 ** 1024 overflows a float
+    with serving(_fed(tmp_path), port=port):
+        worker.join(10)
+    assert result["run"]["rounds"] == 2
+    client.close()
+
+
+def test_two_services_cannot_share_a_state_folder(tmp_path: Path) -> None:
+    from zenfed.deploy import lock_state_dir
+
+    held = lock_state_dir(tmp_path)
+    with pytest.raises(ZenfedError, match="another zenfed serve"):
+        lock_state_dir(tmp_path)
+    held.close()
+    lock_state_dir(tmp_path).close()  # free again once the first one is gone
+
+
+def test_a_state_folder_written_by_an_older_zenfed_is_refused_clearly(tmp_path: Path) -> None:
+    import safetensors.torch
+    from sqlalchemy import update as sql_update
+
+    from zenfed.store.db import Version
+
+    fed = _fed(tmp_path)
+    old = safetensors.torch.save(
+        {"params/a": torch.zeros(2, 3)}, metadata={"format": "zenfed-server-state/1"}
+    )
+    digest = fed.blobs.put(old)
+    with fed.db.transaction() as s:
+        s.execute(sql_update(Version).values(server_state_sha256=digest))
+    with pytest.raises(ZenfedError, match="zenfed-server-state/1"):
+        _fed(tmp_path)

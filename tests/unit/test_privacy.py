@@ -186,7 +186,8 @@ def _secure_round(
     """The four stages driven by hand, participants masking with the agent's own code."""
     sks = _KEYS
     tasks = c.open_round()
-    srv = c.secagg
+    assert c.current is not None and c.current.secure is not None
+    srv = c.current.secure.server
     clients = {
         t.participant: SecAggClient(t.participant, t.secagg, sks[t.participant].sign) for t in tasks
     }

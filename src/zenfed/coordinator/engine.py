@@ -34,6 +34,7 @@ from zenfed.compress import CodecError, Pipeline
 from zenfed.compress.downlink import Publisher
 from zenfed.config import FederationConfig
 from zenfed.coordinator.evaluation import FederatedEvaluation
+from zenfed.coordinator.metrics import round_metrics
 from zenfed.coordinator.secure import SecureRound
 from zenfed.coordinator.state import Commit, CoordinatorState
 from zenfed.coordinator.strategy import Strategy
@@ -46,7 +47,6 @@ from zenfed.coordinator.validate import (
 )
 from zenfed.errors import ZenfedError
 from zenfed.privacy.policy import PrivacyPolicy
-from zenfed.privacy.secagg import SecAggServer
 from zenfed.protocol.messages import GlobalVersion, Task, Update, version_id
 from zenfed.tensors import Tensors, tensors_hash
 
@@ -59,8 +59,14 @@ class RoundAborted(ZenfedError):
 
 
 @dataclass
-class _OpenRound:
-    tasks: dict[str, Task]
+class OpenRound:
+    """The open round as the engine holds it (``engine.current``): read it, only the
+    engine changes it."""
+
+    round: int
+    version: str  # the version its tasks start from
+    codec_seed: int
+    tasks: dict[str, Task]  # the cohort's
     accumulator: Accumulator
     deadline: float
     secure: SecureRound | None = None
@@ -68,13 +74,9 @@ class _OpenRound:
     bytes_up: dict[str, int] = field(default_factory=dict)
     bytes_down: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def round(self) -> int:
-        return next(iter(self.tasks.values())).round
-
-    @property
-    def version(self) -> str:
-        return next(iter(self.tasks.values())).version
+    def task_for(self, participant: str) -> Task | None:
+        """``participant``'s task, unless it has none or has uploaded."""
+        return None if participant in self.received else self.tasks.get(participant)
 
 
 class Coordinator:
@@ -108,29 +110,19 @@ class Coordinator:
         # What one uncompressed float32 update would have cost: the ratio's reference.
         self.dense_update_bytes = len(dense.to_bytes(dense.encode(initial, shared_seed=0)))
         if cfg.secagg.enabled:
-            self._check_secure()
+            SecureRound.check_setup(self.codec, self.rule)
         if state is None:
             content = tensors_hash(initial)
             root = GlobalVersion(version_id(None, -1, content), -1, None, content=content)
             ledger = self.privacy.initial_ledger()
             state = CoordinatorState(0, dict(initial), ServerOptState(), [root], privacy=ledger)
         self.state = state
-        if self.participants:
-            self.round_noise()  # a noise setting that cannot work fails here, before round 1
-        self._open: _OpenRound | None = None
+        if self.participants:  # a noise setting that cannot work fails here, before round 1
+            self.privacy.noise(self.state.privacy, self.expected_cohort)
+        self.current: OpenRound | None = None
         self.evaluation: FederatedEvaluation | None = None
         self.last_traffic: dict[str, dict[str, int]] = {}
         self.last_skip = ""  # why the last skipped round produced no version
-
-    def _check_secure(self) -> None:
-        self.codec.require_linear("secure aggregation")
-        self.codec.flat_length()  # every part must be float32 to be summed
-        if not self.rule.streaming:
-            raise ZenfedError(
-                f"server.aggregator = '{self.rule.name}' needs every update, and secure "
-                "aggregation reveals only their sum",
-                fix="use a weighted mean (fedavg) under [secagg], or turn secure aggregation off",
-            )
 
     # ---- versions ------------------------------------------------------------------------
 
@@ -148,36 +140,12 @@ class Coordinator:
             )
         return self.state.published
 
-    def version_bytes(self, version: str) -> bytes:
-        """``version`` in full as the wire carries it down (safetensors), built once."""
-        return self.publisher.full(self.fetch(version), self.version)
-
-    def download(self, version: str, held: str | None, participant: str = "") -> bytes:
-        """What a participant holding ``held`` downloads to get ``version``, counted as its
-        download in the open round (or as the current evaluation's)."""
-        payload = self.publisher.payload(
-            self.state.broadcasts, self.fetch(version), self.version, held
-        )
-        r = self._open
-        if r is not None and participant in r.tasks:
-            r.bytes_down[participant] = r.bytes_down.get(participant, 0) + len(payload)
-        elif self.evaluation is not None:
-            self.evaluation.bytes_down += len(payload)
-        return payload
-
-    def diff_since(self, held: str | None, version: str, full_size: int) -> bytes | None:
-        """The broadcasts from ``held`` to the current ``version``, if kept and smaller than
-        the full version (``full_size`` bytes); else None."""
-        if version != self.version.id:
-            return None
-        return self.publisher.diff_since(self.state.broadcasts, held, self.version, full_size)
-
     # ---- the round's lifecycle -------------------------------------------------------------
 
     def open_round(self, now: float = 0.0) -> list[Task]:
         """Sample a cohort and return its training tasks for the next round."""
-        if self._open is not None:
-            raise ZenfedError(f"round {self._open.round} is still open", fix="close it first")
+        if self.current is not None:
+            raise ZenfedError(f"round {self.current.round} is still open", fix="close it first")
         self.privacy.check_budget(self.state.privacy, self.state.round)
         members = {p: self.names.get(p, p) for p in self.participants}
         tasks = self.strategy.configure(self.state.round, members, self.version.id)
@@ -221,7 +189,9 @@ class Coordinator:
             acc = StreamingMean()
         else:
             acc = KeepAll(self.rule, self.spill)
-        self._open = _OpenRound({t.participant: t for t in tasks}, acc, deadline, secure)
+        t0 = tasks[0]
+        cohort = {t.participant: t for t in tasks}
+        self.current = OpenRound(t0.round, t0.version, t0.codec_seed, cohort, acc, deadline, secure)
 
     def submit(self, update: Update) -> None:
         """Validate and decode ``update``, then fold it into the round's accumulator."""
@@ -232,7 +202,7 @@ class Coordinator:
 
         A service persists the accepted payload between ``check`` and ``accept``, so an
         update is counted only once it is stored."""
-        r = self._open
+        r = self.current
         cohort, received = (r.tasks, r.received) if r else ({}, {})
         check_round(update, r.round if r else None, cohort, received, r.version if r else "")
         check_metadata(update, self.examples.get(update.participant, 0))
@@ -240,9 +210,7 @@ class Coordinator:
         if r.secure is not None:
             return r.secure.check(update)
         try:
-            tensors = self.codec.unpack(
-                update.payload, shared_seed=r.tasks[update.participant].codec_seed
-            )
+            tensors = self.codec.unpack(update.payload, shared_seed=r.codec_seed)
         except CodecError as e:
             raise UpdateRejected(
                 f"update from '{update.participant}': {e.problem}", fix=e.fix, reason="payload"
@@ -252,7 +220,7 @@ class Coordinator:
 
     def accept(self, update: Update, tensors: Tensors) -> None:
         """Fold a checked update's decoded tensors into the round's accumulator."""
-        r = self._open
+        r = self.current
         if r is None or update.participant in r.received:
             raise UpdateRejected(
                 f"update from '{update.participant}' cannot be accepted twice or outside a round",
@@ -271,7 +239,7 @@ class Coordinator:
 
     def decide(self, now: float) -> Decision:
         """What the trigger says of the open round at ``now`` ("wait" with none open)."""
-        r = self._open
+        r = self.current
         if r is None:
             return "wait"
         return self.trigger.decide(RoundProgress(len(r.tasks), len(r.received), now, r.deadline))
@@ -279,7 +247,7 @@ class Coordinator:
     def aggregate_round(self) -> Commit:
         """The open round's result, not yet committed: nothing changes until ``commit``.
         SecAggAborted if a secure sum cannot be reconstructed."""
-        r = self._open
+        r = self.current
         if r is None:
             raise ZenfedError("no round is open", fix="call open_round first")
         if not r.received:
@@ -302,7 +270,7 @@ class Coordinator:
             parent=r.version,
             participants=tuple(sorted(r.received)),
             num_examples=sum(u.num_examples for u in ups),
-            metrics={**self._metrics(r), **privacy_metrics},
+            metrics={**self._round_metrics(r), **privacy_metrics},
             content=content,
         )
         broadcasts = Publisher.chain(self.state.broadcasts, broadcast, version)
@@ -319,23 +287,29 @@ class Coordinator:
 
     def commit(self, result: Commit) -> GlobalVersion:
         """Make ``result`` (from ``aggregate_round`` of the open round) the global state."""
-        r = self._open
+        r = self.current
         if r is None or result.version.parent != self.version.id:
             raise ZenfedError("this result is not of the open round", fix="aggregate it again")
         self.last_traffic = {
             p: {"up": r.bytes_up.get(p, 0), "down": r.bytes_down.get(p, 0)} for p in sorted(r.tasks)
         }
         self.state = result.state
-        self._open = None
+        self.current = None
         return result.version
 
     def close_round(self) -> GlobalVersion:
         """Aggregate what arrived, take the server optimizer step, commit a new version."""
         return self.commit(self.aggregate_round())
 
+    def _round_metrics(self, r: OpenRound) -> dict[str, float]:
+        dense = self.dense_update_bytes
+        return round_metrics(
+            list(r.received.values()), len(r.tasks), r.bytes_up, r.bytes_down, dense
+        )
+
     def abort_round(self) -> None:
         """Drop the open round without a new version (what arrived is discarded)."""
-        self._open = None
+        self.current = None
 
     def skip_round(self, reason: str) -> None:
         """Abort the open round (if any) and move on to the next round number."""
@@ -343,66 +317,24 @@ class Coordinator:
         self.state.round += 1
         self.last_skip = reason
 
-    def _metrics(self, r: _OpenRound) -> dict[str, float]:
-        ups = list(r.received.values())
-        tokens = sum(u.num_tokens for u in ups)
-        metrics = {
-            "train_loss": sum(u.train_loss * u.num_tokens for u in ups) / tokens
-            if tokens
-            else math.nan,
-            "updates": float(len(ups)),
-            "stragglers": float(len(r.tasks) - len(ups)),
-            "steps": float(sum(u.steps for u in ups)),
-            "examples_seen": float(sum(u.examples_seen for u in ups)),
-            "tokens": float(tokens),
-            "client_seconds": float(sum(u.seconds for u in ups)),
-            "bytes_up": float(sum(r.bytes_up.values())),
-            "bytes_down": float(sum(r.bytes_down.values())),
-            "dense_bytes_up": float(self.dense_update_bytes * len(ups)),
-        }
-        record = [u.record_epsilon for u in ups if u.record_epsilon is not None]
-        if record:  # DP-SGD: the largest epsilon any holder has spent on its records
-            metrics["record_epsilon_max"] = max(record)
-        return metrics
-
     # ---- what the open round looks like from outside --------------------------------------
 
     @property
     def open_round_info(self) -> tuple[int, frozenset[str], frozenset[str]] | None:
         """(round, cohort, who has uploaded) of the open round, or None."""
-        r = self._open
+        r = self.current
         return None if r is None else (r.round, frozenset(r.tasks), frozenset(r.received))
 
-    @property
-    def codec_seed(self) -> int:
-        """The open round's shared codec seed (random-k and sketch coordinates)."""
-        if self._open is None:
-            raise ZenfedError("no round is open", fix="open one first")
-        return next(iter(self._open.tasks.values())).codec_seed
-
-    @property
-    def deadline(self) -> float | None:
-        """When the open round ends at the latest (None with none open)."""
-        return None if self._open is None else self._open.deadline
-
-    def task_for(self, participant: str) -> Task | None:
-        """``participant``'s task in the open round, unless it has none or uploaded."""
-        r = self._open
-        if r is None or participant in r.received:
-            return None
-        return r.tasks.get(participant)
-
-    @property
-    def secure(self) -> bool:
-        """Whether the open round runs secure aggregation."""
-        return self._open is not None and self._open.secure is not None
-
-    @property
-    def secagg(self) -> SecAggServer:
-        """The open round's secure-aggregation server (its stages are driven by the port)."""
-        if self._open is None or self._open.secure is None:
-            raise ZenfedError("no secure-aggregation round is open", fix="open one first")
-        return self._open.secure.server
+    def withdraw(self, participant: str) -> None:
+        """Leave ``participant`` out from now on: out of the pool, and out of the open
+        round's cohort unless it already uploaded (a secure round treats it as a dropout:
+        its masks are already in the other participants' shares)."""
+        self.participants.pop(participant, None)
+        r = self.current
+        if r is not None and r.secure is None and participant not in r.received:
+            r.tasks.pop(participant, None)
+            if not r.tasks:  # nobody left: the trigger aborts it at the deadline
+                r.deadline = -math.inf
 
     def enroll(self, participant: str, num_examples: int, name: str | None = None) -> None:
         """Add a participant (it joins cohorts from the next round on)."""
@@ -423,17 +355,9 @@ class Coordinator:
         """The DP noise multiplier z (None without DP)."""
         return self.privacy.noise_multiplier
 
-    def round_noise(self) -> tuple[float, float]:
-        """(stddev of the update sum's noise, stddev of the clip count's noise) this round."""
-        return self.privacy.noise(self.state.privacy, self.expected_cohort)
-
     def epsilon(self) -> float:
         """Epsilon spent so far at the federation's target delta (0 without DP)."""
         return self.privacy.epsilon(self.state.privacy)
-
-    def check_budget(self) -> None:
-        """PrivacyBudgetExceeded if one more round would spend more than the target epsilon."""
-        self.privacy.check_budget(self.state.privacy, self.state.round)
 
     def open_evaluation(self) -> FederatedEvaluation:
         """Every participant of the pool evaluates the current version on its held-out split."""

@@ -24,6 +24,7 @@ knows nothing of HTTP: ``transport.http`` serves it.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -120,6 +121,11 @@ class PersistentCoordinator:
         was lost) gets the same id again, and nothing changes.
         """
         examples = self._check_requirements(public_key, capacity, data_profile)
+        if re.fullmatch(r"[0-9a-f]{64}", name):
+            raise EnrollmentRefused(
+                "a name may not look like a participant id (64 hex digits)",
+                fix="choose a name an operator can tell from an id",
+            )
         pid = participant_id(public_key)
         with self.db.transaction() as s:
             tok = s.get(EnrollmentToken, sha256(token.encode()), with_for_update=True)
@@ -181,8 +187,8 @@ class PersistentCoordinator:
         """Revoke a participant by name (or id): its requests are refused from now on and
         it is sampled no more. Returns its id. Audited."""
         with self.db.transaction() as s:
-            p = s.scalar(select(Participant).where(Participant.name == who)) or s.get(
-                Participant, who
+            p = s.get(Participant, who) or s.scalar(
+                select(Participant).where(Participant.name == who)
             )
             if p is None:
                 raise UnknownParticipant(
@@ -193,7 +199,7 @@ class PersistentCoordinator:
                 audit_row(s, "operator", "revoke", {"participant": p.id, "name": p.name})
             pid = p.id
         self.enrolled.pop(pid, None)
-        self.engine.participants.pop(pid, None)
+        self.engine.withdraw(pid)
         log_event("revoke", participant=pid)
         return pid
 
@@ -350,7 +356,8 @@ class PersistentCoordinator:
 
     def _spill(self, participant: str, _tensors: Tensors) -> Callable[[], Tensors]:
         """A keep-every-update round keeps a loader of the stored payload, not tensors."""
-        digest, seed = self.port.digests[participant], self.engine.codec_seed
+        assert self.engine.current is not None
+        digest, seed = self.port.digests[participant], self.engine.current.codec_seed
         return lambda: self.engine.codec.unpack(self.blobs.get(digest), shared_seed=seed)
 
     def _collect_orphans(self) -> None:

@@ -102,23 +102,40 @@ class CoordinatorPort:
         once it uploaded; in a secure round, not once it advertised keys or after the
         advertising stage: its secrets live in one agent process). FederationFinished
         once no round is open and none will be."""
-        ev = self.engine.evaluation
+        ev, r = self.engine.evaluation, self.engine.current
         task = ev.pending(pid) if ev is not None else None
-        if task is None:
-            task = self.engine.task_for(pid)
+        if task is None and r is not None:
+            task = r.task_for(pid)
         if task is None:
             if self.finished():
                 raise FederationFinished("the federation has finished", fix="nothing to do")
             return None
-        if task.secagg is not None:
-            srv = self.engine.secagg
+        if task.kind == "train" and r is not None and r.secure is not None:
+            srv = r.secure.server
             if srv.stage_name != STAGES[0] or pid in srv.keys:
                 return None
         return task
 
     def download(self, pid: str, version: str, held: str | None) -> bytes:
-        """Version ``version`` for ``pid``: the broadcasts since ``held``, or in full."""
-        return self.engine.download(version, held, pid)
+        """Version ``version`` for ``pid``: the broadcasts since ``held``, or in full;
+        counted as ``pid``'s download in the open round (or as the evaluation's)."""
+        engine = self.engine
+        st, tensors = engine.state, engine.fetch(version)
+        payload = engine.publisher.payload(st.broadcasts, tensors, engine.version, held)
+        r, ev = engine.current, engine.evaluation
+        if r is not None and pid in r.tasks:
+            r.bytes_down[pid] = r.bytes_down.get(pid, 0) + len(payload)
+        elif ev is not None:
+            ev.bytes_down += len(payload)
+        return payload
+
+    def diff_since(self, held: str | None, version: str, full_size: int) -> bytes | None:
+        """The broadcasts from ``held`` to ``version`` (the current one) if they are kept
+        and smaller than the full version (``full_size`` bytes); else None."""
+        engine = self.engine
+        if version != engine.version.id:
+            return None
+        return engine.publisher.diff_since(engine.state.broadcasts, held, engine.version, full_size)
 
     def upload(self, update: Update) -> Literal["accepted", "duplicate"]:
         """Validate, journal, then count ``update``; a retry of an accepted one (same
@@ -137,6 +154,21 @@ class CoordinatorPort:
         self.digests[update.participant] = digest
         self.engine.accept(update, tensors)
         return "accepted"
+
+    def admit(self, pid: str, server_round: int) -> None:
+        """UpdateRejected unless ``pid`` may upload to ``server_round`` now (it is open
+        and ``pid`` is in its cohort): what a transport checks before reading a body."""
+        info = self.engine.open_round_info
+        if info is None or info[0] != server_round:
+            raise UpdateRejected(
+                f"round {server_round} is not open", fix="fetch the current task", reason="not_open"
+            )
+        if pid not in info[1]:
+            raise UpdateRejected(
+                f"'{pid}' is not in round {server_round}'s cohort",
+                fix="only sampled participants may upload",
+                reason="not_in_cohort",
+            )
 
     def report(self, report: EvalReport) -> None:
         """An evaluation result for the current evaluation."""
@@ -186,13 +218,13 @@ class CoordinatorPort:
         return UnmaskRequest(req.round, req.survivors, req.dropped)
 
     def _secure_round(self, server_round: int) -> SecAggServer:
-        info = self.engine.open_round_info
-        if info is None or info[0] != server_round or not self.engine.secure:
+        r = self.engine.current
+        if r is None or r.round != server_round or r.secure is None:
             raise SecAggError(
                 f"round {server_round + 1} is not an open secure round",
                 fix="fetch the current task",
             )
-        return self.engine.secagg
+        return r.secure.server
 
     # ---- time ------------------------------------------------------------------------------
 
@@ -203,24 +235,24 @@ class CoordinatorPort:
 
     def next_deadline(self) -> float:
         """When the next timed event is due (inf with none)."""
-        if self.engine.open_round_info is None:
+        r = self.engine.current
+        if r is None:
             return math.inf
-        if self.engine.secure:
-            return self.stage_deadline
-        return self.engine.deadline or math.inf
+        return self.stage_deadline if r.secure is not None else r.deadline
 
     def tick(self) -> Tick:
         """Open a round when none is open, advance a secure stage, or close the open round
         when its trigger (or last stage) says so. What happened; ``last_version`` holds a
         version a closing tick made."""
-        if self.engine.open_round_info is None:
+        r = self.engine.current
+        if r is None:
             return self._open() if self._can_open() else "idle"
-        if self.engine.secure:
-            return self._tick_secure()
+        if r.secure is not None:
+            return self._tick_secure(r.secure.server)
         now = self.clock()
         decision = self.engine.decide(now)
         if decision == "close":
-            return self._close("quorum" if now < (self.engine.deadline or 0) else "deadline")
+            return self._close("quorum" if now < r.deadline else "deadline")
         if decision == "abort":
             return self._abort("deadline passed with no update")
         return "idle"
@@ -245,7 +277,7 @@ class CoordinatorPort:
             self.journal.skipped(r, e.problem)
             return "skipped"
         try:
-            self.journal.opened(tasks, engine.deadline or math.inf)
+            self.journal.opened(tasks, engine.current.deadline if engine.current else math.inf)
         except BaseException:
             engine.abort_round()
             raise
@@ -253,10 +285,9 @@ class CoordinatorPort:
         self.stage_deadline = self.clock() + engine.cfg.secagg.stage_timeout_s
         return "opened"
 
-    def _tick_secure(self) -> Tick:
+    def _tick_secure(self, srv: SecAggServer) -> Tick:
         """Close the current stage when everyone still in it answered, or at its deadline;
         the last stage closes the round. Too few survivors abort the round."""
-        srv = self.engine.secagg
         members, answered = srv.progress()
         if len(answered) < len(members) and self.clock() < self.stage_deadline:
             return "idle"

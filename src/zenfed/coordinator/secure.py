@@ -20,9 +20,11 @@ import safetensors.numpy
 import torch
 
 from zenfed.aggregate.accumulate import Aggregate
+from zenfed.aggregate.rules import AggregationRule
 from zenfed.compress import Pipeline
 from zenfed.config import SecAggConfig
 from zenfed.coordinator.validate import UpdateRejected
+from zenfed.errors import ZenfedError
 from zenfed.privacy.secagg import SecAggError, SecAggServer
 from zenfed.privacy.secagg.protocol import decode_sum
 from zenfed.protocol.messages import Task, Update
@@ -52,6 +54,19 @@ class SecureRound:
             seed=t0.codec_seed,
         )
         self.weight = 0.0
+
+    @staticmethod
+    def check_setup(codec: Pipeline, rule: AggregationRule) -> None:
+        """ZenfedError unless the federation can aggregate securely: a linear codec of
+        float32 parts, and a rule that a sum can compute."""
+        codec.require_linear("secure aggregation")
+        codec.flat_length()  # every part must be float32 to be summed
+        if not rule.streaming:
+            raise ZenfedError(
+                f"server.aggregator = '{rule.name}' needs every update, and secure "
+                "aggregation reveals only their sum",
+                fix="use a weighted mean (fedavg) under [secagg], or turn secure aggregation off",
+            )
 
     @classmethod
     def attach(

@@ -21,6 +21,7 @@ from zenfed.tensors import Tensors
 
 MAX_COUNT = 2**31 - 1  # examples, tokens and steps of one update (32-bit database columns)
 MAX_SECONDS = 1e9
+MAX_LOSS = 1e6  # a per-token loss beyond this is not a loss but an attack or a bug
 
 
 class UpdateRejected(ZenfedError):
@@ -85,10 +86,10 @@ def check_metadata(u: Update, enrolled: int) -> None:
                 fix=f"report a finite, non-negative {name}",
                 reason="metadata",
             )
-    if not math.isfinite(u.train_loss):
+    if not (math.isfinite(u.train_loss) and abs(u.train_loss) <= MAX_LOSS):
         raise UpdateRejected(
             f"update from '{u.participant}' has loss {u.train_loss} (train_loss)",
-            fix="report a finite loss (a NaN loss means the update must be discarded)",
+            fix=f"report a finite loss within {MAX_LOSS:g} (a NaN loss means: discard the update)",
             reason="metadata",
         )
     if not 1 <= u.num_examples <= enrolled:

@@ -146,7 +146,7 @@ def run_round(
         return {"round": r + 1, "aborted": coord.last_skip, "seconds": time.perf_counter() - t0}
     info = coord.open_round_info
     assert info is not None
-    cohort, secure = info[1], coord.secure
+    cohort, secure = info[1], coord.current is not None and coord.current.secure is not None
     progress.start_phase(f"round {r + 1}: training", len(cohort))
     while what not in ("closed", "aborted"):
         transport.settle(progress.advance_phase)

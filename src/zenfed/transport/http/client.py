@@ -221,7 +221,8 @@ class CoordinatorClient:
                         f" ({type(e).__name__}: {e})",
                         fix="check that it runs and that this machine reaches it",
                     ) from e
-                pause = random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2**failures))
+                ceiling = min(self.max_backoff_s, self.backoff_s * 2 ** min(failures, 30))
+                pause = random.uniform(0, ceiling)
                 if failures & (failures - 1) == 0:
                     self.log(
                         f"waiting for the coordinator at {self.url}: {what} failed "

@@ -18,6 +18,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
 from zenfed.errors import ZenfedError
 
 Scope = dict[str, Any]
@@ -33,6 +35,20 @@ class BodyTooLarge(ZenfedError):
 
 class BodyTimeout(ZenfedError):
     """A request body that did not arrive in time."""
+
+
+class ClientGone(ZenfedError):
+    """The client closed the connection before its body was complete."""
+
+
+MIN_BODY_S = 10.0  # any body may take this long...
+MIN_RATE = 16 << 10  # ...plus its size at 16 KiB/s, up to service.body_timeout_s
+
+
+def read_deadline(size: int, timeout_s: float) -> float:
+    """Seconds a body of ``size`` bytes may take: 10 s plus the size at 16 KiB/s, at most
+    ``timeout_s``, so a trickle cannot hold a slot for the whole timeout."""
+    return min(timeout_s, MIN_BODY_S + size / MIN_RATE)
 
 
 def too_large(limit: int) -> BodyTooLarge:
@@ -59,7 +75,7 @@ def declared_length(headers: list[tuple[bytes, bytes]] | dict[str, str]) -> int 
 
 async def read_body(chunks: AsyncIterator[bytes], limit: int, timeout_s: float) -> bytes:
     """Read a streamed body: BodyTooLarge past ``limit`` bytes, BodyTimeout after
-    ``timeout_s`` seconds."""
+    ``timeout_s`` seconds, ClientGone if the client hangs up first."""
     body = bytearray()
     try:
         async with asyncio.timeout(timeout_s):
@@ -67,6 +83,8 @@ async def read_body(chunks: AsyncIterator[bytes], limit: int, timeout_s: float) 
                 body += chunk
                 if len(body) > limit:
                     raise too_large(limit)
+    except ClientDisconnect as e:
+        raise ClientGone("the client went away mid-body", fix="send the whole body") from e
     except TimeoutError as e:
         raise BodyTimeout(
             f"request body did not arrive within {timeout_s:g} s",
@@ -100,13 +118,16 @@ class BodyLimit:
             declared = declared_length(scope["headers"])
             if declared is not None and declared > limit:
                 raise too_large(limit)
-            body = await read_body(_messages(receive), limit, self.timeout_s)
+            size = declared if declared is not None else limit
+            body = await read_body(_messages(receive), limit, read_deadline(size, self.timeout_s))
         except BodyTooLarge as e:
             await self.refuse(413, "too_large", e)(scope, receive, send)
             return
         except BodyTimeout as e:
             await self.refuse(408, "body_timeout", e)(scope, receive, send)
             return
+        except ClientGone:
+            return  # nobody to answer; the app never sees half a body
         except ZenfedError as e:
             await self.refuse(400, "bad_request", e)(scope, receive, send)
             return
@@ -117,7 +138,7 @@ async def _messages(receive: Receive) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return
+            raise ClientDisconnect()
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return

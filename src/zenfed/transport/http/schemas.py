@@ -10,9 +10,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from zenfed.config import MAX_TTL_S
-from zenfed.coordinator.validate import MAX_COUNT, MAX_SECONDS
+from zenfed.coordinator.validate import MAX_COUNT, MAX_LOSS, MAX_SECONDS
 
-NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # printable: names end up in logs and tables
+# printable (names end up in logs and tables) and no "/" (a name is a path segment)
+NAME_PATTERN = r"^[^\x00-\x1f\x7f/]+$"
 
 
 class _Strict(BaseModel):
@@ -30,7 +31,7 @@ class UpdateMeta(_Strict):
     examples_seen: int = Field(ge=0, le=MAX_COUNT)
     num_tokens: int = Field(ge=0, le=MAX_COUNT)
     seconds: float = Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)
-    train_loss: float = Field(allow_inf_nan=False)
+    train_loss: float = Field(ge=-MAX_LOSS, le=MAX_LOSS, allow_inf_nan=False)
     steps: int = Field(ge=0, le=MAX_COUNT)
     record_epsilon: float | None = Field(default=None, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
 
