@@ -100,6 +100,16 @@ class Agent:
         return self.http.put(path, content=body, headers=headers)
 
 
+def signed_upload_head(agent: Agent, task: dict[str, Any], body: bytes) -> bytes:
+    """The raw HTTP head of a signed upload of ``body`` (to send the body as one likes)."""
+    path = update_path(task)
+    signed = "".join(f"{k}: {v}\r\n" for k, v in sign_request(agent.me, "PUT", path, body).items())
+    return (
+        f"PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
+        f"content-length: {len(body)}\r\n{signed}\r\n"
+    ).encode()
+
+
 def invite(http: httpx.Client, **body: Any) -> str:
     r = http.post("/v1/invites", json=body, headers=OP)
     assert r.status_code == 200, r.text
@@ -300,13 +310,7 @@ def test_slow_bodies_without_a_credential_do_not_delay_a_signed_upload(tmp_path:
         assert r.status_code == 200 and time.monotonic() - t0 < 2.0
         # a signed upload whose body never arrives is cut off, and frees its slot
         body = payload(fed, 2.0)
-        path = update_path(t_b)
-        signed = sign_request(agents[1].me, "PUT", path, body)
-        lines = "".join(f"{k}: {v}\r\n" for k, v in signed.items())
-        slow_head = (
-            f"PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
-            f"content-length: {len(body)}\r\n{lines}\r\n"
-        ).encode()
+        slow_head = signed_upload_head(agents[1], t_b, body)
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.sendall(slow_head + body[:10])
             s.settimeout(10)
@@ -531,27 +535,13 @@ def test_an_upload_outside_its_round_or_cohort_is_refused_before_its_body(tmp_pa
         late.enroll()
         body = payload(fed, 1.0)
         for who, task, status in ((late, t_a, b"422"), (a, {**t_a, "round": 7}, b"409")):
-            path = update_path(task)
-            signed = sign_request(who.me, "PUT", path, body)
-            head = (
-                f"PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
-                f"content-length: {len(body)}\r\n"
-                + "".join(f"{k}: {v}\r\n" for k, v in signed.items())
-                + "\r\n"
-            ).encode()
+            head = signed_upload_head(who, task, body)
             t0 = time.monotonic()
             answer = _answer_after(port, head, b"")  # no body at all: answered anyway
             assert answer.startswith(b"HTTP/1.1 " + status), answer
             assert time.monotonic() - t0 < 3
         # one participant holds at most one upload slot at a time
-        path = update_path(t_a)
-        signed = sign_request(a.me, "PUT", path, body)
-        head = (
-            f"PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
-            f"content-length: {len(body)}\r\n"
-            + "".join(f"{k}: {v}\r\n" for k, v in signed.items())
-            + "\r\n"
-        ).encode()
+        head = signed_upload_head(a, t_a, body)
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.sendall(head + body[:10])  # holds a slot, trickling
             time.sleep(0.5)
