@@ -29,6 +29,7 @@ def _train(setup: Any, cfg: TrainConfig, steps: int = 3, start: Any = None, **kw
     return train_local(model, data.train, cfg, start, StepPlan(seed=7, steps=steps), pad, **kw)
 
 
+@pytest.mark.integration  # trains the model
 def test_training_lowers_the_training_loss(setup: Any) -> None:
     model, data, pad = setup
     start = get_adapter_state(model)
@@ -63,6 +64,7 @@ def test_memory_budget_picks_micro_batches_with_the_same_gradient(setup: Any) ->
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.integration  # trains the model
 def test_proximal_term_keeps_the_update_closer_to_the_start(setup: Any) -> None:
     free = _train(setup, TrainConfig(lr=1e-2), steps=5)
     prox = _train(setup, TrainConfig(lr=1e-2, proximal_mu=100.0), steps=5)
@@ -70,6 +72,7 @@ def test_proximal_term_keeps_the_update_closer_to_the_start(setup: Any) -> None:
     assert norm(prox.delta) < norm(free.delta)
 
 
+@pytest.mark.integration  # trains the model
 def test_kept_optimizer_state_continues_adam(setup: Any) -> None:
     cfg = TrainConfig(lr=1e-2, keep_optimizer_state=True)
     first = _train(setup, cfg, steps=2)

@@ -23,6 +23,9 @@ CFG = tiny_config(
 )
 
 
+pytestmark = pytest.mark.integration  # each test trains the tiny model for several rounds
+
+
 @pytest.fixture(scope="module")
 def world() -> Any:
     return build_world(CFG)
