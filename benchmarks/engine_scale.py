@@ -24,12 +24,12 @@ import torch
 
 from benchmarks.common import RESULTS, write_json
 from zenfed.config import FederationConfig, parse_config
-from zenfed.coordinator import Coordinator
+from zenfed.coordinator import Coordinator, CoordinatorPort
 from zenfed.data.examples import ParticipantData, TokenizedExample
 from zenfed.model import adapter_parameters, attach_lora, get_adapter_state, load_base_model
 from zenfed.participant import Participant, Runtime
 from zenfed.sim.progress import Progress
-from zenfed.sim.runner import run_round
+from zenfed.sim.runner import SimClock, run_round
 from zenfed.store import save_checkpoint
 from zenfed.train.loss import loss_sum
 from zenfed.transport import InMemoryTransport
@@ -72,16 +72,18 @@ def engine_rounds(
     runtime = Runtime(model=model, pad_id=0, train=cfg.train)
     parts = {d.name: Participant(d.name, d, runtime) for d in data}
     coord = Coordinator(cfg, get_adapter_state(model), {d.name: len(d.train) for d in data})
-    transport = InMemoryTransport(coord, parts)
+    clock = SimClock()
+    port = CoordinatorPort(coord, clock=clock)
+    transport = InMemoryTransport(port, parts)
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(rounds):
             t0 = time.perf_counter()
-            history = [run_round(coord, transport, Progress(enabled=False))]
+            history = [run_round(port, transport, clock, Progress(enabled=False))]
             save_checkpoint(
                 Path(tmp) / "checkpoint.pt",
-                coord.state,
-                {k: p.state for k, p in parts.items()},
+                coord.state.to_bytes(),
+                {k: p.state.to_bytes() for k, p in parts.items()},
                 history,
             )
             times.append(time.perf_counter() - t0)

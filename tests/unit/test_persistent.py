@@ -346,3 +346,30 @@ def test_the_enrollment_token_can_stay_out_of_the_process_list(
         resolve_token("given", f)
     with pytest.raises(ZenfedError, match="does not exist"):
         resolve_token(None, tmp_path / "nope")
+
+
+def test_a_restart_replays_every_field_of_a_stored_update(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    clock = Clock()
+    fed = _fed(tmp_path, clock)
+    a, _ = _join(fed, "a")
+    b, _ = _join(fed, "b")
+    fed.tick()
+    fed.port.upload(replace(_upload(fed, a, 1.0), record_epsilon=2.5))
+    again = _fed(tmp_path, clock)  # the process died: the round comes back from the store
+    again.port.upload(_upload(again, b, 1.0))
+    v = again.tick()
+    assert v is not None and v.metrics["record_epsilon_max"] == 2.5
+
+
+def test_an_update_s_metadata_has_one_form_and_it_carries_no_recomputed_field() -> None:
+    from zenfed.transport.http.schemas import UpdateMeta
+
+    u = Update(0, "p", "v" * 64, b"x", 10, 8, 100, 1.0, 2.0, 1, record_epsilon=0.5)
+    meta = u.metadata()
+    assert set(meta) == set(UpdateMeta.model_fields)  # the wire carries exactly this
+    assert "below_clip" not in meta  # the coordinator computes clip bits itself
+    assert Update.from_metadata(0, "p", b"x", meta) == u
+    with pytest.raises(Exception, match="below_clip"):
+        UpdateMeta.model_validate({**meta, "below_clip": True})
