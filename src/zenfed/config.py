@@ -151,7 +151,7 @@ class TrainConfig(_Frozen):
 class ServerConfig(_Frozen):
     """Aggregation and the server optimizer applied to the pseudo-gradient."""
 
-    aggregator: Literal["fedavg"] = "fedavg"
+    aggregator: Literal["fedavg", "median"] = "fedavg"  # zenfed.aggregate.AGGREGATORS
     optimizer: Literal["fedavg", "fedavgm", "nesterov", "fedadam", "fedyogi"] = "fedavg"
     lr: float = 1.0
     momentum: float = 0.9

@@ -233,7 +233,7 @@ def _say(event: Any) -> None:
     if isinstance(event, Done):
         print(
             f"round {event.task.round + 1}: {event.task.kind} {event.status} "
-            f"(loss {event.loss:.4f})",
+            f"(loss {event.loss:.4f}) {event.warning}".rstrip(),
             flush=True,
         )
     elif isinstance(event, Failed):

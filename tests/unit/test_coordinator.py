@@ -150,3 +150,32 @@ def test_cohorts_are_reproducible_per_round() -> None:
     by_key = {f"key-{9 - i}": n for i, n in enumerate(sorted(names))}
     d = Coordinator(cfg, INITIAL, names).strategy.configure(3, by_key, "v")
     assert [(by_key[t.participant], t.seed) for t in d] == [(t.participant, t.seed) for t in a]
+
+
+def test_the_aggregator_key_selects_a_registered_rule_and_refuses_what_cannot_work() -> None:
+    from zenfed.aggregate import AGGREGATORS
+    from zenfed.config import ServerConfig
+
+    assert set(ServerConfig.model_fields["aggregator"].annotation.__args__) == set(AGGREGATORS)
+    cfg = parse_config({"data": {"categories": ["ai"]}, "server": {"aggregator": "median"}})
+    c = Coordinator(cfg, INITIAL, {"p1": 10, "p2": 10, "p3": 10})
+    c.open_round()
+    for pid, value in (("p1", 1.0), ("p2", 2.0), ("p3", 1000.0)):
+        c.submit(_update(c, pid, value, 10))
+    c.close_round()
+    torch.testing.assert_close(c.state.params["a"], torch.full((2, 3), 2.0))  # the median
+    for extra, message in (
+        ({"secagg": {"enabled": True, "clip_norm": 1.0}}, "reveals only their sum"),
+        (
+            {
+                "privacy": {"clip_norm": 1.0, "noise_multiplier": 1.0},
+                "sampling": {"method": "poisson", "fraction": 0.5},
+            },
+            "differential privacy",
+        ),
+    ):
+        bad = parse_config(
+            {"data": {"categories": ["ai"]}, "server": {"aggregator": "median"}, **extra}
+        )
+        with pytest.raises(ZenfedError, match=message):
+            Coordinator(bad, INITIAL, {"p1": 10})

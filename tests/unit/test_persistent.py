@@ -373,3 +373,76 @@ def test_an_update_s_metadata_has_one_form_and_it_carries_no_recomputed_field() 
     assert Update.from_metadata(0, "p", b"x", meta) == u
     with pytest.raises(Exception, match="below_clip"):
         UpdateMeta.model_validate({**meta, "below_clip": True})
+
+
+def test_a_restart_after_a_skipped_round_reopens_the_round_in_the_store(tmp_path: Path) -> None:
+    from zenfed.coordinator.strategy import Strategy
+
+    raw = _cfg().model_dump(mode="python")
+    raw["sampling"] = {"method": "poisson", "fraction": 0.5, "min_participants": 2}
+    members = {"a": "a", "b": "b"}
+    seed = next(  # a seed whose first round samples nobody (then it is skipped)
+        s
+        for s in range(100)
+        if not Strategy(parse_config({**raw, "run": {"rounds": 3, "seed": s}})).configure(
+            0, members, "v"
+        )
+    )
+    cfg = parse_config({**raw, "run": {"rounds": 3, "seed": seed}})
+    clock = Clock()
+    fed = _fed(tmp_path, clock, cfg)
+    for name in ("a", "b"):
+        _join(fed, name)
+    while fed.engine.open_round_info is None:
+        fed.tick()
+    assert fed.engine.state.round >= 1 and fed.engine.version.round == -1  # skipped ones
+    opened = fed.engine.open_round_info
+    again = _fed(tmp_path, clock, cfg)
+    assert again.engine.open_round_info == opened
+
+
+def test_a_participant_revoked_mid_round_stays_out_of_it_after_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    fed = _fed(tmp_path, clock)
+    a, _ = _join(fed, "a")
+    _join(fed, "b")
+    fed.tick()
+    fed.revoke("b")
+    again = _fed(tmp_path, clock)
+    again.port.upload(_upload(again, a, 1.0))
+    v = again.tick()  # quorum of the cohort that is left: no wait for b's deadline
+    assert v is not None and v.participants == (a,)
+
+
+def test_a_median_round_keeps_its_updates_in_the_blob_store_and_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    raw = _cfg().model_dump(mode="python")
+    raw["server"] = {"aggregator": "median"}
+    raw["sampling"] = {"fraction": 1.0, "min_participants": 3}
+    cfg = parse_config(raw)
+    clock = Clock()
+    fed = _fed(tmp_path, clock, cfg)
+    people = [_join(fed, n)[0] for n in ("a", "b", "c")]
+    fed.tick()
+    before = sum(1 for _ in fed.blobs.digests())
+    fed.port.upload(_upload(fed, people[0], 1.0))
+    fed.port.upload(_upload(fed, people[1], 100.0))  # an outlier the median ignores
+    assert sum(1 for _ in fed.blobs.digests()) == before + 4  # 2 payloads, 2 kept updates
+    again = _fed(tmp_path, clock, cfg)  # restart mid-round: replayed, spilled anew
+    again.port.upload(_upload(again, people[2], 3.0))
+    v = again.tick()
+    assert v is not None
+    torch.testing.assert_close(again.engine.state.params["a"], torch.full((2, 3), 3.0))
+
+
+def test_a_participant_state_from_before_its_format_was_named_still_loads() -> None:
+    import io
+
+    from zenfed.participant.state import ParticipantState
+
+    buf = io.BytesIO()
+    old = {"optimizer": None, "rounds_trained": 4, "extra": {}, "record_privacy": [[0.1, 1.0]]}
+    torch.save(old, buf)
+    st = ParticipantState.from_bytes(buf.getvalue())
+    assert st.rounds_trained == 4 and st.record_privacy == [(0.1, 1.0)]

@@ -2,8 +2,8 @@
 compressed differences since the version it already holds.
 
     pub = Publisher(cfg.compress, shapes, run_seed)             # the coordinator's side
-    public, broadcast = pub.publish(params, published, parent, server_round)
-    payload = pub.payload(state, version, held)                 # what one download carries
+    public, broadcast = pub.publish(params, published, server_round)
+    payload = pub.payload(broadcasts, tensors, version, held)   # what one download carries
     tensors = receive(payload, held, codec, expected=version)   # the participant's, checked
 
 With a downlink pipeline (``compress.downlink``) the coordinator publishes, after each

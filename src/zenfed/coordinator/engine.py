@@ -111,6 +111,12 @@ class Coordinator:
         self.dense_update_bytes = len(dense.to_bytes(dense.encode(initial, shared_seed=0)))
         if cfg.secagg.enabled:
             SecureRound.check_setup(self.codec, self.rule)
+        if self.privacy.accounted and not self.rule.streaming:
+            raise ZenfedError(
+                f"server.aggregator = '{self.rule.name}' with differential privacy: the noise "
+                "is calibrated to a sum of clipped updates, not to this rule's result",
+                fix="use fedavg under [privacy] noise, or turn the noise off",
+            )
         if state is None:
             content = tensors_hash(initial)
             root = GlobalVersion(version_id(None, -1, content), -1, None, content=content)
@@ -149,6 +155,8 @@ class Coordinator:
         self.privacy.check_budget(self.state.privacy, self.state.round)
         members = {p: self.names.get(p, p) for p in self.participants}
         tasks = self.strategy.configure(self.state.round, members, self.version.id)
+        deadline = self.trigger.deadline(now)
+        tasks = [replace(t, deadline=deadline) for t in tasks]
         if not tasks:
             raise RoundAborted(
                 f"round {self.state.round + 1}: the Poisson sample drew no participant",
@@ -159,14 +167,15 @@ class Coordinator:
             tasks, self.examples, self.state.privacy, self.expected_cohort, secure
         )
         if not secure:
-            self.restore_round(tasks, self.trigger.deadline(now))
+            self.restore_round(tasks)
             return tasks
         tasks, server = SecureRound.attach(tasks, self.cfg.secagg, self.verify_keys, self.codec)
-        self._start(tasks, self.trigger.deadline(now), server)
+        self._start(tasks, server)
         return tasks
 
-    def restore_round(self, tasks: list[Task], deadline: float = math.inf) -> None:
-        """Open the next round with exactly these tasks (a restarted service's stored ones)."""
+    def restore_round(self, tasks: list[Task]) -> None:
+        """Open the next round with exactly these tasks (a restarted service's stored ones;
+        the round ends at their deadline)."""
         if not tasks or any(t.round != self.state.round for t in tasks):
             raise ZenfedError(
                 f"tasks do not belong to round {self.state.round}", fix="restore the open round"
@@ -179,9 +188,9 @@ class Coordinator:
         secure = None
         if tasks[0].secagg is not None:
             secure = SecureRound(tasks, self.cfg.secagg, self.verify_keys, self.codec)
-        self._start(tasks, deadline, secure)
+        self._start(tasks, secure)
 
-    def _start(self, tasks: list[Task], deadline: float, secure: SecureRound | None) -> None:
+    def _start(self, tasks: list[Task], secure: SecureRound | None) -> None:
         acc: Accumulator
         if secure is not None:
             acc = secure
@@ -191,7 +200,9 @@ class Coordinator:
             acc = KeepAll(self.rule, self.spill)
         t0 = tasks[0]
         cohort = {t.participant: t for t in tasks}
-        self.current = OpenRound(t0.round, t0.version, t0.codec_seed, cohort, acc, deadline, secure)
+        self.current = OpenRound(
+            t0.round, t0.version, t0.codec_seed, cohort, acc, t0.deadline, secure
+        )
 
     def submit(self, update: Update) -> None:
         """Validate and decode ``update``, then fold it into the round's accumulator."""
@@ -228,14 +239,14 @@ class Coordinator:
                 reason="already_uploaded",
             )
         task = r.tasks[update.participant]
-        # Keep only metadata: the accumulator holds the tensors' contribution.
-        r.received[update.participant] = replace(update, payload=b"")
-        r.bytes_up[update.participant] = len(update.payload)
         if r.secure is not None:
             r.secure.add(update.participant, tensors, task.weight)
-            return
-        tensors, weight, below = self.privacy.prepare(task, tensors, update.num_examples)
-        r.accumulator.add(update.participant, tensors, weight, below)
+        else:
+            tensors, weight, below = self.privacy.prepare(task, tensors, update.num_examples)
+            r.accumulator.add(update.participant, tensors, weight, below)
+        # Only now is it counted, with its metadata (the accumulator holds the tensors).
+        r.received[update.participant] = replace(update, payload=b"")
+        r.bytes_up[update.participant] = len(update.payload)
 
     def decide(self, now: float) -> Decision:
         """What the trigger says of the open round at ``now`` ("wait" with none open)."""

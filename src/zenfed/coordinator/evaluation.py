@@ -1,7 +1,7 @@
 """Federated evaluation: every participant scores a version on its held-out split and the
 coordinator combines the loss sums.
 
-    ev = FederatedEvaluation(version, participants)   # the tasks: ev.tasks
+    ev = FederatedEvaluation(server_round, version, participants)   # the tasks: ev.tasks
     ev.report(report)                                   # one participant's sums
     ev.summary()   # eval_loss (example-weighted), union_loss (token-weighted)
 

@@ -74,9 +74,12 @@ class StoreJournal(Journal):
             audit_row(s, "coordinator", "open_round", {"round": row.number, "id": row.id})
             self.round_id = row.id
         log_event("open_round", round=tasks[0].round, cohort=len(tasks))
-        with self.db.transaction() as s:
-            cutoff = self.now() - timedelta(seconds=2 * MAX_SKEW_S)
-            s.execute(delete(Nonce).where(Nonce.seen_at < cutoff))
+        try:  # housekeeping, not part of opening: a failure is logged, not raised
+            with self.db.transaction() as s:
+                cutoff = self.now() - timedelta(seconds=2 * MAX_SKEW_S)
+                s.execute(delete(Nonce).where(Nonce.seen_at < cutoff))
+        except Exception as e:
+            log_event("nonce_cleanup_failed", logging.WARNING, error=str(e))
 
     def storing(self, u: Update) -> None:
         """The payload's blob, then its row and audit line; no blob without its row."""

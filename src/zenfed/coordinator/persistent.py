@@ -28,6 +28,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,7 +48,10 @@ from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Audit, Database, EnrollmentToken, Nonce, Participant, Round, Version
 from zenfed.store.db import Update as UpdateRow
 from zenfed.store.db import audit as audit_row
+from zenfed.store.records import pack_record, unpack_record
 from zenfed.tensors import Tensors
+
+SPILL_KIND = "zenfed-kept-update/1"
 
 
 class EnrollmentRefused(ZenfedError):
@@ -82,8 +86,8 @@ class PersistentCoordinator:
         if known is None:
             self.journal.store_version(Commit(self.engine.version, self.engine.state), None, "")
         else:
+            self._collect_orphans()  # before the replay, which spills kept updates anew
             self._recover()
-        self._collect_orphans()
 
     @property
     def rejections(self) -> dict[str, int]:
@@ -337,9 +341,12 @@ class PersistentCoordinator:
             self._reopen(open_row, stored)
 
     def _reopen(self, row: Round, stored: Sequence[UpdateRow]) -> None:
-        tasks = [Task.from_dict(t) for t in row.tasks]
         deadline = _aware(row.deadline_at).timestamp() if row.deadline_at else self.clock()
-        self.engine.restore_round(tasks, deadline)
+        tasks = [replace(Task.from_dict(t), deadline=deadline) for t in row.tasks]
+        # Rounds skipped since the last version (an empty Poisson sample) moved the round
+        # number on without a version to record it: the open round's row does.
+        self.engine.state.round = max(self.engine.state.round, row.number)
+        self.engine.restore_round(tasks)
         self.journal.round_id = row.id
         if tasks[0].secagg is not None:
             # The masks' secrets lived in the agents' processes and this one: the masked
@@ -352,13 +359,17 @@ class PersistentCoordinator:
             tensors = self.engine.check(u)
             self.port.digests[u.participant] = u_row.payload_sha256
             self.engine.accept(u, tensors)
+        for pid in {t.participant for t in tasks} - set(self.enrolled):
+            self.engine.withdraw(pid)  # revoked since the round opened
         log_event("recovered", round=row.number, replayed=len(stored))
 
-    def _spill(self, participant: str, _tensors: Tensors) -> Callable[[], Tensors]:
-        """A keep-every-update round keeps a loader of the stored payload, not tensors."""
-        assert self.engine.current is not None
-        digest, seed = self.port.digests[participant], self.engine.current.codec_seed
-        return lambda: self.engine.codec.unpack(self.blobs.get(digest), shared_seed=seed)
+    def _spill(self, participant: str, tensors: Tensors) -> Callable[[], Tensors]:
+        """A keep-every-update round keeps each update (as it entered the round: decoded,
+        clipped) in the blob store and only a loader of it in memory. Such blobs are named
+        by no row: after a restart the replay makes them again, and the collector removes
+        the old ones."""
+        digest = self.blobs.put(pack_record(SPILL_KIND, tensors, {"participant": participant}))
+        return lambda: unpack_record(self.blobs.get(digest), SPILL_KIND)[0]
 
     def _collect_orphans(self) -> None:
         """Remove blobs that no row names: an upload or version whose transaction never

@@ -50,7 +50,9 @@ Tick = Literal["idle", "opened", "stage", "closed", "aborted", "skipped", "exhau
 
 
 class Journal:
-    """Hears of every state change of the port, before it takes effect. This base keeps
+    """Hears of every state change of the port: an update, a version, a round's opening
+    before it takes effect (a failure stops it); refusals and stage messages once they
+    are decided, for the record. This base keeps
     nothing (the simulation's state lives in memory and its run checkpoint); the
     deployment's ``StoreJournal`` writes each change to its database and blob store."""
 
@@ -87,8 +89,12 @@ class CoordinatorPort:
         engine: Coordinator,
         journal: Journal | None = None,
         clock: Callable[[], float] = time.time,
+        wait_for_minimum: bool = True,
     ) -> None:
         self.engine, self.journal, self.clock = engine, journal or Journal(), clock
+        # A service waits until sampling.min_participants have joined before a round; a
+        # simulation's pool is complete from the start (a smaller one samples all of it).
+        self.wait_for_minimum = wait_for_minimum
         self.digests: dict[str, str] = {}  # the open round's accepted payloads, by sender
         self.stage_deadline = math.inf  # secure rounds: when the current stage closes anyway
         self.exhausted = ""  # why no further round may run (the privacy budget is spent)
@@ -122,12 +128,17 @@ class CoordinatorPort:
         engine = self.engine
         st, tensors = engine.state, engine.fetch(version)
         payload = engine.publisher.payload(st.broadcasts, tensors, engine.version, held)
-        r, ev = engine.current, engine.evaluation
-        if r is not None and pid in r.tasks:
-            r.bytes_down[pid] = r.bytes_down.get(pid, 0) + len(payload)
-        elif ev is not None:
-            ev.bytes_down += len(payload)
+        self.served(pid, len(payload))
         return payload
+
+    def served(self, pid: str, nbytes: int) -> None:
+        """Count ``nbytes`` of a version a transport served ``pid`` itself (the HTTP app
+        streams full versions from the blob store, with Range), as ``download`` counts."""
+        r, ev = self.engine.current, self.engine.evaluation
+        if r is not None and pid in r.tasks:
+            r.bytes_down[pid] = r.bytes_down.get(pid, 0) + nbytes
+        elif ev is not None:
+            ev.bytes_down += nbytes
 
     def diff_since(self, held: str | None, version: str, full_size: int) -> bytes | None:
         """The broadcasts from ``held`` to ``version`` (the current one) if they are kept
@@ -151,8 +162,8 @@ class CoordinatorPort:
             self.journal.rejected(update, e)
             raise
         self.journal.storing(update)
-        self.digests[update.participant] = digest
         self.engine.accept(update, tensors)
+        self.digests[update.participant] = digest
         return "accepted"
 
     def admit(self, pid: str, server_round: int) -> None:
@@ -259,7 +270,8 @@ class CoordinatorPort:
 
     def _can_open(self) -> bool:
         cfg, engine = self.engine.cfg, self.engine
-        enough = len(engine.participants) >= max(1, cfg.sampling.min_participants)
+        minimum = cfg.sampling.min_participants if self.wait_for_minimum else 1
+        enough = len(engine.participants) >= max(1, minimum)
         return enough and engine.state.round < cfg.run.rounds and not self.exhausted
 
     def _open(self) -> Tick:
@@ -277,7 +289,7 @@ class CoordinatorPort:
             self.journal.skipped(r, e.problem)
             return "skipped"
         try:
-            self.journal.opened(tasks, engine.current.deadline if engine.current else math.inf)
+            self.journal.opened(tasks, tasks[0].deadline)
         except BaseException:
             engine.abort_round()
             raise

@@ -1,4 +1,5 @@
-"""When a round closes: a policy the engine consults on every arrival and at deadlines.
+"""When a round closes: a policy the engine consults at each tick of the port (after
+arrivals, and as deadlines pass).
 
     trigger = SyncRound(quorum=0.8, timeout_s=600)
     deadline = trigger.deadline(opened_at)

@@ -12,7 +12,8 @@ an event whenever it cannot go on without the coordinator (``Idle``: no task now
 the port's calls long-poll, so the caller just keeps iterating; in the simulation the
 in-memory transport advances every participant's loop until all of them wait, then lets
 the coordinator's clock move. A task that fails (a refused upload, a stage that is over,
-a NaN loss) is reported and not retried within its round.
+a NaN loss) is reported as ``Failed`` and not taken again; a retried round is a new task
+(its deadline differs).
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ class Waiting:
 
 @dataclass(frozen=True)
 class Done:
-    """A task carried out: ``status`` is the coordinator's answer to its result."""
+    """A task carried out: ``status`` is the coordinator's answer to its result;
+    ``warning`` says what went wrong after it (a secure round's unmask stage)."""
 
     task: Task
     status: str
     loss: float
+    warning: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,46 +72,57 @@ def run_participant(
 ) -> Iterator[Event]:
     """Work for the coordinator behind ``port`` until it says the federation has finished.
 
-    ``on_result`` runs after every accepted training result (``zenfed join`` saves the
-    participant's state there, so a restart loses nothing it had)."""
+    ``on_result`` runs as soon as a training result is accepted (``zenfed join`` saves the
+    participant's state there, so a restart loses nothing it had). A task that failed is
+    not taken again (a retried round is a new task: it has another deadline)."""
+    failed: set[tuple[str, int, float]] = set()
     while True:
         try:
             task = port.task()
         except FederationFinished:
             return
-        if task is None:
+        if task is None or (task.kind, task.round, task.deadline) in failed:
             yield IDLE
             continue
         try:
-            done = yield from run_task(port, participant, task)
+            done = yield from run_task(port, participant, task, on_result)
         except ZenfedError as e:
+            failed.add((task.kind, task.round, task.deadline))
             yield Failed(task, e)
             continue
-        if done.status == "accepted" and task.kind == "train" and on_result is not None:
-            on_result(participant)
         yield done
 
 
-def run_task(port: ParticipantPort, p: Participant, task: Task) -> Generator[Event, None, Done]:
+def run_task(
+    port: ParticipantPort,
+    p: Participant,
+    task: Task,
+    on_result: Callable[[Participant], None] | None = None,
+) -> Generator[Event, None, Done]:
     """One task through ``port``: evaluate; or train and upload, inside the stages of
     secure aggregation when the task carries a setup."""
     if task.kind == "evaluate":
         report = p.evaluate(task, port.download)
         port.report(report)
         return Done(task, "reported", report.loss_sum / max(1, report.num_tokens))
-    if task.secagg is None:
-        update = p.train(task, port.download)
-        return Done(task, port.upload(update), update.train_loss)
     r = task.round
-    port.stage_post(r, "advertise_keys", p.secagg_advertise(task))
-    neighbours = yield from _stage(port, r, "share_keys", NeighbourKeys)
-    port.stage_post(r, "share_keys", Shares(p.secagg_share(neighbours.keys, neighbours.identities)))
-    inbox = yield from _stage(port, r, "masked_input", Shares)
-    p.secagg_receive(inbox.shares)
+    if task.secagg is not None:
+        port.stage_post(r, "advertise_keys", p.secagg_advertise(task))
+        keys = yield from _stage(port, r, "share_keys", NeighbourKeys)
+        port.stage_post(r, "share_keys", Shares(p.secagg_share(keys.keys, keys.identities)))
+        inbox = yield from _stage(port, r, "masked_input", Shares)
+        p.secagg_receive(inbox.shares)
     update = p.train(task, port.download)
     status = port.upload(update)
-    request = yield from _stage(port, r, "unmask", UnmaskRequest)
-    port.stage_post(r, "unmask", Shares(p.secagg_unmask(request)))
+    if on_result is not None:  # accepted (or a retry of an accepted one): keep the state
+        on_result(p)
+    if task.secagg is None:
+        return Done(task, status, update.train_loss)
+    try:  # the upload stands whatever happens here; the round may go on without us
+        request = yield from _stage(port, r, "unmask", UnmaskRequest)
+        port.stage_post(r, "unmask", Shares(p.secagg_unmask(request)))
+    except ZenfedError as e:
+        return Done(task, status, update.train_loss, warning=f"unmask stage: {e}")
     return Done(task, status, update.train_loss)
 
 

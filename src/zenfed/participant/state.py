@@ -59,11 +59,16 @@ class ParticipantState:
             blob = torch.load(io.BytesIO(data), weights_only=True)
         except Exception as e:
             raise ZenfedError(f"unreadable participant state ({e})", fix="remove it") from e
-        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-            raise ZenfedError("not a zenfed participant state", fix="remove it; it starts anew")
+        # Files from before the format was named hold the same keys without it.
+        if not isinstance(blob, dict) or blob.get("format", FORMAT) != FORMAT:
+            raise ZenfedError(
+                "not a zenfed participant state",
+                fix="keep it aside (it holds this participant's record-level privacy ledger) "
+                "and start with a fresh one",
+            )
         return cls(
             optimizer=blob["optimizer"],
             rounds_trained=int(blob["rounds_trained"]),
             extra=blob["extra"],
-            record_privacy=[(float(q), float(z)) for q, z in blob["record_privacy"]],
+            record_privacy=[(float(q), float(z)) for q, z in blob.get("record_privacy", [])],
         )

@@ -26,6 +26,7 @@ class Task:
     participant: str
     version: str  # the id of the global version to start from
     kind: Literal["train", "evaluate"] = "train"
+    deadline: float = 0.0  # when the round ends at the latest (the coordinator's clock)
     seed: int = 0
     lr: float | None = None  # None: the federation's train.lr
     step_offset: int = 0  # where this round's local steps start in the run's schedule

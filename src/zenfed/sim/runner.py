@@ -90,7 +90,7 @@ def run_simulation(
         for name, st in states.items():
             world.participants[name].state = st
     clock = SimClock()
-    port = CoordinatorPort(coord, clock=clock)
+    port = CoordinatorPort(coord, clock=clock, wait_for_minimum=False)
     transport = InMemoryTransport(port, world.participants, drop=_dropouts(cfg, coord))
     if not history:
         history.append({"round": 0, **_evaluate(coord, transport, progress)})

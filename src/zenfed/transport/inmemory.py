@@ -40,19 +40,22 @@ class InMemoryPort:
 
     def __init__(self, port: CoordinatorPort, pid: str, drop: Drop, failures: dict[str, str]):
         self.port, self.pid, self.drop, self.failures = port, pid, drop, failures
-        self.failed: set[tuple[str, int]] = set()  # (kind, round) of tasks that failed
+        self.gone: int | None = None  # the round it dropped out of before taking its task
+        self.just_dropped = False
 
     def task(self) -> Task | None:
-        """The participant's task (None once it failed it, or drops out before it)."""
+        """The participant's task (None if it drops out before taking it)."""
         t = self.port.task(self.pid)
-        if t is None or (t.kind, t.round) in self.failed:
+        if t is None or t.kind != "train":
+            return t
+        if self.gone == t.round:
             return None
-        if t.kind == "train":
-            first = STAGES[0] if t.secagg is not None else "masked_input"
-            if self.drop(first, self.pid):
-                self.failed.add((t.kind, t.round))
-                self.failures[self.pid] = f"dropped out at {first} (injected)"
-                return None
+        first = STAGES[0] if t.secagg is not None else "masked_input"
+        if self.drop(first, self.pid):
+            where = f" at {first}" if t.secagg is not None else ""
+            self.failures[self.pid] = f"dropped out{where} (injected)"
+            self.gone, self.just_dropped = t.round, True
+            return None
         return t
 
     def download(self, version: str, held: str | None) -> bytes:
@@ -105,9 +108,9 @@ class InMemoryTransport:
             for pid in sorted(self.loops):
                 event = next(self.loops[pid], None)
                 if isinstance(event, Failed):
-                    self.ports[pid].failed.add((event.task.kind, event.task.round))
                     self.failures[pid] = str(event.error)
-                if isinstance(event, Done | Failed):
+                if isinstance(event, Done | Failed) or self.ports[pid].just_dropped:
+                    self.ports[pid].just_dropped = False
                     progress = True
                     if on_done is not None:
                         on_done(pid)

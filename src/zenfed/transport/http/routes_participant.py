@@ -95,15 +95,17 @@ def participant_routes(ctx: ServiceContext) -> APIRouter:
     @router.get("/v1/versions/{version}")
     @ctx.guard
     async def version(request: Request, version: str, held: str | None = None) -> Response:
-        """The version in full (a file: ETag, Range) or as broadcasts since ``held``."""
-        await ctx.signed(request, b"")
+        """The version in full (a file: ETag, Range) or as broadcasts since ``held``;
+        counted as this participant's download (the rest of a file, after a Range)."""
+        pid = await ctx.signed(request, b"")
         digest = await ctx.run(lambda: fed.version_blob(version))
         size = fed.blobs.size(digest)
         diff = await ctx.run(lambda: fed.port.diff_since(held, version, size))
+        sent = len(diff) if diff is not None else size - _range_start(request, size)
+        await ctx.run(lambda: fed.port.served(pid, sent))
+        ctx.metrics.bytes_out.inc(sent)
         if diff is not None:
-            ctx.metrics.bytes_out.inc(len(diff))
             return Response(diff, media_type="application/octet-stream")
-        ctx.metrics.bytes_out.inc(size)
         return FileResponse(
             fed.blobs.path(digest),
             media_type="application/octet-stream",
@@ -143,6 +145,13 @@ def participant_routes(ctx: ServiceContext) -> APIRouter:
         return JSONResponse({"status": result})
 
     return router
+
+
+def _range_start(request: Request, size: int) -> int:
+    """Where a ``Range: bytes=N-`` request starts (0 without one, or a malformed one)."""
+    spec = request.headers.get("range", "")
+    start = spec.removeprefix("bytes=").split("-", 1)[0]
+    return min(int(start), size) if spec.startswith("bytes=") and start.isdigit() else 0
 
 
 def _meta(request: Request) -> dict[str, Any]:
