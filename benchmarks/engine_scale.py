@@ -81,7 +81,7 @@ def engine_rounds(
             t0 = time.perf_counter()
             history = [run_round(port, transport, clock, Progress(enabled=False))]
             save_checkpoint(
-                Path(tmp) / "checkpoint.pt",
+                Path(tmp) / "checkpoint.safetensors",
                 coord.state.to_bytes(),
                 {k: p.state.to_bytes() for k, p in parts.items()},
                 history,

@@ -145,16 +145,19 @@ def _instrument() -> dict[str, float]:
     import zenfed.participant.agent as agent
     from zenfed.coordinator.secure import SecureRound
 
-    spent = {"s": 0.0}
+    spent = {"s": 0.0, "depth": 0}
 
     def timed(fn: Any) -> Any:
         @functools.wraps(fn)
         def wrapper(*a: Any, **k: Any) -> Any:
+            spent["depth"] += 1  # only the outermost timer counts: no time counted twice
             t0 = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
-                spent["s"] += time.perf_counter() - t0
+                spent["depth"] -= 1
+                if not spent["depth"]:
+                    spent["s"] += time.perf_counter() - t0
 
         return wrapper
 

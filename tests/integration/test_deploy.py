@@ -22,6 +22,7 @@ import safetensors.torch
 from sqlalchemy import select
 
 from zenfed.config import load_config
+from zenfed.participant.state import ParticipantState
 from zenfed.sim.baselines import union_eval
 from zenfed.sim.setup import build_world
 from zenfed.store.blobs import BlobStore
@@ -206,14 +207,13 @@ def test_coordinator_sigkill_mid_round_then_restart_finishes_without_duplicates(
     agents = [_join(url, state, tmp_path, c) for c in CATEGORIES]
     procs.extend(agents)
     db = Database(f"sqlite:///{state / 'zenfed.db'}")
-    for _ in range(3000):  # kill once round 1 (the second) has some but not all uploads
-        with db.transaction() as s:
-            n = len(s.scalars(select(Update)).all())
-        if n >= 4:
-            break
-        time.sleep(0.05)
+    held = agents[-1]  # paused once its first update is stored, so round 1 cannot finish
+    _await_uploads(db, 3, CATEGORIES[-1])
+    held.send_signal(signal.SIGSTOP)
+    _await_uploads(db, 4)  # round 1 (the second) has some uploads: kill the coordinator
     server.send_signal(signal.SIGKILL)
     server.wait()
+    held.send_signal(signal.SIGCONT)
     with db.transaction() as s:  # the kill really came mid-round
         open_round = s.scalar(select(Round).where(Round.status == "open"))
         assert open_round is not None and open_round.number == 1
@@ -226,6 +226,18 @@ def test_coordinator_sigkill_mid_round_then_restart_finishes_without_duplicates(
     _wait_healthy(url, restarted)
     _finish(agents)
     _check_store(state, fed_toml)
+
+
+def _await_uploads(db: Database, n: int, sender: str | None = None) -> None:
+    """Wait until ``n`` updates are stored (and one of them is ``sender``'s, if named)."""
+    for _ in range(6000):
+        with db.transaction() as s:
+            ups = s.scalars(select(Update)).all()
+            names = {s.get(Participant, u.participant_id).name for u in ups}  # type: ignore[union-attr]
+        if len(ups) >= n and (sender is None or sender in names):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {n} updates after 300 s")
 
 
 def test_the_service_runs_over_tls_with_compressed_uplink_and_downlink(
@@ -255,13 +267,11 @@ def test_the_service_runs_over_tls_with_compressed_uplink_and_downlink(
     assert len(sizes) == 6 and max(sizes) * 10 < dense  # 1-bit signs, not float32
     assert all(v.broadcast_sha256 for v in versions[1:])  # each version was broadcast
     db.close()
-    import torch
-
     for c in CATEGORIES:  # each agent kept its error-feedback residual on disk, private
-        state_file = tmp_path / f"{c}.state.pt"
+        state_file = tmp_path / f"{c}.state.safetensors"
         assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
-        kept = torch.load(state_file, weights_only=True)
-        assert kept["rounds_trained"] == 2 and kept["extra"]["error_feedback"]
+        kept = ParticipantState.from_bytes(state_file.read_bytes())
+        assert kept.rounds_trained == 2 and kept.extra["error_feedback"]
 
 
 def _ctx(cafile: str) -> ssl.SSLContext:

@@ -43,7 +43,7 @@ def test_federated_loss_decreases_and_outputs_are_written(world: Any, tmp_path: 
         "loss.png",
         "summary.json",
         "config.json",
-        "checkpoint.pt",
+        "checkpoint.safetensors",
         "adapter/adapter_config.json",
     ):
         assert (tmp_path / name).is_file(), name

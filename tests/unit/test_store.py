@@ -139,3 +139,37 @@ def test_one_update_per_participant_and_round(db: Database) -> None:
     with db.transaction() as s:
         assert s.get(Round, 1).codec_seed == 2**62  # type: ignore[union-attr]
         assert len(s.scalars(select(Update)).all()) == 1
+
+
+def test_a_participant_s_state_survives_its_byte_form_and_adam_goes_on_identically() -> None:
+    import torch
+
+    from zenfed.participant.state import ParticipantState
+
+    def opt_after(steps: int, state: dict | None = None) -> tuple[torch.Tensor, dict]:  # type: ignore[type-arg]
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.ones(3, 2))
+        opt = torch.optim.AdamW([w], lr=0.1)
+        if state is not None:
+            opt.load_state_dict(state)
+        for _ in range(steps):
+            (w**2).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        return w.detach().clone(), opt.state_dict()
+
+    _, after_two = opt_after(2)
+    st = ParticipantState(
+        optimizer=after_two,
+        rounds_trained=2,
+        extra={"error_feedback": {"a": torch.arange(6.0).reshape(2, 3)}},
+        record_privacy=[(0.1, 1.1), (0.1, 1.1)],
+    )
+    back = ParticipantState.from_bytes(st.to_bytes())
+    assert back.rounds_trained == 2 and back.record_privacy == st.record_privacy
+    assert torch.equal(back.extra["error_feedback"]["a"], st.extra["error_feedback"]["a"])
+    assert back.optimizer is not None and list(back.optimizer["state"]) == [0]  # int keys
+    # the restored moments continue Adam exactly where the saved ones would have
+    w_saved, _ = opt_after(1, after_two)
+    w_restored, _ = opt_after(1, back.optimizer)
+    assert torch.equal(w_saved, w_restored)

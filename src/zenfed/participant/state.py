@@ -5,8 +5,8 @@
 
 AdamW moments (when ``keep_optimizer_state`` is on), the error-feedback residual of a lossy
 codec pipeline, how many rounds it trained, and the ledger of its own record-level DP.
-The bytes are ``torch.save`` of tensors and plain values, read back with
-``weights_only=True`` (no arbitrary objects are unpickled).
+The bytes are a safetensors record (``zenfed.store.records``): tensors plus JSON, nothing
+unpickled. Files an earlier zenfed wrote with ``torch.save`` still load.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import torch
 
 from zenfed.errors import ZenfedError
+from zenfed.store.records import join_tensors, pack_record, split_tensors, unpack_record
 from zenfed.tensors import Tensors
 from zenfed.train.trainer import OptimizerState
 
-FORMAT = "zenfed-participant-state/1"
+KIND = "zenfed-participant-state/2"
 
 
 @dataclass
@@ -38,37 +39,40 @@ class ParticipantState:
     record_privacy: list[tuple[float, float]] = field(default_factory=list)
 
     def to_bytes(self) -> bytes:
-        """Everything but ``held`` (re-downloaded after a restart)."""
-        buf = io.BytesIO()
-        torch.save(
-            {
-                "format": FORMAT,
-                "optimizer": self.optimizer,
-                "rounds_trained": self.rounds_trained,
-                "extra": self.extra,
-                "record_privacy": [list(r) for r in self.record_privacy],
-            },
-            buf,
-        )
-        return buf.getvalue()
+        """Everything but ``held`` (re-downloaded after a restart), as one record."""
+        tensors: Tensors = {}
+        fields = {
+            "optimizer": split_tensors(self.optimizer, tensors),
+            "rounds_trained": self.rounds_trained,
+            "extra": split_tensors(self.extra, tensors),
+            "record_privacy": [list(r) for r in self.record_privacy],
+        }
+        return pack_record(KIND, tensors, fields)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ParticipantState:
-        """The state :meth:`to_bytes` wrote."""
+        """The state :meth:`to_bytes` wrote (or a ``torch.save`` file of an earlier zenfed)."""
+        if not data.startswith(b"PK"):  # a zip archive: torch.save's format
+            tensors, f = unpack_record(data, KIND)
+            return cls(
+                optimizer=join_tensors(f["optimizer"], tensors),
+                rounds_trained=int(f["rounds_trained"]),
+                extra=join_tensors(f["extra"], tensors),
+                record_privacy=[(float(q), float(z)) for q, z in f["record_privacy"]],
+            )
         try:
             blob = torch.load(io.BytesIO(data), weights_only=True)
         except Exception as e:
             raise ZenfedError(f"unreadable participant state ({e})", fix="remove it") from e
-        # Files from before the format was named hold the same keys without it.
-        if not isinstance(blob, dict) or blob.get("format", FORMAT) != FORMAT:
+        if not isinstance(blob, dict):
             raise ZenfedError(
                 "not a zenfed participant state",
                 fix="keep it aside (it holds this participant's record-level privacy ledger) "
                 "and start with a fresh one",
             )
         return cls(
-            optimizer=blob["optimizer"],
-            rounds_trained=int(blob["rounds_trained"]),
-            extra=blob["extra"],
+            optimizer=blob.get("optimizer"),
+            rounds_trained=int(blob.get("rounds_trained", 0)),
+            extra=blob.get("extra", {}),
             record_privacy=[(float(q), float(z)) for q, z in blob.get("record_privacy", [])],
         )

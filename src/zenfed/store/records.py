@@ -45,6 +45,35 @@ def unpack_record(data: bytes, kind: str) -> tuple[Tensors, dict[str, Any]]:
     return tensors, fields
 
 
+def split_tensors(obj: Any, tensors: Tensors, prefix: str = "t") -> Any:
+    """``obj`` (nested dicts, lists, tuples, tensors and JSON scalars) as JSON-able data,
+    its tensors moved into ``tensors`` and named in their place; dict keys keep their
+    type (an optimizer's state is keyed by int). The inverse is :func:`join_tensors`."""
+    if isinstance(obj, torch.Tensor):
+        name = f"{prefix}{len(tensors)}"
+        tensors[name] = obj.detach().cpu()
+        return {"__tensor__": name}
+    if isinstance(obj, dict):
+        items = [[k, split_tensors(v, tensors, prefix)] for k, v in obj.items()]
+        return {"__dict__": items}
+    if isinstance(obj, list | tuple):
+        return [split_tensors(v, tensors, prefix) for v in obj]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise ZenfedError(f"cannot save a {type(obj).__name__}", fix="keep tensors and plain values")
+
+
+def join_tensors(obj: Any, tensors: Tensors) -> Any:
+    """The structure :func:`split_tensors` took apart (tuples come back as lists)."""
+    if isinstance(obj, dict) and "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if isinstance(obj, dict) and "__dict__" in obj:
+        return {k: join_tensors(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [join_tensors(v, tensors) for v in obj]
+    return obj
+
+
 def bytes_tensor(data: bytes) -> torch.Tensor:
     """``data`` as a uint8 tensor (to carry bytes inside a record or a checkpoint)."""
     return (
