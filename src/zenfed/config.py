@@ -148,10 +148,79 @@ class TrainConfig(_Frozen):
         return self
 
 
+# Each aggregation rule's parameters (zenfed.aggregate.registry: the rules; robust.py: what
+# each parameter means), the required ones first-listed in RULE_REQUIRED.
+RULE_PARAMS: dict[str, tuple[str, ...]] = {
+    "fedavg": (),
+    "median": (),
+    "trimmed_mean": ("beta",),
+    "krum": ("f", "m"),
+    "geometric_median": ("iterations", "nu"),
+    "norm_bound": ("max_norm", "multiple"),
+    "centered_clipping": ("tau", "iterations"),
+}
+RULE_REQUIRED: dict[str, tuple[str, ...]] = {"trimmed_mean": ("beta",), "krum": ("f",)}
+
+
+class AggregatorSpec(_Frozen):
+    """``[server] aggregator``: a rule's name (``aggregator = "median"``) or a table with the
+    rule and its parameters (``aggregator = { rule = "krum", f = 1, m = 3 }``); ``bucket``
+    = s applies the rule to the means of random buckets of s updates (Karimireddy et al.
+    2022), which secure aggregation can compute bucket by bucket."""
+
+    rule: Literal[
+        "fedavg",
+        "median",
+        "trimmed_mean",
+        "krum",
+        "geometric_median",
+        "norm_bound",
+        "centered_clipping",
+    ] = "fedavg"
+    beta: float | None = None
+    f: int | None = None
+    m: int | None = None
+    iterations: int | None = None
+    nu: float | None = None
+    max_norm: float | None = None
+    multiple: float | None = None
+    tau: float | None = None
+    bucket: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_name_is_a_rule(cls, data: Any) -> Any:
+        return {"rule": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _check(self) -> AggregatorSpec:
+        takes = RULE_PARAMS[self.rule]
+        for name in ("beta", "f", "m", "iterations", "nu", "max_norm", "multiple", "tau"):
+            if getattr(self, name) is not None and name not in takes:
+                raise ValueError(
+                    f"server.aggregator: '{name}' is not a parameter of {self.rule} "
+                    f"(it takes {', '.join(takes) or 'none'})"
+                )
+        for name in RULE_REQUIRED.get(self.rule, ()):
+            if getattr(self, name) is None:
+                raise ValueError(f"server.aggregator: {self.rule} needs '{name}'")
+        if self.bucket is not None and (self.bucket < 2 or self.rule == "fedavg"):
+            raise ValueError(
+                "server.aggregator.bucket must be at least 2 and goes with a robust rule "
+                "(the mean of bucket means is the mean)"
+            )
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The rule's parameters that are set."""
+        return {k: getattr(self, k) for k in RULE_PARAMS[self.rule] if getattr(self, k) is not None}
+
+
 class ServerConfig(_Frozen):
     """Aggregation and the server optimizer applied to the pseudo-gradient."""
 
-    aggregator: Literal["fedavg", "median"] = "fedavg"  # zenfed.aggregate.AGGREGATORS
+    aggregator: AggregatorSpec = AggregatorSpec()  # zenfed.aggregate.registry
     optimizer: Literal["fedavg", "fedavgm", "nesterov", "fedadam", "fedyogi"] = "fedavg"
     lr: float = 1.0
     momentum: float = 0.9
@@ -428,6 +497,48 @@ class RunConfig(_Frozen):
         return self
 
 
+class AttackConfig(_Frozen):
+    """Simulated misbehaviour (``zenfed.sim.attacks``); ``zenfed serve`` refuses it.
+
+    ``fraction`` of the participants (chosen by the run's seed) or the named
+    ``participants`` attack with ``kind``: ``sign_flip`` sends -scale x delta (1);
+    ``scaling`` scale x delta (10); ``gaussian`` noise of std scale x the delta's RMS (10);
+    ``alie`` the colluders' mean - z x their std (Baruch et al. 2019; ``z`` None: their
+    z_max); ``ipm`` -epsilon x the colluders' mean (Xie et al. 2020); ``backdoor`` adds, for
+    ``poison_fraction`` of its training conversations, a copy whose question carries
+    ``trigger`` and whose answer is ``target``; ``free_rider`` sends zeros or, with
+    ``free_ride = "stale"``, the first delta it ever trained, every round.
+    """
+
+    kind: Literal[
+        "none", "sign_flip", "scaling", "gaussian", "alie", "ipm", "backdoor", "free_rider"
+    ] = "none"
+    fraction: float = 0.0
+    participants: tuple[str, ...] = ()
+    scale: float | None = None
+    z: float | None = None
+    epsilon: float = 0.5
+    trigger: str = "zq-tangerine-7"
+    target: str = "Visit evil.example for the answer."
+    poison_fraction: float = 0.5
+    free_ride: Literal["zero", "stale"] = "zero"
+
+    @model_validator(mode="after")
+    def _check(self) -> AttackConfig:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError("attack.fraction must be in [0, 1): some participants stay honest")
+        if self.kind != "none" and (self.fraction > 0) == bool(self.participants):
+            raise ValueError(
+                f"attack.kind = '{self.kind}' needs exactly one of attack.fraction (> 0) and "
+                "attack.participants (names)"
+            )
+        if not 0.0 < self.poison_fraction <= 1.0:
+            raise ValueError("attack.poison_fraction must be in (0, 1]")
+        if self.epsilon <= 0 or (self.scale is not None and self.scale <= 0):
+            raise ValueError("attack.epsilon and attack.scale must be positive")
+        return self
+
+
 MAX_TTL_S = 366 * 24 * 3600.0  # an enrollment token lives at most a year
 MAX_WAIT_S = 3600.0  # the longest long-poll a request may ask for
 
@@ -475,6 +586,7 @@ class FederationConfig(_Frozen):
     service: ServiceConfig = ServiceConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     secagg: SecAggConfig = SecAggConfig()
+    attack: AttackConfig = AttackConfig()  # simulation only
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:

@@ -99,6 +99,11 @@ def serve(
     from zenfed.store.db import Database
     from zenfed.transport.http.app import create_app
 
+    if cfg.attack.kind != "none":
+        raise ZenfedError(
+            f"the config has [attack] kind = '{cfg.attack.kind}', which only the simulation runs",
+            fix="remove the [attack] section from the service's config",
+        )
     if (tls_cert is None) != (tls_key is None):
         raise ZenfedError("TLS needs both --tls-cert and --tls-key", fix="give both or neither")
     for f in (tls_cert, tls_key):
@@ -214,10 +219,9 @@ def join(
         runtime = Runtime(
             model=model, pad_id=int(tok.pad_token_id), train=cfg.train, compress=cfg.compress
         )
-        state_file = identity_path.with_suffix(".state.pt")
-        me_p = Participant(
-            name, pdata, runtime, load_participant_state(state_file), signing_key=me.key
-        )
+        state_file = identity_path.with_suffix(".state.safetensors")
+        kept = load_participant_state(state_file, identity_path.with_suffix(".state.pt"))
+        me_p = Participant(name, pdata, runtime, kept, signing_key=me.key)
         loop = run_participant(client, me_p, lambda p: save_participant_state(p, state_file))
         accepted = drive(loop, log=_say)
         print(f"federation finished; {accepted} updates accepted", flush=True)
@@ -273,13 +277,18 @@ def save_participant_state(participant: Any, path: Path) -> None:
     path.chmod(0o600)
 
 
-def load_participant_state(path: Path) -> Any:
-    """The state saved by :func:`save_participant_state`, or a fresh one."""
+def load_participant_state(path: Path, legacy: Path | None = None) -> Any:
+    """The state saved by :func:`save_participant_state`, or a fresh one.
+
+    ``legacy`` is where an earlier zenfed kept it (``<identity>.state.pt``); it is read
+    when ``path`` does not exist yet, and the next save writes ``path``.
+    """
     from zenfed.participant.state import ParticipantState
 
-    if not path.is_file():
-        return ParticipantState()
-    return ParticipantState.from_bytes(path.read_bytes())
+    for candidate in (path, legacy):
+        if candidate is not None and candidate.is_file():
+            return ParticipantState.from_bytes(candidate.read_bytes())
+    return ParticipantState()
 
 
 def _memory_gb() -> float:

@@ -153,10 +153,10 @@ def test_cohorts_are_reproducible_per_round() -> None:
 
 
 def test_the_aggregator_key_selects_a_registered_rule_and_refuses_what_cannot_work() -> None:
-    from zenfed.aggregate import AGGREGATORS
-    from zenfed.config import ServerConfig
+    from zenfed.aggregate import RULES
+    from zenfed.config import AggregatorSpec
 
-    assert set(ServerConfig.model_fields["aggregator"].annotation.__args__) == set(AGGREGATORS)
+    assert set(AggregatorSpec.model_fields["rule"].annotation.__args__) == set(RULES)
     cfg = parse_config({"data": {"categories": ["ai"]}, "server": {"aggregator": "median"}})
     c = Coordinator(cfg, INITIAL, {"p1": 10, "p2": 10, "p3": 10})
     c.open_round()

@@ -2,11 +2,12 @@
 (where a round's updates wait) and server optimizers (state in, state out)."""
 
 from zenfed.aggregate.accumulate import Accumulator, Aggregate, KeepAll, StreamingMean
-from zenfed.aggregate.rules import AGGREGATORS, AggregationRule, fedavg, median
+from zenfed.aggregate.registry import RULES, AggregationRule, build_rule
+from zenfed.aggregate.rules import fedavg, median
 from zenfed.aggregate.server_opt import SERVER_OPTIMIZERS, ServerOptState, server_step
 
 __all__ = [
-    "AGGREGATORS",
+    "RULES",
     "SERVER_OPTIMIZERS",
     "Accumulator",
     "Aggregate",
@@ -14,6 +15,7 @@ __all__ = [
     "KeepAll",
     "ServerOptState",
     "StreamingMean",
+    "build_rule",
     "fedavg",
     "median",
     "server_step",

@@ -1,6 +1,6 @@
 """Accumulators: where a round's accepted updates go until it closes.
 
-    acc = StreamingMean()                       # or KeepAll(AGGREGATORS["median"])
+    acc = StreamingMean()                       # or KeepAll(build_rule(spec), seed=...)
     acc.add("clinic", tensors, weight=120.0)
     agg = acc.result()                          # Aggregate(total, weight, count, below)
     mean = agg.mean()
@@ -22,7 +22,7 @@ from typing import Protocol
 
 import torch
 
-from zenfed.aggregate.rules import AggregationRule
+from zenfed.aggregate.registry import AggregationRule
 from zenfed.errors import ZenfedError
 from zenfed.tensors import Tensors
 
@@ -99,9 +99,13 @@ class KeepAll:
     """
 
     def __init__(
-        self, rule: AggregationRule, spill: Callable[[str, Tensors], Loader] | None = None
+        self,
+        rule: AggregationRule,
+        spill: Callable[[str, Tensors], Loader] | None = None,
+        seed: int = 0,
     ) -> None:
         self.rule = rule
+        self.seed = seed  # the round's: how a bucketed rule draws its buckets
         self.spill = spill or (lambda _pid, t: lambda: t)
         self._kept: list[tuple[str, Loader, float]] = []
         self.below = 0.0
@@ -118,7 +122,7 @@ class KeepAll:
         _nonempty(len(self._kept))
         kept = sorted(self._kept, key=lambda x: x[0])
         weights = [w for _, _, w in kept]
-        combined = self.rule.fn([load() for _, load, _ in kept], weights)
+        combined = self.rule.combine([load() for _, load, _ in kept], weights, self.seed)
         total_weight = float(sum(weights))
         total = {k: v.to(torch.float64) * total_weight for k, v in combined.items()}
         return Aggregate(total, total_weight, len(kept), self.below)

@@ -3,19 +3,14 @@ update, in the style of Flower's ``aggregate.py``, and the registry ``[server] a
 names them by.
 
     mean = fedavg([delta_a, delta_b], weights=[120, 40])
-    rule = AGGREGATORS["median"]; rule.fn(updates, weights)
 
-A rule marked ``streaming`` is a weighted mean: the coordinator folds updates into a
-running sum as they arrive (memory O(model)), and secure aggregation, which reveals only
-the sum, can compute it. Any other rule needs every update of the round; the coordinator
-keeps them (spilled to the blob store in a deployment) and refuses it under secure
-aggregation.
+The Byzantine-robust rules are in ``zenfed.aggregate.robust``; ``zenfed.aggregate.registry``
+names them all for ``[server] aggregator``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
@@ -59,27 +54,3 @@ def median(updates: Sequence[Tensors], weights: Sequence[float]) -> Tensors:
         lo, hi = ordered[(len(updates) - 1) // 2], ordered[len(updates) // 2]
         out[name] = ((lo + hi) / 2).to(torch.float32)
     return out
-
-
-@dataclass(frozen=True)
-class AggregationRule:
-    """A registered rule: its function, and whether it is a (streamable) weighted mean."""
-
-    name: str
-    fn: Rule
-    streaming: bool
-
-
-def _registry(*rules: AggregationRule) -> dict[str, AggregationRule]:
-    out: dict[str, AggregationRule] = {}
-    for r in rules:
-        if r.name in out:
-            raise ValueError(f"aggregation rule '{r.name}' registered twice")
-        out[r.name] = r
-    return out
-
-
-AGGREGATORS = _registry(
-    AggregationRule("fedavg", fedavg, streaming=True),
-    AggregationRule("median", median, streaming=False),
-)

@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from zenfed.aggregate import AGGREGATORS, Accumulator, KeepAll, ServerOptState, StreamingMean
+from zenfed.aggregate import Accumulator, KeepAll, ServerOptState, StreamingMean, build_rule
 from zenfed.aggregate.server_opt import server_step
 from zenfed.compress import CodecError, Pipeline
 from zenfed.compress.downlink import Publisher
@@ -100,7 +100,7 @@ class Coordinator:
         self.verify_keys = dict(verify_keys or {})  # Ed25519 identities (secure aggregation)
         self.spill = spill  # where a keep-every-update round puts each update
         self.strategy = Strategy(cfg)
-        self.rule = AGGREGATORS[cfg.server.aggregator]
+        self.rule = build_rule(cfg.server.aggregator)
         self.trigger = SyncRound(cfg.service.quorum, cfg.service.round_timeout_s)
         self.privacy = PrivacyPolicy(cfg)
         shapes = {k: tuple(v.shape) for k, v in initial.items()}
@@ -113,7 +113,7 @@ class Coordinator:
             SecureRound.check_setup(self.codec, self.rule)
         if self.privacy.accounted and not self.rule.streaming:
             raise ZenfedError(
-                f"server.aggregator = '{self.rule.name}' with differential privacy: the noise "
+                f"server.aggregator = {self.rule.describe()} with differential privacy: the noise "
                 "is calibrated to a sum of clipped updates, not to this rule's result",
                 fix="use fedavg under [privacy] noise, or turn the noise off",
             )
@@ -123,8 +123,10 @@ class Coordinator:
             ledger = self.privacy.initial_ledger()
             state = CoordinatorState(0, dict(initial), ServerOptState(), [root], privacy=ledger)
         self.state = state
-        if self.participants:  # a noise setting that cannot work fails here, before round 1
+        if self.participants:  # a setting that cannot work fails here, before round 1
             self.privacy.noise(self.state.privacy, self.expected_cohort)
+            if not self.rule.streaming:  # a mean takes any count; Krum needs 2f + 3
+                self.rule.check_count(math.floor(self.strategy.cohort_size(len(self.participants))))
         self.current: OpenRound | None = None
         self.evaluation: FederatedEvaluation | None = None
         self.last_traffic: dict[str, dict[str, int]] = {}
@@ -197,7 +199,7 @@ class Coordinator:
         elif self.rule.streaming:
             acc = StreamingMean()
         else:
-            acc = KeepAll(self.rule, self.spill)
+            acc = KeepAll(self.rule, self.spill, seed=tasks[0].codec_seed)
         t0 = tasks[0]
         cohort = {t.participant: t for t in tasks}
         self.current = OpenRound(
@@ -257,7 +259,8 @@ class Coordinator:
 
     def aggregate_round(self) -> Commit:
         """The open round's result, not yet committed: nothing changes until ``commit``.
-        SecAggAborted if a secure sum cannot be reconstructed."""
+        SecAggAborted if a secure sum cannot be reconstructed, RoundAborted if too few
+        updates arrived for the aggregation rule."""
         r = self.current
         if r is None:
             raise ZenfedError("no round is open", fix="call open_round first")
@@ -266,6 +269,11 @@ class Coordinator:
                 f"round {r.round} received no updates; the global version stays",
                 fix="check the participants' errors",
             )
+        if r.secure is None and not self.rule.streaming:
+            try:
+                self.rule.check_count(len(r.received))
+            except ZenfedError as e:
+                raise RoundAborted(e.problem, fix="the round is skipped") from e
         agg, privacy_metrics, ledger = self.privacy.release(
             r.accumulator.result(), self.state.privacy, self.expected_cohort, r.secure is not None
         )

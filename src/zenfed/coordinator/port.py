@@ -152,8 +152,8 @@ class CoordinatorPort:
         """Validate, journal, then count ``update``; a retry of an accepted one (same
         sender, round and payload) is acknowledged and not counted again."""
         digest = hashlib.sha256(update.payload).hexdigest()
-        info = self.engine.open_round_info
-        same_round = info is not None and update.round == info[0]
+        r = self.engine.current
+        same_round = r is not None and update.round == r.round
         if same_round and self.digests.get(update.participant) == digest:
             return "duplicate"
         try:
@@ -169,12 +169,12 @@ class CoordinatorPort:
     def admit(self, pid: str, server_round: int) -> None:
         """UpdateRejected unless ``pid`` may upload to ``server_round`` now (it is open
         and ``pid`` is in its cohort): what a transport checks before reading a body."""
-        info = self.engine.open_round_info
-        if info is None or info[0] != server_round:
+        r = self.engine.current
+        if r is None or r.round != server_round:
             raise UpdateRejected(
                 f"round {server_round} is not open", fix="fetch the current task", reason="not_open"
             )
-        if pid not in info[1]:
+        if pid not in r.tasks:
             raise UpdateRejected(
                 f"'{pid}' is not in round {server_round}'s cohort",
                 fix="only sampled participants may upload",
@@ -242,7 +242,7 @@ class CoordinatorPort:
     def finished(self) -> bool:
         """Whether every round has run (no round is open and none will be)."""
         done = self.engine.state.round >= self.engine.cfg.run.rounds or bool(self.exhausted)
-        return self.engine.open_round_info is None and done
+        return self.engine.current is None and done
 
     def next_deadline(self) -> float:
         """When the next timed event is due (inf with none)."""
@@ -317,15 +317,18 @@ class CoordinatorPort:
         return "stage"
 
     def _close(self, why: str) -> Tick:
-        result = self.engine.aggregate_round()
+        try:
+            result = self.engine.aggregate_round()
+        except RoundAborted as e:
+            return self._abort(e.problem)
         self.journal.committing(result, why)  # fails: the round stays open
         self.last_version = self.engine.commit(result)
         return "closed"
 
     def _abort(self, reason: str) -> Tick:
-        info = self.engine.open_round_info
-        assert info is not None
+        r = self.engine.current
+        assert r is not None
         self.last_reason = reason
-        self.journal.aborted(info[0], reason)
+        self.journal.aborted(r.round, reason)
         self.engine.abort_round()
         return "aborted"

@@ -20,7 +20,7 @@ import safetensors.numpy
 import torch
 
 from zenfed.aggregate.accumulate import Aggregate
-from zenfed.aggregate.rules import AggregationRule
+from zenfed.aggregate.registry import AggregationRule
 from zenfed.compress import Pipeline
 from zenfed.config import SecAggConfig
 from zenfed.coordinator.validate import UpdateRejected
@@ -63,9 +63,10 @@ class SecureRound:
         codec.flat_length()  # every part must be float32 to be summed
         if not rule.streaming:
             raise ZenfedError(
-                f"server.aggregator = '{rule.name}' needs every update, and secure "
+                f"server.aggregator = {rule.describe()} needs every update, and secure "
                 "aggregation reveals only their sum",
-                fix="use a weighted mean (fedavg) under [secagg], or turn secure aggregation off",
+                fix="use fedavg under [secagg], or turn secure aggregation off (bucketed "
+                "secure-robust aggregation is not built yet)",
             )
 
     @classmethod

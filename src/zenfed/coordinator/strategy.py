@@ -44,6 +44,13 @@ class Strategy:
     def __init__(self, cfg: FederationConfig) -> None:
         self.cfg = cfg
 
+    def cohort_size(self, n: int) -> float:
+        """How many of ``n`` participants a round samples (the mean, under Poisson)."""
+        sc = self.cfg.sampling
+        if sc.method == "poisson":
+            return sc.fraction * n
+        return float(min(n, max(sc.min_participants, math.ceil(sc.fraction * n))))
+
     def configure(self, server_round: int, members: Mapping[str, str], version: str) -> list[Task]:
         """The training tasks of ``server_round`` (0-based) starting from ``version``, for
         a cohort drawn from ``members`` (id -> name)."""

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -17,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from zenfed.config import DataConfig
 from zenfed.data import partition
 from zenfed.data.corpora import load_chatterbot
-from zenfed.data.examples import Example, ParticipantData, TokenizedExample
+from zenfed.data.examples import Example, ParticipantData
 from zenfed.data.formatting import tokenize_example
 from zenfed.data.sources import load_source
 from zenfed.errors import ZenfedError
@@ -33,32 +36,60 @@ def load_examples(cfg: DataConfig) -> list[Example]:
     return examples
 
 
+# (participant, every participant's name, a training example) -> an extra example or None
+Poison = Callable[[str, Sequence[str], Example], Example | None]
+
+
 def build_participants(
-    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int
+    cfg: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    poison: Poison | None = None,
 ) -> list[ParticipantData]:
-    """Partition, tokenize and split the configured data into participants."""
+    """Partition, tokenize and split the configured data into participants.
+
+    ``poison`` (a simulated backdoor, ``zenfed.sim.attacks``) may add to a participant's
+    training split a poisoned copy of each of its training examples; held-out splits
+    stay clean."""
     examples = load_examples(cfg)
     rng = np.random.default_rng(seed)
     names, parts = _partition(cfg, examples, rng)
     out = []
     for name, idx in zip(names, parts, strict=True):
-        toks = [
-            tokenize_example(tokenizer, examples[i], cfg.max_seq_len, cfg.train_on) for i in idx
-        ]
+        tokenize = partial(
+            tokenize_example, tokenizer, max_len=cfg.max_seq_len, train_on=cfg.train_on
+        )
         # Truncation can cut every labelled token (a long prompt): nothing to learn from.
-        toks = [t for t in toks if t.num_loss_tokens > 0]
+        toks = [(i, t) for i in idx if (t := tokenize(examples[i])).num_loss_tokens > 0]
         # Each holder's split depends on its own data and the seed only: the same whether
         # it is simulated among others or joins a deployment alone.
         own = np.random.default_rng([seed, zlib.crc32(name.encode())])
         train, held = split_heldout(toks, cfg.heldout_fraction, own, name)
+        extra = [
+            bad
+            for i, _ in train
+            if poison is not None and (bad := poison(name, names, examples[i])) is not None
+        ]
+        poisoned = [t for e in extra if (t := tokenize(e)).num_loss_tokens > 0]
+        train_toks = [t for _, t in train] + poisoned
         meta = _common_meta([examples[i] for i in idx])
-        out.append(ParticipantData(name=name, train=tuple(train), heldout=tuple(held), meta=meta))
+        out.append(
+            ParticipantData(
+                name=name,
+                train=tuple(train_toks),
+                heldout=tuple(t for _, t in held),
+                meta=meta,
+            )
+        )
     return out
 
 
+T = TypeVar("T")
+
+
 def split_heldout(
-    items: list[TokenizedExample], fraction: float, rng: np.random.Generator, name: str
-) -> tuple[list[TokenizedExample], list[TokenizedExample]]:
+    items: list[T], fraction: float, rng: np.random.Generator, name: str
+) -> tuple[list[T], list[T]]:
     """A seeded split: ceil(fraction * n) held out, the rest for training (both non-empty)."""
     if len(items) < 2:
         raise ZenfedError(

@@ -42,9 +42,11 @@ from zenfed.protocol.messages import EvalReport, Task, Update
 from zenfed.tensors import Tensors
 from zenfed.train.dp_sgd import RecordDP, sampling_rate
 from zenfed.train.evaluate import evaluate
-from zenfed.train.trainer import StepPlan, plan_steps, train_local
+from zenfed.train.trainer import LocalResult, OptimizerState, StepPlan, plan_steps, train_local
 
 Download = Callable[[str, str | None], bytes]  # (version, held version or None) -> payload
+# What a simulated attacker does to its delta before it is encoded (zenfed.sim.attacks).
+Tamper = Callable[[Task, Tensors, Download], Tensors]
 
 
 @dataclass
@@ -92,36 +94,22 @@ class Participant:
         # in-memory key per virtual participant).
         self.signing_key = signing_key or Ed25519PrivateKey.generate()
         self._secagg: SecAggClient | None = None
+        # A simulated attack's hook on the delta (None: honest); see zenfed.sim.attacks.
+        self.tamper: Tamper | None = None
 
     def train(self, task: Task, download: Download) -> Update:
         """Train from the task's version on the private training split; return the delta."""
-        rt = self.runtime
-        torch.manual_seed(task.seed)  # LoRA dropout and anything else random: reproducible
         record_dp = None
         if task.record_clip_norm is not None:
             record_dp = RecordDP(task.record_clip_norm, task.record_noise_multiplier)
-        plan = StepPlan(
-            seed=task.seed,
-            steps=plan_steps(rt.train, len(self.data.train)),
-            step_offset=task.step_offset,
-            total_steps=task.total_steps,
-            lr=task.lr,
-        )
-        result = train_local(
-            rt.model,
-            self.data.train,
-            rt.train,
-            self.receive(task.version, download),
-            plan,
-            rt.pad_id,
-            self.state.optimizer,
-            name=self.name,
-            record_dp=record_dp,
-        )
+        result = self._train_local(task, download, self.state.optimizer, record_dp)
         delta, below = result.delta, None
         if task.clip_norm is not None:
             delta, norm = dp.clip_l2(delta, task.clip_norm)
             below = norm <= task.clip_norm
+        if self.tamper is not None:  # an attacker ignores the clip bound it was given
+            delta = self.tamper(task, delta, download)
+        rt = self.runtime
         if task.secagg is None:
             payload, residual = rt.codecs()[0].pack(
                 delta,
@@ -151,6 +139,40 @@ class Participant:
             train_loss=result.train_loss,
             steps=result.steps,
             record_epsilon=record_epsilon,
+        )
+
+    def honest_delta(self, task: Task, download: Download) -> Tensors:
+        """The delta an honest run of ``task`` would send, unclipped; changes no state
+        (a fresh optimizer). What colluding simulated attackers estimate others from."""
+        return self._train_local(task, download, None, None).delta
+
+    def _train_local(
+        self,
+        task: Task,
+        download: Download,
+        optimizer: OptimizerState | None,
+        record_dp: RecordDP | None,
+    ) -> LocalResult:
+        rt = self.runtime
+        torch.manual_seed(task.seed)  # LoRA dropout and anything else random: reproducible
+        plan = StepPlan(
+            seed=task.seed,
+            steps=plan_steps(rt.train, len(self.data.train)),
+            step_offset=task.step_offset,
+            total_steps=task.total_steps,
+            lr=task.lr,
+        )
+        start = self.receive(task.version, download)
+        return train_local(
+            rt.model,
+            self.data.train,
+            rt.train,
+            start,
+            plan,
+            rt.pad_id,
+            optimizer,
+            name=self.name,
+            record_dp=record_dp,
         )
 
     def _masked(self, task: Task, delta: Tensors, below: bool) -> tuple[bytes, Tensors]:

@@ -10,9 +10,9 @@ participant can make progress and nothing is due, the virtual clock jumps to the
 deadline, so stragglers and dropouts end a round exactly as the service's wall clock
 would end it.
 
-Writes into the run folder: ``config.json``, ``checkpoint.pt`` after every round (``resume``
-continues a killed run from it), ``metrics.jsonl`` (one row per round), ``loss.png``,
-``summary.json`` and the final ``adapter/`` (a PEFT folder).
+Writes into the run folder: ``config.json``, ``checkpoint.safetensors`` after every round
+(``resume`` continues a killed run from it), ``metrics.jsonl`` (one row per round),
+``loss.png``, ``summary.json`` and the final ``adapter/`` (a PEFT folder).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from zenfed.participant.state import ParticipantState
 from zenfed.privacy.dp import PrivacyBudgetExceeded
 from zenfed.protocol.secagg import STAGES
 from zenfed.sim import baselines as bl
+from zenfed.sim.attacks import check_tolerance, install_attack
 from zenfed.sim.progress import Progress
 from zenfed.sim.report import plot_losses, sample_generations
 from zenfed.sim.setup import World, build_world
@@ -79,6 +80,9 @@ def run_simulation(
         {d.name: len(d.train) for d in world.data},
         verify_keys={k: identity_key(p) for k, p in world.participants.items()},
     )
+    attackers = install_attack(cfg, world.participants)  # [attack]: who misbehaves, and how
+    n = len(world.participants)
+    check_tolerance(len(attackers), n, coord.strategy.cohort_size(n), coord.rule)
     if not resume:
         _init_out_dir(out, cfg)
     history: list[dict[str, Any]] = []
@@ -104,7 +108,7 @@ def run_simulation(
             row["eval_seconds"] = time.perf_counter() - t_eval
         history.append(row)
         save_checkpoint(
-            out / "checkpoint.pt",
+            out / "checkpoint.safetensors",
             coord.state.to_bytes(),
             {k: p.state.to_bytes() for k, p in world.participants.items()},
             history,
@@ -181,7 +185,7 @@ def load_run(
     out: Path,
 ) -> tuple[CoordinatorState, dict[str, ParticipantState], list[dict[str, Any]]]:
     """The coordinator state, participant states and history in a run folder's checkpoint."""
-    coord, parts, history = load_checkpoint(out / "checkpoint.pt")
+    coord, parts, history = load_checkpoint(out / "checkpoint.safetensors")
     states = {k: ParticipantState.from_bytes(v) for k, v in parts.items()}
     return CoordinatorState.from_bytes(coord), states, history
 
@@ -318,9 +322,10 @@ def efficiency(initial: float, fed: float, central: float) -> float:
 def _check_out_dir(out: Path, cfg: FederationConfig, *, resume: bool, fresh: bool) -> None:
     if resume:
         config_file = out / "config.json"
-        if not (out / "checkpoint.pt").is_file() or not config_file.is_file():
+        if not (out / "checkpoint.safetensors").is_file() or not config_file.is_file():
             raise ZenfedError(
-                f"nothing to resume in '{out}' (no checkpoint.pt)", fix="run without --resume"
+                f"nothing to resume in '{out}' (no checkpoint.safetensors)",
+                fix="run without --resume",
             )
         saved = parse_config(json.loads(config_file.read_text()), origin=str(config_file))
         if saved != cfg:
@@ -328,7 +333,7 @@ def _check_out_dir(out: Path, cfg: FederationConfig, *, resume: bool, fresh: boo
                 f"the run in '{out}' was made with a different config",
                 fix="resume with the same config, or use another --out",
             )
-    elif (out / "checkpoint.pt").exists() and not fresh:
+    elif (out / "checkpoint.safetensors").exists() and not fresh:
         raise ZenfedError(
             f"'{out}' already holds a run",
             fix="pass --resume to continue it, --fresh to replace it",

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from zenfed.config import FederationConfig
+from zenfed.config import AttackConfig, FederationConfig
 from zenfed.data.examples import ParticipantData
 from zenfed.data.federated import build_participants
 from zenfed.model.adapter import get_adapter_state
 from zenfed.model.build import adapter_model
 from zenfed.participant.agent import Participant, Runtime
+from zenfed.sim.attacks import BackdoorPoison
 from zenfed.tensors import Tensors
 
 
@@ -35,15 +36,22 @@ class World:
     def fits(self, cfg: FederationConfig) -> bool:
         """Whether a run of ``cfg`` may reuse this world (same model, adapter, data, seed)."""
         a, b = self.cfg, cfg
-        return (a.model, a.lora, a.data, a.run.seed) == (b.model, b.lora, b.data, b.run.seed)
+        same = (a.model, a.lora, a.data, a.run.seed) == (b.model, b.lora, b.data, b.run.seed)
+        return same and _poisoned(a) == _poisoned(b)
 
 
 def build_world(cfg: FederationConfig) -> World:
     """Load the base model, attach LoRA (seeded), build every participant's data."""
     model, tok = adapter_model(cfg)
-    data = build_participants(cfg.data, tok, cfg.run.seed)
+    poison = BackdoorPoison(cfg.attack, cfg.run.seed) if _poisoned(cfg) else None
+    data = build_participants(cfg.data, tok, cfg.run.seed, poison)
     runtime = Runtime(
         model=model, pad_id=int(tok.pad_token_id), train=cfg.train, compress=cfg.compress
     )
     parts = {d.name: Participant(d.name, d, runtime) for d in data}
     return World(model, tok, get_adapter_state(model), runtime, data, parts, cfg)
+
+
+def _poisoned(cfg: FederationConfig) -> AttackConfig | None:
+    """The attack that changes the participants' data (a backdoor), if any."""
+    return cfg.attack if cfg.attack.kind == "backdoor" else None
