@@ -26,6 +26,11 @@ from zenfed.errors import ZenfedError
 from zenfed.protocol.messages import Task
 
 
+def fixed_cohort_size(n: int, fraction: float, minimum: int) -> int:
+    """``max(minimum, ceil(fraction * n))``, at most n: the cohort of fixed sampling."""
+    return min(n, max(minimum, math.ceil(fraction * n)))
+
+
 def sample_participants(
     participants: Sequence[str], fraction: float, minimum: int, rng: np.random.Generator
 ) -> list[str]:
@@ -33,8 +38,7 @@ def sample_participants(
     n = len(participants)
     if n == 0:
         raise ZenfedError("no participants are enrolled", fix="enroll at least one participant")
-    k = min(n, max(minimum, math.ceil(fraction * n)))
-    chosen = rng.choice(n, size=k, replace=False)
+    chosen = rng.choice(n, size=fixed_cohort_size(n, fraction, minimum), replace=False)
     return [participants[i] for i in sorted(chosen.tolist())]
 
 
@@ -49,7 +53,7 @@ class Strategy:
         sc = self.cfg.sampling
         if sc.method == "poisson":
             return sc.fraction * n
-        return float(min(n, max(sc.min_participants, math.ceil(sc.fraction * n))))
+        return float(fixed_cohort_size(n, sc.fraction, sc.min_participants))
 
     def configure(self, server_round: int, members: Mapping[str, str], version: str) -> list[Task]:
         """The training tasks of ``server_round`` (0-based) starting from ``version``, for

@@ -213,10 +213,14 @@ class BackdoorPoison:
 
     def __init__(self, cfg: AttackConfig, seed: int) -> None:
         self.cfg, self.seed = cfg, seed
+        self._attackers: dict[tuple[str, ...], list[str]] = {}  # drawn once per name list
 
     def __call__(self, name: str, names: Sequence[str], ex: Example) -> Example | None:
         """The poisoned copy of ``ex`` if ``name`` attacks and ``ex`` is drawn, else None."""
-        if self.cfg.kind != "backdoor" or name not in choose_attackers(self.cfg, names, self.seed):
+        key = tuple(names)
+        if key not in self._attackers:
+            self._attackers[key] = choose_attackers(self.cfg, names, self.seed)
+        if self.cfg.kind != "backdoor" or name not in self._attackers[key]:
             return None
         if len(ex.messages) < 2 or ex.messages[-1][0] != "assistant":
             return None
