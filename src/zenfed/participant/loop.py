@@ -141,9 +141,11 @@ def _stage(
 
 
 def drive(loop: Iterator[Event], log: Callable[[Event], None] = lambda e: None) -> int:
-    """Run a participant's loop over a blocking port to its end; the results accepted."""
+    """Run a participant's loop over a blocking port to its end; the number of its
+    results the coordinator holds ("accepted", or "duplicate": a retry of an upload it
+    had already stored, e.g. when the response was lost to a coordinator crash)."""
     accepted = 0
     for event in loop:
         log(event)
-        accepted += isinstance(event, Done) and event.status == "accepted"
+        accepted += isinstance(event, Done) and event.status in ("accepted", "duplicate")
     return accepted
