@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -30,7 +30,7 @@ app = typer.Typer(
 console = Console()
 
 
-def _fail(e: ZenfedError) -> None:
+def _fail(e: ZenfedError) -> NoReturn:
     Console(stderr=True).print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
@@ -205,11 +205,57 @@ def revoke(
     cafile: Annotated[Path | None, typer.Option(help="CA certificate for TLS")] = None,
 ) -> None:
     """Revoke a participant: its requests are refused and it is sampled no more (audited)."""
+    _on_participant("revoke", name, url, state, operator_token, cafile)
+
+
+def _on_participant(
+    action: str, name: str, url: str, state: Path | None, token: str | None, cafile: Path | None
+) -> None:
     from urllib.parse import quote
 
-    path = f"/v1/participants/{quote(name, safe='')}/revoke"
-    r = _operator_call("POST", url, path, state, operator_token, cafile, {})
-    console.print(f"revoked {name} ({r.json()['participant'][:12]})")
+    path = f"/v1/participants/{quote(name, safe='')}/{action}"
+    r = _operator_call("POST", url, path, state, token, cafile, {})
+    console.print(f"{action}d {name} ({r.json()['participant'][:12]})")
+
+
+@app.command()
+def reinstate(
+    name: Annotated[str, typer.Argument(help="the participant's name (or id)")],
+    url: Annotated[str, typer.Option(help="the coordinator's URL")],
+    state: Annotated[Path | None, typer.Option(help="the coordinator's --state")] = None,
+    operator_token: Annotated[str | None, typer.Option(help="the operator token")] = None,
+    cafile: Annotated[Path | None, typer.Option(help="CA certificate for TLS")] = None,
+) -> None:
+    """Lift a participant's quarantine: it is sampled again, with a fresh reputation."""
+    _on_participant("reinstate", name, url, state, operator_token, cafile)
+
+
+@app.command()
+def rollback(
+    to: Annotated[str, typer.Option(help="the version to publish again (id or 8+ hex digits)")],
+    url: Annotated[str | None, typer.Option(help="a running coordinator's URL")] = None,
+    run: Annotated[Path | None, typer.Option(help="or a simulation run folder")] = None,
+    state: Annotated[Path | None, typer.Option(help="the coordinator's --state")] = None,
+    operator_token: Annotated[str | None, typer.Option(help="the operator token")] = None,
+    cafile: Annotated[Path | None, typer.Option(help="CA certificate for TLS")] = None,
+) -> None:
+    """Publish an earlier version again, as a new version whose lineage records the
+    rollback (an open round is aborted); participants pick it up like any other."""
+    if (url is None) == (run is None):
+        _fail(ZenfedError("give exactly one of --url and --run", fix="where to roll back"))
+    if run is not None:
+        from zenfed.sim.runner import rollback_run
+
+        try:
+            v = rollback_run(run, to)
+        except ZenfedError as e:
+            _fail(e)
+        console.print(f"version {v.id[:12]} republishes {v.rollback_of[:12]} in {run}")
+        return
+    assert url is not None
+    r = _operator_call("POST", url, "/v1/rollback", state, operator_token, cafile, {"to": to})
+    body = r.json()
+    console.print(f"version {body['version'][:12]} republishes {body['rollback_of'][:12]}")
 
 
 @app.command()
@@ -286,6 +332,8 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
             else None,
         ),
         ("rounds aborted (no version)", s.get("aborted_rounds") or None),
+        ("rounds rejected by the evaluation gate", s.get("rejected_rounds") or None),
+        ("quarantined", ", ".join(s.get("quarantined") or {}) or None),
         ("federated run wall time (s)", s["seconds"]),
     ]
     for label, value in rows:

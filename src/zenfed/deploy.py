@@ -93,16 +93,24 @@ def serve(
     import uvicorn
 
     from zenfed.coordinator.persistent import PersistentCoordinator
+    from zenfed.data.federated import load_validation
     from zenfed.model.adapter import get_adapter_state
     from zenfed.model.build import adapter_model
     from zenfed.store.blobs import BlobStore
     from zenfed.store.db import Database
+    from zenfed.train.evaluate import adapter_loss
     from zenfed.transport.http.app import create_app
 
     if cfg.attack.kind != "none":
         raise ZenfedError(
             f"the config has [attack] kind = '{cfg.attack.kind}', which only the simulation runs",
             fix="remove the [attack] section from the service's config",
+        )
+    if cfg.gate.source == "heldout":
+        raise ZenfedError(
+            "gate.source = 'heldout' reads the participants' held-out data, which only a "
+            "simulation can",
+            fix="give the service gate.source = 'validation_file' and a file of your own",
         )
     if (tls_cert is None) != (tls_key is None):
         raise ZenfedError("TLS needs both --tls-cert and --tls-key", fix="give both or neither")
@@ -115,9 +123,14 @@ def serve(
     private_state_dir(state)
     lock = lock_state_dir(state)  # held until this process exits
     token = operator_token(state)
-    model, _ = adapter_model(cfg)
+    model, tok = adapter_model(cfg)
+    evaluate = None
+    if cfg.gate.validation_file is not None:  # the operator's own validation set
+        examples = load_validation(cfg.gate.validation_file, cfg.data, tok, cfg.gate.max_examples)
+        evaluate = adapter_loss(model, examples, cfg.train.batch_size, int(tok.pad_token_id))
     db = Database(db_url or f"sqlite:///{state / 'zenfed.db'}")
-    fed = PersistentCoordinator(cfg, get_adapter_state(model), db, BlobStore(state / "blobs"))
+    blobs = BlobStore(state / "blobs")
+    fed = PersistentCoordinator(cfg, get_adapter_state(model), db, blobs, evaluate=evaluate)
     del model
     uvicorn.run(
         create_app(fed, token),
@@ -170,8 +183,11 @@ def join(
     cafile: Path | None = None,
     memory_gb: float | None = None,
     wait_s: float = 20.0,
+    tamper: Any = None,
 ) -> int:
-    """Enroll (first time) and train for the federation until it finishes."""
+    """Enroll (first time) and train for the federation until it finishes. ``tamper``
+    (``participant.agent.Tamper``; Python only, not on the command line) changes each
+    update after training: how tests run a misbehaving agent over real HTTP."""
     from zenfed.data.federated import build_participants
     from zenfed.model.build import adapter_model
     from zenfed.participant.agent import Participant, Runtime
@@ -222,6 +238,7 @@ def join(
         state_file = identity_path.with_suffix(".state.safetensors")
         kept = load_participant_state(state_file, identity_path.with_suffix(".state.pt"))
         me_p = Participant(name, pdata, runtime, kept, signing_key=me.key)
+        me_p.tamper = tamper
         loop = run_participant(client, me_p, lambda p: save_participant_state(p, state_file))
         accepted = drive(loop, log=_say)
         print(f"federation finished; {accepted} updates accepted", flush=True)

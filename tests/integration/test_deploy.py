@@ -130,11 +130,16 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def _finish(agents: list[subprocess.Popen[str]], timeout: float = 600) -> None:
+    _finish_with(agents, 2, timeout)
+
+
+def _finish_with(agents: list[subprocess.Popen[str]], updates: int, timeout: float = 600) -> None:
+    """Wait for every agent to end well, each having had ``updates`` updates accepted."""
     end = time.monotonic() + timeout
     for a in agents:
         out, _ = a.communicate(timeout=max(1.0, end - time.monotonic()))
         assert a.returncode == 0, out
-        assert "federation finished; 2 updates accepted" in out, out
+        assert f"federation finished; {updates} updates accepted" in out, out
 
 
 def _check_store(state: Path, cfg_path: Path) -> None:

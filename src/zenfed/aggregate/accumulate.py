@@ -116,6 +116,10 @@ class KeepAll:
         self._kept.append((participant, self.spill(participant, tensors), weight))
         self.below += below
 
+    def updates(self) -> dict[str, Tensors]:
+        """Every kept update by participant (loaded back if spilled)."""
+        return {pid: load() for pid, load, _ in self._kept}
+
     def result(self) -> Aggregate:
         """The rule over every kept update, as an aggregate whose mean is the rule's result
         (in participant order, so the result does not depend on arrival order)."""

@@ -15,7 +15,10 @@ The parts it composes, each replaceable and none aware of the others:
   noise shares, clipping plaintext updates, noise on the sum and the ledger;
 - the server optimizer (``zenfed.aggregate.server_opt``), state in, state out;
 - ``Publisher`` (``zenfed.compress.downlink``): what each new version is published as;
-- the trigger (trigger.py): when the open round is aggregated.
+- the trigger (trigger.py): when the open round is aggregated;
+- ``Screen`` (screening.py, ``[detect]``): scores each update of a round, keeps the
+  reputations, quarantines (leaves out of cohorts) who falls below the threshold.
+The evaluation gate and rollback wrap the engine from outside (port.py, trust.py).
 Validation (validate.py) happens before an update touches anything; ``aggregate_round``
 builds the result without changing anything and ``commit`` adopts it, so a service that
 fails to store a result keeps the round open. Every transport drives the engine through
@@ -35,6 +38,7 @@ from zenfed.compress.downlink import Publisher
 from zenfed.config import FederationConfig
 from zenfed.coordinator.evaluation import FederatedEvaluation
 from zenfed.coordinator.metrics import round_metrics
+from zenfed.coordinator.screening import Screen
 from zenfed.coordinator.secure import SecureRound
 from zenfed.coordinator.state import Commit, CoordinatorState
 from zenfed.coordinator.strategy import Strategy
@@ -90,6 +94,7 @@ class Coordinator:
         state: CoordinatorState | None = None,
         verify_keys: dict[str, bytes] | None = None,
         spill: Spill | None = None,
+        screen: Screen | None = None,
     ) -> None:
         self.cfg = cfg
         self.participants = dict(participants)  # who is sampled: id -> declared examples
@@ -103,6 +108,7 @@ class Coordinator:
         self.rule = build_rule(cfg.server.aggregator)
         self.trigger = SyncRound(cfg.service.quorum, cfg.service.round_timeout_s)
         self.privacy = PrivacyPolicy(cfg)
+        self.screen = screen
         shapes = {k: tuple(v.shape) for k, v in initial.items()}
         self.codec = Pipeline(cfg.compress, shapes)  # a parameter that cannot fit fails here
         self.publisher = Publisher(cfg.compress, shapes, cfg.run.seed)
@@ -123,16 +129,22 @@ class Coordinator:
             ledger = self.privacy.initial_ledger()
             state = CoordinatorState(0, dict(initial), ServerOptState(), [root], privacy=ledger)
         self.state = state
-        if self.participants:  # a setting that cannot work fails here, before round 1
+        if self.pool:  # a setting that cannot work fails here, before round 1
             self.privacy.noise(self.state.privacy, self.expected_cohort)
             if not self.rule.streaming:  # a mean takes any count; Krum needs 2f + 3
-                self.rule.check_count(math.floor(self.strategy.cohort_size(len(self.participants))))
+                self.rule.check_count(math.floor(self.strategy.cohort_size(len(self.pool))))
         self.current: OpenRound | None = None
         self.evaluation: FederatedEvaluation | None = None
         self.last_traffic: dict[str, dict[str, int]] = {}
         self.last_skip = ""  # why the last skipped round produced no version
 
     # ---- versions ------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> dict[str, int]:
+        """Who cohorts are drawn from: the participants, less the quarantined."""
+        out = self.state.quarantined
+        return {p: n for p, n in self.participants.items() if p not in out}
 
     @property
     def version(self) -> GlobalVersion:
@@ -155,7 +167,7 @@ class Coordinator:
         if self.current is not None:
             raise ZenfedError(f"round {self.current.round} is still open", fix="close it first")
         self.privacy.check_budget(self.state.privacy, self.state.round)
-        members = {p: self.names.get(p, p) for p in self.participants}
+        members = {p: self.names.get(p, p) for p in self.pool}
         tasks = self.strategy.configure(self.state.round, members, self.version.id)
         deadline = self.trigger.deadline(now)
         tasks = [replace(t, deadline=deadline) for t in tasks]
@@ -196,7 +208,7 @@ class Coordinator:
         acc: Accumulator
         if secure is not None:
             acc = secure
-        elif self.rule.streaming:
+        elif self.rule.streaming and self.screen is None:  # screening needs every update
             acc = StreamingMean()
         else:
             acc = KeepAll(self.rule, self.spill, seed=tasks[0].codec_seed)
@@ -274,8 +286,18 @@ class Coordinator:
                 self.rule.check_count(len(r.received))
             except ZenfedError as e:
                 raise RoundAborted(e.problem, fix="the round is skipped") from e
+        combined = r.accumulator.result()
+        st, assessment = self.state, None
+        if self.screen is not None and isinstance(r.accumulator, KeepAll):
+            assessment = self.screen.assess(
+                r.accumulator.updates(),
+                combined.mean(),
+                st.published,
+                st.reputation,
+                st.quarantined,
+            )
         agg, privacy_metrics, ledger = self.privacy.release(
-            r.accumulator.result(), self.state.privacy, self.expected_cohort, r.secure is not None
+            combined, self.state.privacy, self.expected_cohort, r.secure is not None
         )
         params, server_state = server_step(
             self.cfg.server, self.state.params, agg.mean(), self.state.server_state
@@ -289,7 +311,11 @@ class Coordinator:
             parent=r.version,
             participants=tuple(sorted(r.received)),
             num_examples=sum(u.num_examples for u in ups),
-            metrics={**self._round_metrics(r), **privacy_metrics},
+            metrics={
+                **self._round_metrics(r),
+                **privacy_metrics,
+                **({"flagged": float(len(assessment.flags))} if assessment else {}),
+            },
             content=content,
         )
         broadcasts = Publisher.chain(self.state.broadcasts, broadcast, version)
@@ -301,20 +327,35 @@ class Coordinator:
             public,
             broadcasts,
             ledger,
+            assessment.reputation if assessment else dict(st.reputation),
+            {**st.quarantined, **(assessment.quarantine if assessment else {})},
         )
-        return Commit(version, state)
+        if assessment is None:
+            return Commit(version, state)
+        return Commit(version, state, assessment.flags, assessment.quarantine)
 
     def commit(self, result: Commit) -> GlobalVersion:
-        """Make ``result`` (from ``aggregate_round`` of the open round) the global state."""
+        """Make ``result`` the global state: ``aggregate_round``'s of the open round, or,
+        with no round open, a rollback (``trust.rollback``) of the current state."""
         r = self.current
-        if r is None or result.version.parent != self.version.id:
+        if result.version.parent != self.version.id or (r is None) != bool(
+            result.version.rollback_of
+        ):
             raise ZenfedError("this result is not of the open round", fix="aggregate it again")
-        self.last_traffic = {
-            p: {"up": r.bytes_up.get(p, 0), "down": r.bytes_down.get(p, 0)} for p in sorted(r.tasks)
-        }
+        if r is not None:
+            self.last_traffic = {
+                p: {"up": r.bytes_up.get(p, 0), "down": r.bytes_down.get(p, 0)}
+                for p in sorted(r.tasks)
+            }
         self.state = result.state
         self.current = None
         return result.version
+
+    def rejection(self, result: Commit) -> CoordinatorState:
+        """The state once the open round's ``result`` is refused (an evaluation gate): the
+        current version stays, the round number moves on, and a noised release is still
+        charged to the privacy ledger. Changes nothing; the caller adopts it."""
+        return replace(self.state, round=self.state.round + 1, privacy=result.state.privacy)
 
     def close_round(self) -> GlobalVersion:
         """Aggregate what arrived, take the server optimizer step, commit a new version."""
@@ -367,7 +408,7 @@ class Coordinator:
     @property
     def expected_cohort(self) -> float:
         """q * N under Poisson sampling: the fixed denominator of DP-FedAvg."""
-        return self.cfg.sampling.fraction * len(self.participants)
+        return self.cfg.sampling.fraction * len(self.pool)
 
     @property
     def noise_multiplier(self) -> float | None:

@@ -24,7 +24,7 @@ from sqlalchemy import delete, select, update
 
 from zenfed.compress.downlink import full_payload
 from zenfed.coordinator.port import Journal
-from zenfed.coordinator.state import Commit
+from zenfed.coordinator.state import Commit, CoordinatorState
 from zenfed.coordinator.validate import UpdateRejected
 from zenfed.protocol.auth import MAX_SKEW_S
 from zenfed.protocol.messages import Task, Update
@@ -144,9 +144,46 @@ class StoreJournal(Journal):
                 row.status, row.closed_at, row.result_version = "closed", self.now(), v.id
                 row.reason = why
             audit_row(s, "coordinator", "commit_version", {"version": v.id, "round": v.round})
+            if v.rollback_of:
+                audit_row(
+                    s, "operator", "rollback", {"version": v.id, "republishes": v.rollback_of}
+                )
+            for pid, why in result.flags.items():
+                audit_row(s, pid, "flagged", {"round": v.round, "why": why})
+            for pid, why in result.quarantine.items():
+                audit_row(s, "coordinator", "quarantine", {"participant": pid, "why": why})
+        for pid, why in result.quarantine.items():
+            log_event("quarantine", logging.WARNING, participant=pid, why=why)
         for digest in old - {state}:
             if digest:
                 self.blobs.delete(digest)
+
+    def rejecting(self, server_round: int, state: CoordinatorState, reason: str) -> None:
+        """The gate's refusal: the newest version's saved state becomes ``state``, the
+        round's row is closed as rejected, audited."""
+        self.save_state(state, "reject_round", {"round": server_round, "reason": reason})
+        self.round_id = None
+        log_event("reject_round", logging.WARNING, round=server_round, reason=reason)
+
+    def save_state(
+        self, state: CoordinatorState, action: str, detail: dict[str, Any], actor: str = ""
+    ) -> None:
+        """Replace the newest version's saved coordinator state by ``state`` (a change made
+        between versions: a rejected round, a reinstatement), with its audit line; the open
+        round's row, if any, is closed as ``rejected`` when ``action`` is a rejection."""
+        digest = self.blobs.put(state.to_bytes())
+        with self.db.transaction() as s:
+            row = s.get(Version, state.version.id)
+            assert row is not None
+            old = row.server_state_sha256
+            row.server_state_sha256 = digest
+            if action == "reject_round" and self.round_id is not None:
+                r = s.get(Round, self.round_id)
+                assert r is not None
+                r.status, r.closed_at, r.reason = "rejected", self.now(), detail["reason"][:500]
+            audit_row(s, actor or "coordinator", action, detail)
+        if old and old != digest:
+            self.blobs.delete(old)
 
     def aborted(self, server_round: int, reason: str) -> None:
         """The round's row is closed as aborted."""

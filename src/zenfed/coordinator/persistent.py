@@ -34,12 +34,16 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
+from zenfed.compress.downlink import receive
 from zenfed.config import FederationConfig
 from zenfed.coordinator.engine import Coordinator
+from zenfed.coordinator.gate import Evaluate
 from zenfed.coordinator.journal import StoreJournal, log_event, sha256, update_from_row
 from zenfed.coordinator.port import CoordinatorPort, Tick
 from zenfed.coordinator.state import Commit, CoordinatorState
+from zenfed.coordinator.trust import find_version, reinstate, trust_parts
 from zenfed.coordinator.validate import MAX_COUNT
 from zenfed.errors import ZenfedError
 from zenfed.protocol.auth import AuthError, check_body, participant_id, verify_signature
@@ -72,12 +76,14 @@ class PersistentCoordinator:
         db: Database,
         blobs: BlobStore,
         clock: Callable[[], float] = time.time,
+        evaluate: Evaluate | None = None,
     ) -> None:
         self.cfg, self.db, self.blobs, self.clock = cfg, db, blobs, clock
         db.upgrade()
-        self.engine = Coordinator(cfg, initial, {}, spill=self._spill)
+        gate, screen = trust_parts(cfg, evaluate)  # [gate] and [detect] judge by ``evaluate``
+        self.engine = Coordinator(cfg, initial, {}, spill=self._spill, screen=screen)
         self.journal = StoreJournal(db, blobs, clock)
-        self.port = CoordinatorPort(self.engine, self.journal, clock)
+        self.port = CoordinatorPort(self.engine, self.journal, clock, gate=gate)
         # Enrolled, not revoked: id -> declared examples. Those that have asked for a task
         # are also in engine.participants, the pool cohorts are drawn from.
         self.enrolled: dict[str, int] = {}
@@ -191,13 +197,7 @@ class PersistentCoordinator:
         """Revoke a participant by name (or id): its requests are refused from now on and
         it is sampled no more. Returns its id. Audited."""
         with self.db.transaction() as s:
-            p = s.get(Participant, who) or s.scalar(
-                select(Participant).where(Participant.name == who)
-            )
-            if p is None:
-                raise UnknownParticipant(
-                    f"no participant named '{who[:200]}'", fix="see zenfed status for the names"
-                )
+            p = _find(s, who)
             if p.revoked_at is None:
                 p.revoked_at = self._now()
                 audit_row(s, "operator", "revoke", {"participant": p.id, "name": p.name})
@@ -206,6 +206,35 @@ class PersistentCoordinator:
         self.engine.withdraw(pid)
         log_event("revoke", participant=pid)
         return pid
+
+    def reinstate(self, who: str) -> str:
+        """Lift the quarantine of a participant (by name or id): it is sampled again, with
+        a fresh reputation. Returns its id. Audited; survives a restart."""
+        with self.db.transaction() as s:
+            p = _find(s, who)
+            pid, name = p.id, p.name
+        st = self.engine.state
+        new = replace(st, reputation=dict(st.reputation), quarantined=dict(st.quarantined))
+        reinstate(new, pid, who)
+        detail = {"participant": pid, "name": name, "was": st.quarantined[pid]}
+        self.journal.save_state(new, "reinstate", detail, actor="operator")
+        self.engine.state = new
+        log_event("reinstate", participant=pid)
+        return pid
+
+    def rollback(self, to: str) -> GlobalVersion:
+        """Publish the earlier version ``to`` (an id or its first 8+ hex digits) again as a
+        new version whose lineage records the rollback (audited); an open round is
+        aborted. UnknownVersion names a version that is not in the lineage."""
+        target = find_version(self.engine.state, to)
+        with self.db.transaction() as s:
+            row = s.get(Version, target.id)
+        if row is None:
+            raise ZenfedError(f"version {target.id[:12]} is not stored", fix="restore the store")
+        tensors = receive(self.blobs.get(row.blob_sha256), None, None, target.id)
+        version = self.port.rollback(target.id, tensors)
+        log_event("rollback", version=version.id, republishes=target.id)
+        return version
 
     def whoami(self, pid: str) -> dict[str, Any]:
         """What the coordinator knows of an (authenticated) participant."""
@@ -276,6 +305,7 @@ class PersistentCoordinator:
     def status(self) -> dict[str, Any]:
         """The federation at a glance: round, version, participants, open round."""
         info, engine = self.engine.open_round_info, self.engine
+        st = engine.state
         with self.db.transaction() as s:
             revoked = s.scalars(select(Participant.id).where(Participant.revoked_at.is_not(None)))
             n_revoked = len(revoked.all())
@@ -297,6 +327,18 @@ class PersistentCoordinator:
                 "deadline_in_s": round(self.port.next_deadline() - self.clock(), 1),
             },
             "rejections": self.rejections,
+            "quarantined": {engine.names.get(p, p): why for p, why in st.quarantined.items()},
+            "low_reputation": {
+                engine.names.get(p, p): round(r, 3)
+                for p, r in sorted(st.reputation.items())
+                if r < 1.0 and p not in st.quarantined
+            },
+            "lineage": [
+                {"version": v.id[:12], "round": v.round, "rollback_of": v.rollback_of[:12]}
+                if v.rollback_of
+                else {"version": v.id[:12], "round": v.round}
+                for v in st.versions[-5:]
+            ],
         }
 
     def audit_log(self) -> list[tuple[str, str, dict[str, Any]]]:
@@ -390,6 +432,16 @@ class PersistentCoordinator:
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
+
+
+def _find(s: Session, who: str) -> Participant:
+    """The participant named ``who`` (or whose id it is); UnknownParticipant if none."""
+    p = s.get(Participant, who) or s.scalar(select(Participant).where(Participant.name == who))
+    if p is None:
+        raise UnknownParticipant(
+            f"no participant named '{who[:200]}'", fix="see zenfed status for the names"
+        )
+    return p
 
 
 def _aware(dt: datetime) -> datetime:

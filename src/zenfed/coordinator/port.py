@@ -17,6 +17,11 @@ engine's trigger says so. ``tick`` uses the port's clock: the wall clock in a de
 a virtual one in the simulation (which jumps to ``next_deadline`` when no participant can
 make progress), so both run the same timing rules.
 
+An evaluation gate (``[gate]``, gate.py) wraps the close: a candidate whose validation
+loss regressed beyond the tolerance is rejected and the current version stays. A
+rollback (``rollback``) aborts the open round, if any, and commits the earlier version's
+tensors anew (trust.py).
+
 A ``Journal`` hears of every state change before it becomes visible (an update before it
 is counted, a version before it is adopted): the deployment's persistent coordinator
 writes them to its database and blob store; the simulation's journal keeps nothing.
@@ -31,7 +36,9 @@ from collections.abc import Callable
 from typing import Literal
 
 from zenfed.coordinator.engine import Coordinator, RoundAborted
-from zenfed.coordinator.state import Commit
+from zenfed.coordinator.gate import Gate
+from zenfed.coordinator.state import Commit, CoordinatorState
+from zenfed.coordinator.trust import rollback
 from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
 from zenfed.privacy.dp import PrivacyBudgetExceeded
@@ -45,8 +52,9 @@ from zenfed.protocol.port import (
     StageMessage,
 )
 from zenfed.protocol.secagg import STAGES, AdvertiseKeys, UnmaskRequest
+from zenfed.tensors import Tensors
 
-Tick = Literal["idle", "opened", "stage", "closed", "aborted", "skipped", "exhausted"]
+Tick = Literal["idle", "opened", "stage", "closed", "rejected", "aborted", "skipped", "exhausted"]
 
 
 class Journal:
@@ -67,6 +75,11 @@ class Journal:
 
     def committing(self, result: Commit, why: str) -> None:
         """A round's result, before the engine adopts it (raise to keep the round open)."""
+
+    def rejecting(self, server_round: int, state: CoordinatorState, reason: str) -> None:
+        """An evaluation gate refused the open round's result: the round ends without a
+        version; ``state`` is the coordinator's from now on (the round number and the
+        privacy ledger moved on)."""
 
     def aborted(self, server_round: int, reason: str) -> None:
         """The open round ended without a version."""
@@ -90,8 +103,10 @@ class CoordinatorPort:
         journal: Journal | None = None,
         clock: Callable[[], float] = time.time,
         wait_for_minimum: bool = True,
+        gate: Gate | None = None,
     ) -> None:
         self.engine, self.journal, self.clock = engine, journal or Journal(), clock
+        self.gate = gate
         # A service waits until sampling.min_participants have joined before a round; a
         # simulation's pool is complete from the start (a smaller one samples all of it).
         self.wait_for_minimum = wait_for_minimum
@@ -321,9 +336,35 @@ class CoordinatorPort:
             result = self.engine.aggregate_round()
         except RoundAborted as e:
             return self._abort(e.problem)
+        loss = None
+        if self.gate is not None:
+            engine = self.engine
+            verdict = self.gate.judge(result.published, engine.version.id, engine.state.published)
+            if not verdict.passed:
+                self.last_reason = verdict.reason
+                kept = engine.rejection(result)
+                self.journal.rejecting(result.version.round, kept, verdict.reason)
+                engine.abort_round()
+                engine.state = kept
+                return "rejected"
+            loss = verdict.loss
         self.journal.committing(result, why)  # fails: the round stays open
         self.last_version = self.engine.commit(result)
+        if self.gate is not None and loss is not None:
+            self.gate.accepted(self.last_version.id, loss)
         return "closed"
+
+    def rollback(self, to: str, tensors: Tensors) -> GlobalVersion:
+        """Publish version ``to`` (whose stored tensors are ``tensors``) again as a new
+        version whose lineage records the rollback; an open round is aborted first."""
+        engine = self.engine
+        result = rollback(engine.state, to, tensors)  # checks everything before any change
+        if engine.current is not None:
+            self._abort(f"rolled back to version {result.version.rollback_of[:12]}")
+            result = rollback(engine.state, to, tensors)
+        self.journal.committing(result, f"rollback to {result.version.rollback_of}")
+        self.last_version = engine.commit(result)
+        return self.last_version
 
     def _abort(self, reason: str) -> Tick:
         r = self.engine.current

@@ -6,7 +6,8 @@
 The same bytes serve the simulation's run checkpoint and the deployment's store (one blob
 per committed version), so a restart rebuilds exactly what a resumed simulation does:
 parameters, server-optimizer moments, the versions' lineage, the published version and
-its broadcasts, and the privacy ledger.
+its broadcasts, the privacy ledger, and the reputations and quarantine of poisoning
+detection.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class CoordinatorState:
     public: Tensors | None = None
     broadcasts: list[Broadcast] = field(default_factory=list)
     privacy: PrivacyLedger = field(default_factory=PrivacyLedger)
+    # Poisoning detection ([detect]): each screened participant's reputation, and who is
+    # quarantined (left out of cohorts) with the reason.
+    reputation: dict[str, float] = field(default_factory=dict)
+    quarantined: dict[str, str] = field(default_factory=dict)
 
     @property
     def published(self) -> Tensors:
@@ -64,6 +69,8 @@ class CoordinatorState:
             "has_public": self.public is not None,
             "broadcasts": [[b.version, b.parent, b.seed] for b in self.broadcasts],
             "privacy": {"rounds": self.privacy.rounds, "clip_norm": self.privacy.clip_norm},
+            "reputation": self.reputation,
+            "quarantined": self.quarantined,
         }
         return pack_record(KIND, tensors, fields)
 
@@ -93,6 +100,8 @@ class CoordinatorState:
             public=parts["public"] if f["has_public"] else None,
             broadcasts=broadcasts,
             privacy=ledger,
+            reputation={k: float(v) for k, v in f.get("reputation", {}).items()},
+            quarantined=dict(f.get("quarantined", {})),
         )
 
 
@@ -102,6 +111,8 @@ class Commit:
 
     version: GlobalVersion
     state: CoordinatorState
+    flags: dict[str, str] = field(default_factory=dict)  # screened updates that stood out
+    quarantine: dict[str, str] = field(default_factory=dict)  # quarantined by this commit
 
     @property
     def published(self) -> Tensors:

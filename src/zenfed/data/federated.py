@@ -17,10 +17,10 @@ from typing import TypeVar
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from zenfed.config import DataConfig
+from zenfed.config import DataConfig, SourceConfig
 from zenfed.data import partition
 from zenfed.data.corpora import load_chatterbot
-from zenfed.data.examples import Example, ParticipantData
+from zenfed.data.examples import Example, ParticipantData, TokenizedExample
 from zenfed.data.formatting import tokenize_example
 from zenfed.data.sources import load_source
 from zenfed.errors import ZenfedError
@@ -34,6 +34,22 @@ def load_examples(cfg: DataConfig) -> list[Example]:
     for src in cfg.sources:
         examples += _cap(load_source(src), cfg)
     return examples
+
+
+def load_validation(
+    path: str, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, max_examples: int
+) -> list[TokenizedExample]:
+    """An operator's validation file (any format a data source takes), tokenized like the
+    participants' data; the first ``max_examples`` conversations with a labelled token."""
+    rows = load_source(SourceConfig(name="validation", path=path))
+    tokenize = partial(tokenize_example, tokenizer, max_len=cfg.max_seq_len, train_on=cfg.train_on)
+    out = [t for ex in rows if (t := tokenize(ex)).num_loss_tokens > 0][:max_examples]
+    if not out:
+        raise ZenfedError(
+            f"validation file '{path}' has no usable conversation",
+            fix="give gate.validation_file conversations with an answer to score",
+        )
+    return out
 
 
 # (participant, every participant's name, a training example) -> an extra example or None

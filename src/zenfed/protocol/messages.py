@@ -134,6 +134,7 @@ class GlobalVersion:
     num_examples: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     content: str = ""
+    rollback_of: str = ""  # a rollback republishes this earlier version's tensors
 
 
 def version_id(parent: str | None, server_round: int, content: str) -> str:

@@ -27,15 +27,18 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from zenfed.compress.downlink import full_payload, receive
 from zenfed.config import FederationConfig, parse_config
 from zenfed.coordinator.engine import Coordinator
 from zenfed.coordinator.port import CoordinatorPort
 from zenfed.coordinator.state import CoordinatorState
+from zenfed.coordinator.trust import find_version, rollback, trust_parts
 from zenfed.errors import ZenfedError
 from zenfed.model.adapter import export_adapter
 from zenfed.participant.agent import Participant
 from zenfed.participant.state import ParticipantState
 from zenfed.privacy.dp import PrivacyBudgetExceeded
+from zenfed.protocol.messages import GlobalVersion
 from zenfed.protocol.secagg import STAGES
 from zenfed.sim import baselines as bl
 from zenfed.sim.attacks import check_tolerance, install_attack
@@ -74,11 +77,13 @@ def run_simulation(
             fix="build_world(cfg) for this config",
         )
     # The coordinator checks the codec settings against the adapter's shapes: before writing.
+    gate, screen = trust_parts(cfg, world.validation_loss(cfg))
     coord = Coordinator(
         cfg,
         world.initial,
         {d.name: len(d.train) for d in world.data},
         verify_keys={k: identity_key(p) for k, p in world.participants.items()},
+        screen=screen,
     )
     attackers = install_attack(cfg, world.participants)  # [attack]: who misbehaves, and how
     n = len(world.participants)
@@ -94,10 +99,11 @@ def run_simulation(
         for name, st in states.items():
             world.participants[name].state = st
     clock = SimClock()
-    port = CoordinatorPort(coord, clock=clock, wait_for_minimum=False)
+    port = CoordinatorPort(coord, clock=clock, wait_for_minimum=False, gate=gate)
     transport = InMemoryTransport(port, world.participants, drop=_dropouts(cfg, coord))
     if not history:
         history.append({"round": 0, **_evaluate(coord, transport, progress)})
+        save_version(out, coord)
     rounds = cfg.run.rounds
     progress.start_rounds(rounds, done=coord.state.round)
     for r in range(coord.state.round, rounds):
@@ -107,6 +113,7 @@ def run_simulation(
             row.update(_evaluate(coord, transport, progress))
             row["eval_seconds"] = time.perf_counter() - t_eval
         history.append(row)
+        save_version(out, coord)
         save_checkpoint(
             out / "checkpoint.safetensors",
             coord.state.to_bytes(),
@@ -152,7 +159,7 @@ def run_round(
     assert info is not None
     cohort, secure = info[1], coord.current is not None and coord.current.secure is not None
     progress.start_phase(f"round {r + 1}: training", len(cohort))
-    while what not in ("closed", "aborted"):
+    while what not in ("closed", "aborted", "rejected"):
         transport.settle(progress.advance_phase)
         what = port.tick()
         if what == "idle":  # nobody can move and nothing is due: time passes
@@ -160,6 +167,9 @@ def run_round(
                 raise ZenfedError(f"round {r + 1} cannot end", fix="report this as a bug")
             clock.t = max(clock.t, port.next_deadline())
     failures = {p: e for p, e in transport.failures.items() if p in cohort}
+    if what == "rejected":  # the gate kept the current version; the engine moved on
+        progress.note(f"round {r + 1} rejected: {port.last_reason}")
+        return {"round": r + 1, "rejected": port.last_reason, "seconds": time.perf_counter() - t0}
     if what == "aborted":
         if len(failures) == len(cohort) and not secure:
             raise ZenfedError(
@@ -171,10 +181,12 @@ def run_round(
         return {"round": r + 1, "aborted": port.last_reason, "seconds": time.perf_counter() - t0}
     version = port.last_version
     assert version is not None
+    quarantined = sorted(set(coord.state.quarantined) & cohort)
     return {
         "round": r + 1,
         "version": version.id[:16],
         **version.metrics,
+        **({"quarantined": quarantined} if quarantined else {}),
         "traffic": coord.last_traffic,  # bytes up and down per participant
         "failures": failures,
         "seconds": time.perf_counter() - t0,
@@ -188,6 +200,41 @@ def load_run(
     coord, parts, history = load_checkpoint(out / "checkpoint.safetensors")
     states = {k: ParticipantState.from_bytes(v) for k, v in parts.items()}
     return CoordinatorState.from_bytes(coord), states, history
+
+
+def rollback_run(out: str | Path, to: str) -> GlobalVersion:
+    """Republish version ``to`` of the run in ``out`` as a new version (``zenfed rollback
+    --run``): its checkpoint then holds the rollback, which ``--resume`` continues from
+    and ``zenfed export`` exports."""
+    out = Path(out)
+    if not (out / "checkpoint.safetensors").is_file():
+        raise ZenfedError(f"'{out}' holds no simulation run", fix="give a run folder (--run)")
+    state, parts, history = load_checkpoint(out / "checkpoint.safetensors")
+    st = CoordinatorState.from_bytes(state)
+    target = find_version(st, to)
+    path = out / "versions" / f"{target.id}.safetensors"
+    if not path.is_file():
+        raise ZenfedError(
+            f"version {target.id[:12]}'s tensors are not in {out / 'versions'}",
+            fix="roll back to a version this run saved",
+        )
+    result = rollback(st, to, receive(path.read_bytes(), None, None, target.id))
+    history.append({"round": result.version.round + 1, "rollback_of": target.id[:16]})
+    data = full_payload(result.state.published, result.version)
+    atomic_write(out / "versions" / f"{result.version.id}.safetensors", lambda f: f.write(data))
+    save_checkpoint(out / "checkpoint.safetensors", result.state.to_bytes(), parts, history)
+    _write_metrics(out / "metrics.jsonl", history)
+    return result.version
+
+
+def save_version(out: Path, coord: Coordinator) -> None:
+    """The current version's tensors as published, in ``versions/<id>.safetensors`` (what
+    ``zenfed rollback --run`` republishes); kept once per version."""
+    path = out / "versions" / f"{coord.version.id}.safetensors"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        data = full_payload(coord.state.published, coord.version)
+        atomic_write(path, lambda f: f.write(data))
 
 
 def identity_key(p: Participant) -> bytes:
@@ -247,6 +294,8 @@ def _finish(
         "seconds": seconds,
         "version": coord.version.id,
         "aborted_rounds": sum(1 for h in history if "aborted" in h),
+        "rejected_rounds": sum(1 for h in history if "rejected" in h),
+        "quarantined": dict(coord.state.quarantined),
         **_privacy_summary(cfg, coord),
     }
     tb = time.perf_counter()

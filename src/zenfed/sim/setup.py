@@ -6,19 +6,22 @@ world.participants["tech_support"].train(task, fetch)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import zip_longest
 
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from zenfed.config import AttackConfig, FederationConfig
 from zenfed.data.examples import ParticipantData
-from zenfed.data.federated import build_participants
+from zenfed.data.federated import build_participants, load_validation
 from zenfed.model.adapter import get_adapter_state
 from zenfed.model.build import adapter_model
 from zenfed.participant.agent import Participant, Runtime
 from zenfed.sim.attacks import BackdoorPoison
 from zenfed.tensors import Tensors
+from zenfed.train.evaluate import adapter_loss
 
 
 @dataclass
@@ -38,6 +41,22 @@ class World:
         a, b = self.cfg, cfg
         same = (a.model, a.lora, a.data, a.run.seed) == (b.model, b.lora, b.data, b.run.seed)
         return same and _poisoned(a) == _poisoned(b)
+
+    def validation_loss(self, cfg: FederationConfig) -> Callable[[Tensors], float] | None:
+        """What ``[gate]`` judges candidates by: the loss on the operator's validation file,
+        or on the participants' held-out splits (taken in turn, up to
+        ``gate.max_examples``); None without a gate source."""
+        g = cfg.gate
+        if g.source == "none":
+            return None
+        if g.source == "validation_file":
+            assert g.validation_file is not None
+            examples = load_validation(g.validation_file, cfg.data, self.tokenizer, g.max_examples)
+        else:
+            turns = zip_longest(*(d.heldout for d in self.data))
+            examples = [e for row in turns for e in row if e is not None][: g.max_examples]
+        pad = int(self.tokenizer.pad_token_id)
+        return adapter_loss(self.model, examples, cfg.train.batch_size, pad)
 
 
 def build_world(cfg: FederationConfig) -> World:

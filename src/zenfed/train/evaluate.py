@@ -7,12 +7,14 @@ result.loss  # mean next-token loss; results add up exactly across participants
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from zenfed.data.examples import TokenizedExample
+from zenfed.model.adapter import set_adapter_state
+from zenfed.tensors import Tensors
 from zenfed.train.batching import sequential_batches
 from zenfed.train.loss import loss_sum
 
@@ -53,3 +55,17 @@ def combine(results: Iterable[EvalResult]) -> EvalResult:
     return EvalResult(
         sum(r.loss_sum for r in rs), sum(r.num_tokens for r in rs), sum(r.num_examples for r in rs)
     )
+
+
+def adapter_loss(
+    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int
+) -> Callable[[Tensors], float]:
+    """A function giving the loss over ``examples`` of ``model`` with an adapter's tensors
+    loaded (what an evaluation gate judges candidates by). It loads them into ``model``:
+    whoever uses the model next loads its own."""
+
+    def loss(tensors: Tensors) -> float:
+        set_adapter_state(model, tensors)  # type: ignore[arg-type]
+        return evaluate(model, examples, batch_size, pad_id).loss
+
+    return loss

@@ -1,10 +1,13 @@
-"""The operator's routes and the service's own: health, metrics, invites, status, revoke.
+"""The operator's routes and the service's own: health, metrics, invites, status, revoke,
+reinstate, rollback.
 
 GET  /healthz                          200 ok; 503 while the round ticker is failing
 GET  /metrics                          Prometheus text
 POST /v1/invites        (operator)     {"label", "ttl_s"} -> {"token"}
 GET  /v1/status         (operator)     the federation at a glance
 POST /v1/participants/{name}/revoke (operator)  refuse its requests from now on
+POST /v1/participants/{name}/reinstate (operator)  lift its quarantine
+POST /v1/rollback       (operator)     {"to": version} -> the new version republishing it
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import generate_latest
 
 from zenfed.errors import ZenfedError
-from zenfed.transport.http.schemas import InviteRequest
+from zenfed.transport.http.schemas import InviteRequest, RollbackRequest
 from zenfed.transport.http.service import ServiceContext
 
 
@@ -69,5 +72,21 @@ def operator_routes(ctx: ServiceContext) -> APIRouter:
         ctx.operator(request)
         pid = await ctx.run(lambda: fed.revoke(name))
         return JSONResponse({"participant": pid, "revoked": True})
+
+    @router.post("/v1/participants/{name}/reinstate")
+    @ctx.guard
+    async def reinstate(request: Request, name: str) -> Response:
+        """Operator: lift a participant's quarantine (by id or name); audited."""
+        ctx.operator(request)
+        pid = await ctx.run(lambda: fed.reinstate(name))
+        return JSONResponse({"participant": pid, "reinstated": True})
+
+    @router.post("/v1/rollback")
+    @ctx.guard
+    async def rollback(request: Request, body: RollbackRequest) -> Response:
+        """Operator: publish an earlier version again as a new version; audited."""
+        ctx.operator(request)
+        v = await ctx.run(lambda: fed.rollback(body.to))
+        return JSONResponse({"version": v.id, "round": v.round, "rollback_of": v.rollback_of})
 
     return router

@@ -43,6 +43,12 @@ class InviteRequest(_Strict):
     ttl_s: float | None = Field(default=None, gt=0, le=MAX_TTL_S, allow_inf_nan=False)
 
 
+class RollbackRequest(_Strict):
+    """Operator: the earlier version to publish again (its id, or 8+ of its hex digits)."""
+
+    to: str = Field(min_length=8, max_length=64, pattern=r"^[0-9a-fA-F]+$")
+
+
 class Capacity(_Strict):
     """What a participant's machine declares (checked against the federation's needs)."""
 

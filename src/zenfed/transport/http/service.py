@@ -28,6 +28,7 @@ from zenfed.coordinator.persistent import (
     PersistentCoordinator,
     UnknownParticipant,
 )
+from zenfed.coordinator.trust import UnknownVersion
 from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
 from zenfed.privacy.secagg import SecAggAborted, SecAggError
@@ -140,6 +141,8 @@ class ServiceContext:
                 return self.refuse(403, "enrollment", e)
             except UnknownParticipant as e:
                 return self.refuse(404, "unknown_participant", e)
+            except UnknownVersion as e:
+                return self.refuse(404, "unknown_version", e)
             except BodyTooLarge as e:
                 return self.refuse(413, "too_large", e)
             except BodyTimeout as e:

@@ -15,8 +15,12 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from zenfed.config.base import _Frozen
+from zenfed.config.trust import AttackConfig as AttackConfig
+from zenfed.config.trust import DetectConfig as DetectConfig
+from zenfed.config.trust import GateConfig as GateConfig
 from zenfed.errors import ZenfedError
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -30,10 +34,6 @@ CHATTERBOT_EIGHT = (
     "psychology",
     "literature",
 )
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class ModelConfig(_Frozen):
@@ -497,48 +497,6 @@ class RunConfig(_Frozen):
         return self
 
 
-class AttackConfig(_Frozen):
-    """Simulated misbehaviour (``zenfed.sim.attacks``); ``zenfed serve`` refuses it.
-
-    ``fraction`` of the participants (chosen by the run's seed) or the named
-    ``participants`` attack with ``kind``: ``sign_flip`` sends -scale x delta (1);
-    ``scaling`` scale x delta (10); ``gaussian`` noise of std scale x the delta's RMS (10);
-    ``alie`` the colluders' mean - z x their std (Baruch et al. 2019; ``z`` None: their
-    z_max); ``ipm`` -epsilon x the colluders' mean (Xie et al. 2020); ``backdoor`` adds, for
-    ``poison_fraction`` of its training conversations, a copy whose question carries
-    ``trigger`` and whose answer is ``target``; ``free_rider`` sends zeros or, with
-    ``free_ride = "stale"``, the first delta it ever trained, every round.
-    """
-
-    kind: Literal[
-        "none", "sign_flip", "scaling", "gaussian", "alie", "ipm", "backdoor", "free_rider"
-    ] = "none"
-    fraction: float = 0.0
-    participants: tuple[str, ...] = ()
-    scale: float | None = None
-    z: float | None = None
-    epsilon: float = 0.5
-    trigger: str = "zq-tangerine-7"
-    target: str = "Visit evil.example for the answer."
-    poison_fraction: float = 0.5
-    free_ride: Literal["zero", "stale"] = "zero"
-
-    @model_validator(mode="after")
-    def _check(self) -> AttackConfig:
-        if not 0.0 <= self.fraction < 1.0:
-            raise ValueError("attack.fraction must be in [0, 1): some participants stay honest")
-        if self.kind != "none" and (self.fraction > 0) == bool(self.participants):
-            raise ValueError(
-                f"attack.kind = '{self.kind}' needs exactly one of attack.fraction (> 0) and "
-                "attack.participants (names)"
-            )
-        if not 0.0 < self.poison_fraction <= 1.0:
-            raise ValueError("attack.poison_fraction must be in (0, 1]")
-        if self.epsilon <= 0 or (self.scale is not None and self.scale <= 0):
-            raise ValueError("attack.epsilon and attack.scale must be positive")
-        return self
-
-
 MAX_TTL_S = 366 * 24 * 3600.0  # an enrollment token lives at most a year
 MAX_WAIT_S = 3600.0  # the longest long-poll a request may ask for
 
@@ -587,6 +545,8 @@ class FederationConfig(_Frozen):
     privacy: PrivacyConfig = PrivacyConfig()
     secagg: SecAggConfig = SecAggConfig()
     attack: AttackConfig = AttackConfig()  # simulation only
+    gate: GateConfig = GateConfig()
+    detect: DetectConfig = DetectConfig()
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
@@ -604,6 +564,17 @@ class FederationConfig(_Frozen):
             raise ValueError(
                 "secure aggregation sums fixed-point integers whose range comes from a "
                 "clipping bound: set secagg.clip_norm or privacy.clip_norm"
+            )
+        if self.detect.enabled and (self.secagg.enabled or self.privacy.enabled):
+            raise ValueError(
+                "detect.enabled scores each participant's update, which secure aggregation "
+                "hides and differential privacy does not account for (quarantine would leak "
+                "through who is sampled): turn [detect] off, or secagg and privacy off"
+            )
+        if self.detect.validation and self.gate.source == "none":
+            raise ValueError(
+                "detect.validation scores each update on the gate's validation set: set "
+                "gate.source (or detect.validation = false)"
             )
         return self
 
