@@ -96,3 +96,23 @@ def test_the_gate_keeps_fedavg_from_poisoned_rounds(world: Any, tmp_path: Path) 
     # FedAvg alone ends worse than it started (above); the gate rejects those rounds
     assert s["rejected_rounds"] >= 1
     assert s["fed_loss"] <= s["initial_loss"] + 1e-4, s
+
+
+def test_bucketed_secure_robust_aggregation_resists_an_attacker_under_secagg(
+    tmp_path: Path,
+) -> None:
+    base = {**BASE, "data": {"partition": "iid", "num_participants": 7}}
+    # a clip range wide enough that the fixed-point clamp does not blunt the attack
+    secagg = {"enabled": True, "clip_norm": 100.0}
+    median = {"rule": "median"}
+    with pytest.raises(ZenfedError, match="add bucket = s"):
+        run_simulation(tiny_config(**base, secagg=secagg, server={"aggregator": median}), tmp_path)
+    bucketed = {"aggregator": {"rule": "median", "bucket": 2}}
+    clean = run_simulation(tiny_config(**base, secagg=secagg), tmp_path / "clean")
+    gain = clean["initial_loss"] - clean["fed_loss"]
+    plain = run_simulation(tiny_config(**base, secagg=secagg, attack=ATTACK), tmp_path / "avg")
+    assert plain["fed_loss"] > clean["initial_loss"]  # secure FedAvg is wrecked
+    cfg = tiny_config(**base, secagg=secagg, server=bucketed, attack=ATTACK)
+    s = run_simulation(cfg, tmp_path / "bucketed")
+    assert s["aborted_rounds"] == 0
+    assert s["fed_loss"] < clean["initial_loss"] - 0.5 * gain, (s, clean)

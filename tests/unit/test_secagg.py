@@ -22,7 +22,7 @@ from zenfed.privacy.secagg import (
     graph,
     shamir,
 )
-from zenfed.privacy.secagg.protocol import decode_sum
+from zenfed.privacy.secagg.protocol import decode_sum, secure_buckets
 from zenfed.transport.http import wire
 
 
@@ -39,13 +39,15 @@ def _run(
     seed: int = 0,
     values: dict[str, np.ndarray] | None = None,
     degree: int | None = None,
+    bucket: int | None = None,
 ) -> tuple[np.ndarray, tuple[str, ...], dict[str, np.ndarray], SecAggServer]:
     """One round of the protocol; ``drops[stage]`` stop answering at that stage."""
     ids = [f"p{i:03d}" for i in range(n)]
     sks, vks = _identities(ids)
     rng = np.random.default_rng(seed)
     x = values or {p: rng.uniform(-1, 1, d) for p in ids}
-    srv = SecAggServer(0, ids, vks, length=d, bound=1.0, seed=seed, degree=degree)
+    buckets = secure_buckets(ids, bucket, seed) if bucket else None
+    srv = SecAggServer(0, ids, vks, length=d, bound=1.0, seed=seed, degree=degree, buckets=buckets)
     cl = {p: SecAggClient(p, srv.setup_for(p), sks[p].sign) for p in ids}
     live = [p for p in ids if p not in drops.get("advertise_keys", set())]
     for p in live:
@@ -89,7 +91,7 @@ def test_secure_sum_equals_plaintext_sum_under_dropout(stage: str, rate: float) 
     dropped = {f"p{i:03d}" for i in rng.choice(n, int(rate * n), replace=False)}
     # degree 16, threshold 9: with 6 of 20 gone every secret keeps >= 10 share holders
     total, survivors, x, srv = _run(n, d, {stage: dropped}, seed=3, degree=16)
-    assert srv.threshold == 9
+    assert set(srv.thresholds.values()) == {9}
     want = sum(x[p] for p in survivors)
     if stage == "unmask":  # they uploaded: their vectors are in the sum
         assert set(survivors) >= dropped
@@ -272,3 +274,33 @@ def test_a_bad_share_is_skipped_when_enough_good_ones_remain() -> None:
     srv.responses[first] = {k: bytes(17) for k in srv.responses[first]}  # one liar
     again = decode_sum(srv.finish(), srv.scale)
     assert np.max(np.abs(again - total)) == 0.0
+
+
+def test_bucketed_rounds_reveal_each_bucket_sum_and_nothing_finer() -> None:
+    n, d = 9, 40
+    drops = {"masked_input": {"p004"}}
+    total, survivors, x, srv = _run(n, d, drops, seed=3, bucket=2)
+    sizes = sorted(len(b) for b in srv.buckets)
+    assert sizes == [2, 2, 2, 3]  # floor(9 / 2) buckets, none of one member
+    assert all(set(srv.graph[p]) == set(b) - {p} for b in srv.buckets for p in b)
+    lone = next(b for b in srv.buckets if "p004" in b)
+    revealed = srv.finish_buckets()
+    for alive, words in revealed:
+        assert len(alive) >= 2
+        expect = sum(x[p] for p in alive)
+        assert np.allclose(decode_sum(words, srv.scale), expect, atol=1e-6)
+    if len(lone) == 2:  # its partner is alone: its input is not revealed, nor counted
+        partner = next(p for p in lone if p != "p004")
+        assert partner not in survivors
+        assert all(partner not in alive for alive, _ in revealed)
+    assert np.allclose(total, sum(x[p] for p in survivors), atol=1e-6)
+
+
+def test_secure_buckets_refuse_a_size_that_would_reveal_one_input() -> None:
+    with pytest.raises(SecAggAborted, match="buckets of 1"):
+        secure_buckets(["a", "b", "c"], 1, 0)
+    with pytest.raises(SecAggAborted, match="cannot form secure buckets of 4"):
+        secure_buckets(["a", "b", "c"], 4, 0)
+    _, vks = _identities(["a", "b", "c"])
+    with pytest.raises(SecAggError, match="partition the cohort"):
+        SecAggServer(0, ["a", "b", "c"], vks, length=2, bound=1.0, buckets=[["a", "b"], ["c"]])

@@ -183,7 +183,9 @@ class Coordinator:
         if not secure:
             self.restore_round(tasks)
             return tasks
-        tasks, server = SecureRound.attach(tasks, self.cfg.secagg, self.verify_keys, self.codec)
+        tasks, server = SecureRound.attach(
+            tasks, self.cfg.secagg, self.verify_keys, self.codec, self.rule
+        )
         self._start(tasks, server)
         return tasks
 
@@ -201,7 +203,7 @@ class Coordinator:
             )
         secure = None
         if tasks[0].secagg is not None:
-            secure = SecureRound(tasks, self.cfg.secagg, self.verify_keys, self.codec)
+            secure = SecureRound(tasks, self.cfg.secagg, self.verify_keys, self.codec, self.rule)
         self._start(tasks, secure)
 
     def _start(self, tasks: list[Task], secure: SecureRound | None) -> None:

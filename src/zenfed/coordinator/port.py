@@ -241,6 +241,12 @@ class CoordinatorPort:
         if pid not in srv.masked:
             raise SecAggError(f"'{pid}' uploaded no masked input", fix="the round went on")
         req = srv.unmask_request()
+        if pid not in req.survivors:  # its secure bucket lost every other member
+            raise SecAggError(
+                f"'{pid}''s secure bucket has no other survivor: its input stays masked and "
+                "out of this round",
+                fix="the round went on",
+            )
         return UnmaskRequest(req.round, req.survivors, req.dropped)
 
     def _secure_round(self, server_round: int) -> SecAggServer:

@@ -11,6 +11,12 @@ does); the cryptography is ``zenfed.privacy.secagg``. The sum arrives as fixed-p
 of the pipeline's flat vector (plus the clip bit, with adaptive clipping); the aggregate
 keeps it flat, so central noise goes where the clip bound holds, and decodes it through
 the (linear) codec pipeline when the mean is taken.
+
+With a bucketed rule (``aggregator = { rule = ..., bucket = s }``) the cohort is cut into
+random buckets of s or more (``secure_buckets``, from the round's seed), each its own
+masking group: the coordinator learns each bucket's sum and nothing finer, and the robust
+rule combines the bucket means (Karimireddy, He, Jaggi 2022). A bucket that lost all but
+one member is not unmasked and drops out of the round.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from zenfed.compress import Pipeline
 from zenfed.config import SecAggConfig
 from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
-from zenfed.privacy.secagg import SecAggError, SecAggServer
-from zenfed.privacy.secagg.protocol import decode_sum
+from zenfed.privacy.secagg import SecAggAborted, SecAggError, SecAggServer
+from zenfed.privacy.secagg.protocol import add_words, decode_sum, secure_buckets
 from zenfed.protocol.messages import Task, Update
 from zenfed.tensors import Tensors
 
@@ -35,16 +41,25 @@ class SecureRound:
     """The secure-aggregation server of one round and its masked sum."""
 
     def __init__(
-        self, tasks: list[Task], cfg: SecAggConfig, verify_keys: dict[str, bytes], codec: Pipeline
+        self,
+        tasks: list[Task],
+        cfg: SecAggConfig,
+        verify_keys: dict[str, bytes],
+        codec: Pipeline,
+        rule: AggregationRule | None = None,
     ) -> None:
         t0 = tasks[0]
+        self.rule = rule if rule is not None and rule.bucket else None
+        ids = [t.participant for t in tasks]
+        s = rule.bucket if rule is not None else None
+        buckets = secure_buckets(ids, s, t0.codec_seed) if s else None
         clip = t0.clip_norm or 1.0
         self.report_clip = t0.report_clip
         self.flat = codec.flat_length()
         self.codec, self.codec_seed = codec, t0.codec_seed
         self.server = SecAggServer(
             t0.round,
-            [t.participant for t in tasks],
+            ids,
             verify_keys,
             length=self.flat + (1 if t0.report_clip else 0),
             bound=max(clip, 1.0) + 8 * max(t0.noise_std, t0.count_noise_std),
@@ -52,8 +67,9 @@ class SecureRound:
             threshold=cfg.threshold,
             min_survivors=cfg.min_survivors,
             seed=t0.codec_seed,
+            buckets=buckets,
         )
-        self.weight = 0.0
+        self.weights: dict[str, float] = {}
 
     @staticmethod
     def check_setup(codec: Pipeline, rule: AggregationRule) -> None:
@@ -61,22 +77,33 @@ class SecureRound:
         float32 parts, and a rule that a sum can compute."""
         codec.require_linear("secure aggregation")
         codec.flat_length()  # every part must be float32 to be summed
-        if not rule.streaming:
+        if not rule.streaming and not rule.bucket:
             raise ZenfedError(
                 f"server.aggregator = {rule.describe()} needs every update, and secure "
                 "aggregation reveals only their sum",
-                fix="use fedavg under [secagg], or turn secure aggregation off (bucketed "
-                "secure-robust aggregation is not built yet)",
+                fix="add bucket = s (2 or more) to the aggregator: secure sums of random "
+                "buckets, the rule across them; or use fedavg, or turn secure aggregation off",
+            )
+        if rule.bucket is not None and rule.bucket < 2:
+            raise ZenfedError(
+                f"server.aggregator bucket = {rule.bucket} under secure aggregation would "
+                "reveal single updates",
+                fix="use bucket = 2 or more",
             )
 
     @classmethod
     def attach(
-        cls, tasks: list[Task], cfg: SecAggConfig, verify_keys: dict[str, bytes], codec: Pipeline
+        cls,
+        tasks: list[Task],
+        cfg: SecAggConfig,
+        verify_keys: dict[str, bytes],
+        codec: Pipeline,
+        rule: AggregationRule | None = None,
     ) -> tuple[list[Task], SecureRound]:
         """The tasks with each participant's setup, and the round that made them."""
         from dataclasses import replace
 
-        secure = cls(tasks, cfg, verify_keys, codec)
+        secure = cls(tasks, cfg, verify_keys, codec, rule)
         return [replace(t, secagg=secure.server.setup_for(t.participant)) for t in tasks], secure
 
     def check(self, update: Update) -> Tensors:
@@ -105,16 +132,43 @@ class SecureRound:
         """Fold a masked upload into the sum (``weight`` is its task's: applied before
         masking)."""
         self.server.receive_masked(participant, tensors["masked"].numpy().view(np.uint32))
-        self.weight += weight
+        self.weights[participant] = weight
 
     def result(self) -> Aggregate:
-        """The unmasked sum: the flat vector, the clip bits' sum, the survivors' weight."""
-        total = decode_sum(self.server.finish(), self.server.scale)
+        """The unmasked sum: the flat vector, the clip bits' sum, the survivors' weight;
+        bucketed, the rule over the bucket means (SecAggAborted if too few buckets)."""
+        sums = self.server.finish_buckets()
+        if self.rule is not None:
+            return self._robust(sums)
+        words = add_words([t for _, t in sums], self.server.length)
+        total = decode_sum(words, self.server.scale)
         flat = torch.from_numpy(total[: self.flat].astype(np.float64))
         below = float(total[self.flat]) if self.report_clip else 0.0
-        return Aggregate(
-            {"flat": flat}, self.weight, len(self.server.masked), below, decode=self._decode
-        )
+        weight = sum(self.weights[p] for alive, _ in sums for p in alive)
+        count = sum(len(alive) for alive, _ in sums)
+        return Aggregate({"flat": flat}, weight, count, below, decode=self._decode)
+
+    def _robust(self, sums: list[tuple[tuple[str, ...], np.ndarray]]) -> Aggregate:
+        assert self.rule is not None
+        means, weights, below = [], [], 0.0
+        for alive, words in sums:
+            values = decode_sum(words, self.server.scale)
+            w = sum(self.weights[p] for p in alive)
+            flat = torch.from_numpy(values[: self.flat].astype(np.float64) / w)
+            means.append(self._decode({"flat": flat}))
+            weights.append(w)
+            below += float(values[self.flat]) if self.report_clip else 0.0
+        try:
+            self.rule.check_count(len(means) * self.rule.bucket)  # type: ignore[operator]
+            combined = self.rule.combine_buckets(means, weights)
+        except ZenfedError as e:
+            raise SecAggAborted(
+                f"{len(means)} secure buckets were revealed: {e.problem}",
+                fix="the round aborts; the previous global version stays",
+            ) from e
+        weight = float(sum(weights))
+        total = {k: v.to(torch.float64) * weight for k, v in combined.items()}
+        return Aggregate(total, weight, sum(len(a) for a, _ in sums), below)
 
     def _decode(self, total: Tensors) -> Tensors:
         parts = self.codec.unflatten(total["flat"].numpy().astype(np.float32))

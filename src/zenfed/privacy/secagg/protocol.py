@@ -242,8 +242,29 @@ def verify_advertisement(k: AdvertiseKeys, round: int, verify_key: bytes | None)
         ) from e
 
 
+def secure_buckets(ids: Sequence[str], s: int, seed: int) -> list[list[str]]:
+    """Bucketed secure aggregation's groups: a permutation of ``ids`` drawn from ``seed``,
+    cut into floor(n / s) groups whose sizes differ by at most one (each at least s >= 2,
+    so no bucket sum is one participant's input)."""
+    if s < 2 or len(ids) < s:
+        raise SecAggAborted(
+            f"{len(ids)} participants cannot form secure buckets of {s} (each needs 2 or more)",
+            fix="sample larger cohorts or use a smaller bucket",
+        )
+    order = np.random.default_rng([seed, 5]).permutation(len(ids))
+    ranked = sorted(ids)
+    return [[ranked[i] for i in part] for part in np.array_split(order, len(ids) // s)]
+
+
 class SecAggServer:
-    """The coordinator's side of one round: routes messages, sums, unmasks."""
+    """The coordinator's side of one round: routes messages, sums, unmasks.
+
+    With ``buckets`` (bucketed secure-robust aggregation, Karimireddy et al. 2022) each
+    bucket is its own masking group: a participant's neighbours are the rest of its bucket,
+    so the masks cancel within each bucket and ``finish_buckets`` reveals each bucket's sum,
+    never less. A bucket left with one survivor is not unmasked (its sum would be that
+    participant's input): it drops out of the round.
+    """
 
     def __init__(
         self,
@@ -257,6 +278,7 @@ class SecAggServer:
         threshold: float = 0.5,
         min_survivors: int = 2,
         seed: int = 0,
+        buckets: Sequence[Sequence[str]] | None = None,
     ) -> None:
         ids = sorted(cohort)
         if len(ids) < max(2, min_survivors):
@@ -267,9 +289,21 @@ class SecAggServer:
             )
         self.round = round
         self.verify_keys = dict(verify_keys)
-        self.graph = graph.neighbours(ids, degree, seed)
-        deg = len(self.graph[ids[0]])
-        self.threshold = threshold_for(deg, threshold)
+        if buckets is None:
+            self.buckets: list[list[str]] = [ids]
+            self.graph = graph.neighbours(ids, degree, seed)
+        else:
+            self.buckets = [sorted(b) for b in buckets]
+            if sorted(p for b in self.buckets for p in b) != ids or min(map(len, buckets)) < 2:
+                raise SecAggError(
+                    "secure buckets must partition the cohort into groups of 2 or more",
+                    fix="form them with secure_buckets",
+                )
+            self.graph = {p: tuple(q for q in b if q != p) for b in self.buckets for p in b}
+        self.bucketed = buckets is not None
+        self.bucket_of = {p: i for i, b in enumerate(self.buckets) for p in b}
+        # shares that rebuild a participant's secrets: more than half its neighbours
+        self.thresholds = {p: threshold_for(len(self.graph[p]), threshold) for p in ids}
         self.min_survivors = max(min_survivors, 1)
         self.length = length
         self.bound = bound
@@ -278,7 +312,7 @@ class SecAggServer:
         self.keys: dict[str, AdvertiseKeys] = {}
         self.shares: dict[str, dict[str, bytes]] = {}  # sender -> recipient -> ciphertext
         self.masked: set[str] = set()
-        self.total = np.zeros(length, dtype=np.uint32)
+        self.totals = [np.zeros(length, dtype=np.uint32) for _ in self.buckets]
         self.responses: dict[str, dict[str, bytes]] = {}
 
     @property
@@ -289,7 +323,7 @@ class SecAggServer:
     def setup_for(self, pid: str) -> SecAggSetup:
         """The setup message of cohort member ``pid``."""
         return SecAggSetup(
-            self.round, self.graph[pid], self.threshold, self.length, self.bound, self.scale
+            self.round, self.graph[pid], self.thresholds[pid], self.length, self.bound, self.scale
         )
 
     def _expect(self, stage: str, pid: str, allowed: Collection[str]) -> None:
@@ -364,11 +398,12 @@ class SecAggServer:
     def receive_masked(self, pid: str, words: np.ndarray) -> None:
         """Stage 3: ``pid``'s masked vector, added into the running sum modulo 2^32."""
         self.check_masked(pid, words)
-        self.total += words
+        self.totals[self.bucket_of[pid]] += words
         self.masked.add(pid)
 
     def progress(self) -> tuple[set[str], set[str]]:
         """(who takes part in the current stage, who has answered it)."""
+        unmasking = self.unmask_request().survivors if self.stage_name == "unmask" else ()
         steps: list[Collection[str]] = [
             self.graph,
             self.keys,
@@ -376,6 +411,8 @@ class SecAggServer:
             self.masked,
             self.responses,
         ]
+        if self.stage_name == "unmask":
+            steps[3] = set(unmasking)
         return set(steps[self.stage]), set(steps[self.stage + 1])
 
     def close_stage(self) -> None:
@@ -395,8 +432,16 @@ class SecAggServer:
         """Stage 4: who survived (uploaded) and who dropped after sharing keys."""
         if self.stage_name != "unmask":
             raise SecAggError("unmask before the masked inputs were closed", fix="close stage 3")
-        dropped = sorted(set(self.shares) - self.masked)
-        return UnmaskRequest(self.round, tuple(sorted(self.masked)), tuple(dropped))
+        kept = set().union(*self._unmasked_buckets())
+        dropped = sorted((set(self.shares) - self.masked) & kept)
+        return UnmaskRequest(self.round, tuple(sorted(self.masked & kept)), tuple(dropped))
+
+    def _unmasked_buckets(self) -> list[list[str]]:
+        """The buckets whose sum is revealed: with bucketing, those with 2 survivors or
+        more; without, the whole cohort."""
+        if not self.bucketed:
+            return self.buckets
+        return [b for b in self.buckets if len(self.masked.intersection(b)) >= 2]
 
     def receive_unmask(self, pid: str, shares: dict[str, bytes]) -> None:
         """Stage 4: a survivor's shares of its partners' secrets (checked for overlap)."""
@@ -416,6 +461,11 @@ class SecAggServer:
     def finish(self) -> np.ndarray:
         """The unmasked sum of the survivors' fixed-point words (SecAggAborted if it cannot
         be reconstructed)."""
+        return add_words([t for _, t in self.finish_buckets()], self.length)
+
+    def finish_buckets(self) -> list[tuple[tuple[str, ...], np.ndarray]]:
+        """(survivors, unmasked sum of their fixed-point words) of every bucket that is
+        revealed (SecAggAborted if the round cannot be reconstructed)."""
         req = self.unmask_request()
         if len(req.survivors) < self.min_survivors:
             raise SecAggAborted(
@@ -423,7 +473,19 @@ class SecAggServer:
                 f"{self.min_survivors} needed",
                 fix="the previous global version stays",
             )
-        total = self.total.copy()
+        out = []
+        for i in range(len(self.buckets)):
+            alive = tuple(u for u in req.survivors if self.bucket_of[u] == i)
+            if alive:
+                out.append((alive, self._unmask_bucket(i, alive, req.dropped)))
+        return out
+
+    def _unmask_bucket(
+        self, i: int, survivors: Sequence[str], all_dropped: Sequence[str]
+    ) -> np.ndarray:
+        mine = tuple(v for v in all_dropped if self.bucket_of[v] == i)
+        req = UnmaskRequest(self.round, tuple(survivors), mine)
+        total = self.totals[i].copy()
         for u in req.survivors:
             seed = self._reconstruct(u, self._matches_commitment(u))
             total -= _self_mask(seed, self.round, self.length)
@@ -451,28 +513,35 @@ class SecAggServer:
     def _reconstruct(self, owner: str, valid: Callable[[bytes], bool]) -> bytes:
         """``owner``'s secret from the survivors' shares: the first threshold-sized subset
         whose result matches what ``owner`` advertised (bad shares are skipped)."""
-        nbrs = self.graph[owner]
+        nbrs, need = self.graph[owner], self.thresholds[owner]
         got = sorted(
             (nbrs.index(r) + 1, resp[owner]) for r, resp in self.responses.items() if owner in resp
         )
-        if len(got) < self.threshold:
+        if len(got) < need:
             raise SecAggAborted(
-                f"round {self.round + 1}: {len(got)} shares of '{owner}''s secret, "
-                f"{self.threshold} needed",
+                f"round {self.round + 1}: {len(got)} shares of '{owner}''s secret, {need} needed",
                 fix="too many participants dropped during unmasking",
             )
-        for subset in itertools.islice(itertools.combinations(got, self.threshold), MAX_SUBSETS):
+        for subset in itertools.islice(itertools.combinations(got, need), MAX_SUBSETS):
             try:
-                secret = shamir.combine(list(subset), self.threshold)
+                secret = shamir.combine(list(subset), need)
             except shamir.ShamirError:
                 continue
             if valid(secret):
                 return secret
         raise SecAggAborted(
-            f"inconsistent shares: no {self.threshold} of the {len(got)} shares of '{owner}''s "
+            f"inconsistent shares: no {need} of the {len(got)} shares of '{owner}''s "
             "secret rebuild what it advertised",
             fix="participants sent bad shares; the round aborts",
         )
+
+
+def add_words(parts: Sequence[np.ndarray], length: int) -> np.ndarray:
+    """The sum of fixed-point word vectors, modulo 2^32."""
+    total = np.zeros(length, dtype=np.uint32)
+    for t in parts:
+        total += t
+    return total
 
 
 def decode_sum(total: np.ndarray, scale: float) -> np.ndarray:
