@@ -114,7 +114,7 @@ def secure(n: int, d: int, dropout: float, seed: int = 0) -> dict[str, Any]:
         "bytes_up": float(np.mean([up[p] for p in alive])),
         "max_abs_error": err,
         "degree": len(srv.graph[ids[0]]),
-        "threshold": srv.threshold,
+        "threshold": max(srv.thresholds.values()),
         "survivors": len(req.survivors),
     }
 

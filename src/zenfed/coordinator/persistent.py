@@ -24,49 +24,39 @@ knows nothing of HTTP: ``transport.http`` serves it.
 from __future__ import annotations
 
 import logging
-import re
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from zenfed.compress.downlink import receive
 from zenfed.config import FederationConfig
 from zenfed.coordinator.engine import Coordinator
 from zenfed.coordinator.gate import Evaluate
-from zenfed.coordinator.journal import StoreJournal, log_event, sha256, update_from_row
+from zenfed.coordinator.journal import StoreJournal, log_event, update_from_row
+from zenfed.coordinator.membership import (
+    EnrollmentRefused as EnrollmentRefused,
+)
+from zenfed.coordinator.membership import Membership, aware
+from zenfed.coordinator.membership import UnknownParticipant as UnknownParticipant
 from zenfed.coordinator.port import CoordinatorPort, Tick
 from zenfed.coordinator.state import Commit, CoordinatorState
-from zenfed.coordinator.trust import find_version, reinstate, trust_parts
-from zenfed.coordinator.validate import MAX_COUNT
+from zenfed.coordinator.trust import find_version, trust_parts
 from zenfed.errors import ZenfedError
-from zenfed.protocol.auth import AuthError, check_body, participant_id, verify_signature
 from zenfed.protocol.messages import GlobalVersion, Task
 from zenfed.store.blobs import BlobStore
-from zenfed.store.db import Audit, Database, EnrollmentToken, Nonce, Participant, Round, Version
+from zenfed.store.db import Audit, Database, Participant, Round, Version
 from zenfed.store.db import Update as UpdateRow
-from zenfed.store.db import audit as audit_row
 from zenfed.store.records import pack_record, unpack_record
 from zenfed.tensors import Tensors
 
 SPILL_KIND = "zenfed-kept-update/1"
 
 
-class EnrollmentRefused(ZenfedError):
-    """An enrollment that cannot proceed (token, requirements, identity)."""
-
-
-class UnknownParticipant(ZenfedError):
-    """An operator named a participant that is not enrolled."""
-
-
-class PersistentCoordinator:
+class PersistentCoordinator(Membership):
     """The round port plus durable state and membership: what ``zenfed serve`` runs."""
 
     def __init__(
@@ -100,128 +90,6 @@ class PersistentCoordinator:
         """Refused updates by reason."""
         return dict(self.journal.rejections)
 
-    # ---- membership -------------------------------------------------------------------------
-
-    def invite(self, label: str = "", ttl_s: float | None = None) -> str:
-        """A new single-use enrollment token (only its hash is stored)."""
-        token = secrets.token_urlsafe(24)
-        ttl = self.cfg.service.invite_ttl_s if ttl_s is None else ttl_s
-        with self.db.transaction() as s:
-            s.add(
-                EnrollmentToken(
-                    token_hash=sha256(token.encode()),
-                    label=label,
-                    expires_at=self._now() + timedelta(seconds=ttl),
-                )
-            )
-            audit_row(s, "operator", "invite", {"label": label, "ttl_s": ttl})
-        return token
-
-    def enroll(
-        self,
-        token: str,
-        name: str,
-        public_key: bytes,
-        capacity: dict[str, Any],
-        data_profile: dict[str, Any],
-    ) -> str:
-        """Enroll a participant with a token; returns its id. Refusals name the reason.
-
-        Idempotent: the same key with the token it already used (a retry whose answer
-        was lost) gets the same id again, and nothing changes.
-        """
-        examples = self._check_requirements(public_key, capacity, data_profile)
-        if re.fullmatch(r"[0-9a-f]{64}", name):
-            raise EnrollmentRefused(
-                "a name may not look like a participant id (64 hex digits)",
-                fix="choose a name an operator can tell from an id",
-            )
-        pid = participant_id(public_key)
-        with self.db.transaction() as s:
-            tok = s.get(EnrollmentToken, sha256(token.encode()), with_for_update=True)
-            if tok is None:
-                raise EnrollmentRefused("unknown enrollment token", fix="ask the operator")
-            known = s.get(Participant, pid)
-            if tok.used_by == pid and known is not None and known.name == name:
-                if known.revoked_at is not None:
-                    raise EnrollmentRefused("this key was revoked", fix="ask the operator")
-                return pid  # a retry: the same answer, nothing changes
-            if tok.used_at is not None:
-                raise EnrollmentRefused("enrollment token was already used", fix="ask for another")
-            if _aware(tok.expires_at) < self._now():
-                raise EnrollmentRefused("enrollment token has expired", fix="ask for another")
-            if known is not None:
-                raise EnrollmentRefused("this key is already enrolled", fix="use a new identity")
-            if s.scalar(select(Participant.id).where(Participant.name == name)) is not None:
-                raise EnrollmentRefused(f"the name '{name}' is taken", fix="choose another name")
-            s.add(
-                Participant(
-                    id=pid,
-                    name=name,
-                    public_key=public_key,
-                    capacity=capacity,
-                    data_profile=data_profile,
-                )
-            )
-            s.flush()
-            tok.used_at, tok.used_by = self._now(), pid
-            audit_row(s, pid, "enroll", {"name": name, "capacity": capacity, "data": data_profile})
-        self.enrolled[pid] = examples
-        self.engine.names[pid] = name
-        self.engine.verify_keys[pid] = public_key  # signs its secure-aggregation keys
-        log_event("enroll", participant=pid, name=name, examples=examples)
-        return pid
-
-    def _check_requirements(
-        self, public_key: bytes, capacity: dict[str, Any], data_profile: dict[str, Any]
-    ) -> int:
-        svc = self.cfg.service
-        if len(public_key) != 32:
-            raise EnrollmentRefused("public key is not 32 raw Ed25519 bytes", fix="send the key")
-        memory = capacity.get("memory_gb", 0.0)
-        if not isinstance(memory, int | float) or memory < svc.min_memory_gb:
-            raise EnrollmentRefused(
-                f"declared memory {memory} GB is below the federation's {svc.min_memory_gb} GB",
-                fix="join from a machine that meets the requirements",
-            )
-        examples = data_profile.get("examples", 0)
-        if not isinstance(examples, int) or not svc.min_examples <= examples <= MAX_COUNT:
-            raise EnrollmentRefused(
-                f"declared {examples} examples; the federation needs at least "
-                f"{svc.min_examples} (and at most {MAX_COUNT})",
-                fix="declare the number of training examples",
-            )
-        return examples
-
-    def revoke(self, who: str) -> str:
-        """Revoke a participant by name (or id): its requests are refused from now on and
-        it is sampled no more. Returns its id. Audited."""
-        with self.db.transaction() as s:
-            p = _find(s, who)
-            if p.revoked_at is None:
-                p.revoked_at = self._now()
-                audit_row(s, "operator", "revoke", {"participant": p.id, "name": p.name})
-            pid = p.id
-        self.enrolled.pop(pid, None)
-        self.engine.withdraw(pid)
-        log_event("revoke", participant=pid)
-        return pid
-
-    def reinstate(self, who: str) -> str:
-        """Lift the quarantine of a participant (by name or id): it is sampled again, with
-        a fresh reputation. Returns its id. Audited; survives a restart."""
-        with self.db.transaction() as s:
-            p = _find(s, who)
-            pid, name = p.id, p.name
-        st = self.engine.state
-        new = replace(st, reputation=dict(st.reputation), quarantined=dict(st.quarantined))
-        reinstate(new, pid, who)
-        detail = {"participant": pid, "name": name, "was": st.quarantined[pid]}
-        self.journal.save_state(new, "reinstate", detail, actor="operator")
-        self.engine.state = new
-        log_event("reinstate", participant=pid)
-        return pid
-
     def rollback(self, to: str) -> GlobalVersion:
         """Publish the earlier version ``to`` (an id or its first 8+ hex digits) again as a
         new version whose lineage records the rollback (audited); an open round is
@@ -235,42 +103,6 @@ class PersistentCoordinator:
         version = self.port.rollback(target.id, tensors)
         log_event("rollback", version=version.id, republishes=target.id)
         return version
-
-    def whoami(self, pid: str) -> dict[str, Any]:
-        """What the coordinator knows of an (authenticated) participant."""
-        with self.db.transaction() as s:
-            p = s.get(Participant, pid)
-            if p is None:
-                raise AuthError(f"participant {pid[:12]} is unknown", fix="enroll")
-            return {"participant": p.id, "name": p.name, "data_profile": p.data_profile}
-
-    def authenticate(
-        self, pid: str, method: str, path: str, body: bytes, headers: dict[str, str]
-    ) -> str:
-        """Check a signed request from ``pid``; records its nonce. Returns ``pid``."""
-        self.authenticate_headers(pid, method, path, headers)
-        check_body(body, headers)
-        return pid
-
-    def authenticate_headers(
-        self, pid: str, method: str, path: str, headers: dict[str, str]
-    ) -> str:
-        """Everything of a signed request that can be checked before its body arrives (a
-        known, unrevoked key; the signature over the declared body hash; a fresh
-        timestamp; an unused nonce, which is recorded). The body must then match its
-        declared hash (``protocol.auth.check_body``)."""
-        with self.db.transaction() as s:
-            p = s.get(Participant, pid)
-            if p is None or p.revoked_at is not None:
-                what = "unknown" if p is None else "revoked"
-                raise AuthError(f"participant {pid[:12]} is {what}", fix="enroll again")
-            nonce = verify_signature(p.public_key, method, path, headers, self.clock())
-        try:
-            with self.db.transaction() as s:
-                s.add(Nonce(participant_id=pid, nonce=nonce))
-        except IntegrityError as e:
-            raise AuthError("request nonce was already used (a replay)", fix="sign anew") from e
-        return pid
 
     # ---- rounds ------------------------------------------------------------------------------
 
@@ -383,7 +215,7 @@ class PersistentCoordinator:
             self._reopen(open_row, stored)
 
     def _reopen(self, row: Round, stored: Sequence[UpdateRow]) -> None:
-        deadline = _aware(row.deadline_at).timestamp() if row.deadline_at else self.clock()
+        deadline = aware(row.deadline_at).timestamp() if row.deadline_at else self.clock()
         tasks = [replace(Task.from_dict(t), deadline=deadline) for t in row.tasks]
         # Rounds skipped since the last version (an empty Poisson sample) moved the round
         # number on without a version to record it: the open round's row does.
@@ -432,18 +264,3 @@ class PersistentCoordinator:
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
-
-
-def _find(s: Session, who: str) -> Participant:
-    """The participant named ``who`` (or whose id it is); UnknownParticipant if none."""
-    p = s.get(Participant, who) or s.scalar(select(Participant).where(Participant.name == who))
-    if p is None:
-        raise UnknownParticipant(
-            f"no participant named '{who[:200]}'", fix="see zenfed status for the names"
-        )
-    return p
-
-
-def _aware(dt: datetime) -> datetime:
-    # SQLite returns naive datetimes even for timezone-aware columns: they are UTC.
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
