@@ -28,8 +28,7 @@ fails to store a result keeps the round open. Every transport drives the engine 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from zenfed.aggregate import Accumulator, KeepAll, ServerOptState, StreamingMean, build_rule
 from zenfed.aggregate.server_opt import server_step
@@ -38,6 +37,8 @@ from zenfed.compress.downlink import Publisher
 from zenfed.config import FederationConfig
 from zenfed.coordinator.evaluation import FederatedEvaluation
 from zenfed.coordinator.metrics import round_metrics
+from zenfed.coordinator.rounds import OpenRound, Spill
+from zenfed.coordinator.rounds import RoundAborted as RoundAborted
 from zenfed.coordinator.screening import Screen
 from zenfed.coordinator.secure import SecureRound
 from zenfed.coordinator.state import Commit, CoordinatorState
@@ -53,34 +54,6 @@ from zenfed.errors import ZenfedError
 from zenfed.privacy.policy import PrivacyPolicy
 from zenfed.protocol.messages import GlobalVersion, Task, Update, version_id
 from zenfed.tensors import Tensors, tensors_hash
-
-Spill = Callable[[str, Tensors], Callable[[], Tensors]]  # (participant, tensors) -> loader
-
-
-class RoundAborted(ZenfedError):
-    """A round that cannot produce a version (empty cohort, too few secure survivors);
-    the global version stays."""
-
-
-@dataclass
-class OpenRound:
-    """The open round as the engine holds it (``engine.current``): read it, only the
-    engine changes it."""
-
-    round: int
-    version: str  # the version its tasks start from
-    codec_seed: int
-    tasks: dict[str, Task]  # the cohort's
-    accumulator: Accumulator
-    deadline: float
-    secure: SecureRound | None = None
-    received: dict[str, Update] = field(default_factory=dict)  # metadata; payload dropped
-    bytes_up: dict[str, int] = field(default_factory=dict)
-    bytes_down: dict[str, int] = field(default_factory=dict)
-
-    def task_for(self, participant: str) -> Task | None:
-        """``participant``'s task, unless it has none or has uploaded."""
-        return None if participant in self.received else self.tasks.get(participant)
 
 
 class Coordinator:
@@ -288,16 +261,8 @@ class Coordinator:
                 self.rule.check_count(len(r.received))
             except ZenfedError as e:
                 raise RoundAborted(e.problem, fix="the round is skipped") from e
-        combined = r.accumulator.result()
-        st, assessment = self.state, None
-        if self.screen is not None and isinstance(r.accumulator, KeepAll):
-            assessment = self.screen.assess(
-                r.accumulator.updates(),
-                combined.mean(),
-                st.published,
-                st.reputation,
-                st.quarantined,
-            )
+        combined, st = r.accumulator.result(), self.state
+        assessment = self.screen.assess_round(r.accumulator, combined, st) if self.screen else None
         agg, privacy_metrics, ledger = self.privacy.release(
             combined, self.state.privacy, self.expected_cohort, r.secure is not None
         )

@@ -18,9 +18,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from zenfed.aggregate.accumulate import Accumulator, Aggregate, KeepAll
 from zenfed.aggregate.anomaly import Scores, anomaly_scores
 from zenfed.config import DetectConfig
 from zenfed.coordinator.gate import Evaluate
+from zenfed.coordinator.state import CoordinatorState
 from zenfed.tensors import Tensors
 
 
@@ -77,6 +79,16 @@ class Screen:
                     f"{flags.get(pid, 'no flag this round')}"
                 )
         return Assessment(scores, effects, flags, rep, quarantine)
+
+    def assess_round(
+        self, accumulator: Accumulator, combined: Aggregate, state: CoordinatorState
+    ) -> Assessment | None:
+        """``assess`` of a round that kept every update (None for one that did not)."""
+        if not isinstance(accumulator, KeepAll):
+            return None
+        mean = combined.mean()
+        rep, out = state.reputation, state.quarantined
+        return self.assess(accumulator.updates(), mean, state.published, rep, out)
 
     def _effects(self, updates: Mapping[str, Tensors], current: Tensors) -> dict[str, float]:
         if self.evaluate is None:
