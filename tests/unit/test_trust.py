@@ -291,3 +291,22 @@ def test_rollback_in_the_deployment_republishes_the_exact_tensors_and_survives_a
 def test_a_bad_trust_setting_is_refused_with_its_reason(extra: dict, message: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ZenfedError, match=message):
         parse_config({**_engine_cfg(), **extra})
+
+
+def test_a_flagged_update_is_left_out_of_its_rounds_aggregate() -> None:
+    raw = {**_engine_cfg(), "detect": {"enabled": True}}
+    people = {"p": 10, "q": 10, "r": 10, "bad": 10}
+    coord = Coordinator(
+        parse_config(raw), INITIAL, people, screen=Screen(DetectConfig(enabled=True))
+    )
+    port = CoordinatorPort(coord, clock=lambda: 0.0)
+    port.tick()
+    for pid, value in (("p", 1.0), ("q", 1.1), ("r", 0.9), ("bad", 50.0)):
+        port.upload(_update(coord, pid, {k: torch.full_like(v, value) for k, v in INITIAL.items()}))
+    assert port.tick() == "closed"
+    assert coord.version.metrics["flagged"] == 1.0
+    # FedAvg of the three others: 1.0 (with the 50s it would be 13.25)
+    for k in INITIAL:
+        torch.testing.assert_close(
+            coord.state.params[k] - INITIAL[k], torch.full_like(INITIAL[k], 1.0)
+        )

@@ -16,7 +16,7 @@ secure aggregation (``zenfed.coordinator.secure``) gives an Aggregate too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -116,15 +116,19 @@ class KeepAll:
         self._kept.append((participant, self.spill(participant, tensors), weight))
         self.below += below
 
+    def __len__(self) -> int:
+        return len(self._kept)
+
     def updates(self) -> dict[str, Tensors]:
         """Every kept update by participant (loaded back if spilled)."""
         return {pid: load() for pid, load, _ in self._kept}
 
-    def result(self) -> Aggregate:
-        """The rule over every kept update, as an aggregate whose mean is the rule's result
-        (in participant order, so the result does not depend on arrival order)."""
-        _nonempty(len(self._kept))
-        kept = sorted(self._kept, key=lambda x: x[0])
+    def result(self, without: Collection[str] = ()) -> Aggregate:
+        """The rule over every kept update (but those of ``without``: poisoning detection
+        leaves flagged ones out), as an aggregate whose mean is the rule's result (in
+        participant order, so the result does not depend on arrival order)."""
+        kept = sorted((k for k in self._kept if k[0] not in without), key=lambda x: x[0])
+        _nonempty(len(kept))
         weights = [w for _, _, w in kept]
         combined = self.rule.combine([load() for _, load, _ in kept], weights, self.seed)
         total_weight = float(sum(weights))

@@ -87,6 +87,7 @@ class DetectConfig(_Frozen):
     below 1/``norm_factor`` of it (a free rider's zeros), when its cosine to the round's
     aggregate is below ``min_cosine``, or (``validation``: with a ``[gate]`` validation
     set) when applying it alone raises that loss by more than ``max_effect`` (relative).
+    A flagged update is left out of its round's aggregate.
     A participant's reputation starts at 1 and moves each round it takes part to
     ``decay`` x reputation + (1 - decay) x (0 if flagged else 1); below
     ``quarantine_below`` it is quarantined: left out of cohorts until an operator

@@ -30,7 +30,14 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from zenfed.aggregate import Accumulator, KeepAll, ServerOptState, StreamingMean, build_rule
+from zenfed.aggregate import (
+    Accumulator,
+    Aggregate,
+    KeepAll,
+    ServerOptState,
+    StreamingMean,
+    build_rule,
+)
 from zenfed.aggregate.server_opt import server_step
 from zenfed.compress import CodecError, Pipeline
 from zenfed.compress.downlink import Publisher
@@ -263,6 +270,8 @@ class Coordinator:
                 raise RoundAborted(e.problem, fix="the round is skipped") from e
         combined, st = r.accumulator.result(), self.state
         assessment = self.screen.assess_round(r.accumulator, combined, st) if self.screen else None
+        if assessment and assessment.flags and isinstance(r.accumulator, KeepAll):
+            combined = self._without(r.accumulator, set(assessment.flags))
         agg, privacy_metrics, ledger = self.privacy.release(
             combined, self.state.privacy, self.expected_cohort, r.secure is not None
         )
@@ -300,6 +309,19 @@ class Coordinator:
         if assessment is None:
             return Commit(version, state)
         return Commit(version, state, assessment.flags, assessment.quarantine)
+
+    def _without(self, acc: KeepAll, flagged: set[str]) -> Aggregate:
+        """The round's result with the flagged updates left out (RoundAborted if too few
+        remain for the rule)."""
+        left = len(acc) - len(flagged)
+        try:
+            self.rule.check_count(left)
+            return acc.result(without=flagged)
+        except ZenfedError as e:
+            raise RoundAborted(
+                f"{len(flagged)} flagged updates left out, {left} remain: {e.problem}",
+                fix="the round is skipped",
+            ) from e
 
     def commit(self, result: Commit) -> GlobalVersion:
         """Make ``result`` the global state: ``aggregate_round``'s of the open round, or,
