@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from sqlalchemy import select
 
+from tests.unit.test_coordinator import _update
 from tests.unit.test_persistent import INITIAL, Clock, _cfg, _fed, _join, _upload
 from zenfed.aggregate.anomaly import anomaly_scores
 from zenfed.compress.downlink import receive
@@ -20,7 +22,7 @@ from zenfed.coordinator.trust import UnknownVersion, rollback
 from zenfed.errors import ZenfedError
 from zenfed.protocol import Update
 from zenfed.store.blobs import BlobStore
-from zenfed.store.db import Database, Version
+from zenfed.store.db import Database, Round, Version
 from zenfed.tensors import Tensors, tensors_hash
 
 
@@ -105,23 +107,6 @@ def test_the_gate_passes_within_tolerance_and_rejects_beyond_it() -> None:
 # ---- the engine's port: the gate keeps a poisoned candidate out ----------------------------
 
 
-def _update(coord: Coordinator, pid: str, delta: Tensors, examples: int = 10) -> Update:
-    task = coord.current.tasks[pid]  # type: ignore[union-attr]
-    codec = coord.codec
-    return Update(
-        round=task.round,
-        participant=pid,
-        base_version=task.version,
-        payload=codec.to_bytes(codec.encode(delta, shared_seed=task.codec_seed)),
-        num_examples=examples,
-        examples_seen=8,
-        num_tokens=100,
-        seconds=1.0,
-        train_loss=2.0,
-        steps=1,
-    )
-
-
 def _engine_cfg() -> dict:  # type: ignore[type-arg]
     return {
         "data": {"categories": ["ai"]},
@@ -141,12 +126,22 @@ def test_a_gate_rejects_a_poisoned_candidate_and_keeps_the_published_version() -
     port = CoordinatorPort(coord, clock=lambda: 0.0, gate=Gate(loss, 0.02))
     assert port.tick() == "opened"
     for pid in ("p", "q"):  # a good round: towards the target
-        port.upload(_update(coord, pid, {k: target[k] - INITIAL[k] for k in INITIAL}))
+        port.upload(
+            _update(coord, pid, 0.0, 10, tensors={k: target[k] - INITIAL[k] for k in INITIAL})
+        )
     assert port.tick() == "closed"
     good, good_tensors = coord.version, dict(coord.state.published)
     assert port.tick() == "opened"
     for pid in ("p", "q"):  # poisoned: far from the target
-        port.upload(_update(coord, pid, {k: torch.full_like(v, 30.0) for k, v in INITIAL.items()}))
+        port.upload(
+            _update(
+                coord,
+                pid,
+                0.0,
+                10,
+                tensors={k: torch.full_like(v, 30.0) for k, v in INITIAL.items()},
+            )
+        )
     assert port.tick() == "rejected"
     assert "rejected" in port.last_reason
     assert coord.version == good and coord.state.round == 2  # kept; the next round is 3
@@ -160,7 +155,15 @@ def test_rollback_makes_a_new_version_with_the_earlier_tensors_and_refuses_bad_i
     port = CoordinatorPort(coord, clock=lambda: 0.0)
     for value in (1.0, 2.0):
         port.tick()
-        port.upload(_update(coord, "p", {k: torch.full_like(v, value) for k, v in INITIAL.items()}))
+        port.upload(
+            _update(
+                coord,
+                "p",
+                0.0,
+                10,
+                tensors={k: torch.full_like(v, value) for k, v in INITIAL.items()},
+            )
+        )
         assert port.tick() == "closed"
     first = coord.state.versions[1]
     first_tensors = {k: INITIAL[k] + 1.0 for k in INITIAL}
@@ -302,7 +305,15 @@ def test_a_flagged_update_is_left_out_of_its_rounds_aggregate() -> None:
     port = CoordinatorPort(coord, clock=lambda: 0.0)
     port.tick()
     for pid, value in (("p", 1.0), ("q", 1.1), ("r", 0.9), ("bad", 50.0)):
-        port.upload(_update(coord, pid, {k: torch.full_like(v, value) for k, v in INITIAL.items()}))
+        port.upload(
+            _update(
+                coord,
+                pid,
+                0.0,
+                10,
+                tensors={k: torch.full_like(v, value) for k, v in INITIAL.items()},
+            )
+        )
     assert port.tick() == "closed"
     assert coord.version.metrics["flagged"] == 1.0
     # FedAvg of the three others: 1.0 (with the 50s it would be 13.25)
@@ -310,3 +321,36 @@ def test_a_flagged_update_is_left_out_of_its_rounds_aggregate() -> None:
         torch.testing.assert_close(
             coord.state.params[k] - INITIAL[k], torch.full_like(INITIAL[k], 1.0)
         )
+
+
+def test_a_gated_round_in_the_deployment_is_recorded_and_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    raw = _cfg().model_dump(mode="json")
+    raw["gate"] = {"source": "validation_file", "validation_file": "held.jsonl"}
+    cfg = parse_config(raw)
+
+    def loss(t: Tensors) -> float:  # any move away from zero is a regression
+        return 1.0 + sum(float(v.abs().sum()) for v in t.values())
+
+    def fed() -> PersistentCoordinator:
+        db = Database(f"sqlite:///{tmp_path / 'fed.db'}")
+        return PersistentCoordinator(cfg, INITIAL, db, BlobStore(tmp_path / "blobs"), clock, loss)
+
+    clock = Clock()
+    first = fed()
+    a, _ = _join(first, "a")
+    b, _ = _join(first, "b")
+    first.tick()
+    for pid in (a, b):
+        first.port.upload(_upload(first, pid, 5.0))
+    root = first.engine.version
+    assert first.tick() is None and first.engine.version == root
+    assert first.engine.state.round == 1  # the next round is a new one
+    with first.db.transaction() as s:
+        rows = s.scalars(select(Round)).all()
+    assert [r.status for r in rows] == ["rejected"] and "rejected" in (rows[0].reason or "")
+    assert "reject_round" in [x for _, x, _ in first.audit_log()]
+    first.db.close()
+    again = fed()
+    assert again.engine.version == root and again.engine.state.round == 1

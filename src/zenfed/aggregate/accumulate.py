@@ -48,6 +48,13 @@ class Aggregate:
         total = self.decode(self.total) if self.decode is not None else self.total
         return {k: (v.to(torch.float64) / self.weight).to(torch.float32) for k, v in total.items()}
 
+    @classmethod
+    def of_rule(cls, result: Tensors, weight: float, count: int, below: float) -> Aggregate:
+        """A rule's result as an aggregate whose mean is that result (total weight
+        ``weight``, from ``count`` updates)."""
+        total = {k: v.to(torch.float64) * weight for k, v in result.items()}
+        return cls(total, weight, count, below)
+
     def with_total(self, total: Tensors, weight: float | None = None) -> Aggregate:
         """The same aggregate with another sum (noised) and, optionally, weight."""
         return replace(self, total=total, weight=self.weight if weight is None else weight)
@@ -131,9 +138,7 @@ class KeepAll:
         _nonempty(len(kept))
         weights = [w for _, _, w in kept]
         combined = self.rule.combine([load() for _, load, _ in kept], weights, self.seed)
-        total_weight = float(sum(weights))
-        total = {k: v.to(torch.float64) * total_weight for k, v in combined.items()}
-        return Aggregate(total, total_weight, len(kept), self.below)
+        return Aggregate.of_rule(combined, float(sum(weights)), len(kept), self.below)
 
 
 def _positive(weight: float) -> None:

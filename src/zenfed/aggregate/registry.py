@@ -102,7 +102,11 @@ class AggregationRule:
 
     def check_count(self, n: int) -> None:
         """ZenfedError unless ``n`` updates are enough for the rule as configured."""
-        groups = math.ceil(n / self.bucket) if self.bucket else n
+        self.check_groups(math.ceil(n / self.bucket) if self.bucket else n, n)
+
+    def check_groups(self, groups: int, n: int) -> None:
+        """ZenfedError unless ``groups`` (buckets of the ``n`` updates, if bucketed; else
+        the updates themselves) are enough for the rule."""
         if groups < self.minimum():
             what = f"{groups} buckets of {n} updates" if self.bucket else f"{n} updates"
             raise ZenfedError(

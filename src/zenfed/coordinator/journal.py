@@ -161,27 +161,35 @@ class StoreJournal(Journal):
     def rejecting(self, server_round: int, state: CoordinatorState, reason: str) -> None:
         """The gate's refusal: the newest version's saved state becomes ``state``, the
         round's row is closed as rejected, audited."""
-        self.save_state(state, "reject_round", {"round": server_round, "reason": reason})
+        detail = {"round": server_round, "reason": reason}
+        self.save_state(state, "reject_round", detail, close_round=("rejected", reason))
         self.round_id = None
         log_event("reject_round", logging.WARNING, round=server_round, reason=reason)
 
     def save_state(
-        self, state: CoordinatorState, action: str, detail: dict[str, Any], actor: str = ""
+        self,
+        state: CoordinatorState,
+        action: str,
+        detail: dict[str, Any],
+        actor: str = "coordinator",
+        close_round: tuple[str, str] | None = None,
     ) -> None:
         """Replace the newest version's saved coordinator state by ``state`` (a change made
-        between versions: a rejected round, a reinstatement), with its audit line; the open
-        round's row, if any, is closed as ``rejected`` when ``action`` is a rejection."""
+        between versions: a rejected round, a reinstatement), with its audit line; with
+        ``close_round`` (status, reason) the open round's row is closed in the same
+        transaction."""
         digest = self.blobs.put(state.to_bytes())
         with self.db.transaction() as s:
             row = s.get(Version, state.version.id)
             assert row is not None
             old = row.server_state_sha256
             row.server_state_sha256 = digest
-            if action == "reject_round" and self.round_id is not None:
+            if close_round is not None and self.round_id is not None:
                 r = s.get(Round, self.round_id)
                 assert r is not None
-                r.status, r.closed_at, r.reason = "rejected", self.now(), detail["reason"][:500]
-            audit_row(s, actor or "coordinator", action, detail)
+                status, reason = close_round
+                r.status, r.closed_at, r.reason = status, self.now(), reason[:500]
+            audit_row(s, actor, action, detail)
         if old and old != digest:
             self.blobs.delete(old)
 

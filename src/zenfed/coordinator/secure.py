@@ -158,17 +158,16 @@ class SecureRound:
             means.append(self._decode({"flat": flat}))
             weights.append(w)
             below += float(values[self.flat]) if self.report_clip else 0.0
+        count = sum(len(a) for a, _ in sums)
         try:
-            self.rule.check_count(len(means) * self.rule.bucket)  # type: ignore[operator]
+            self.rule.check_groups(len(means), count)
             combined = self.rule.combine_buckets(means, weights)
         except ZenfedError as e:
             raise SecAggAborted(
                 f"{len(means)} secure buckets were revealed: {e.problem}",
                 fix="the round aborts; the previous global version stays",
             ) from e
-        weight = float(sum(weights))
-        total = {k: v.to(torch.float64) * weight for k, v in combined.items()}
-        return Aggregate(total, weight, sum(len(a) for a, _ in sums), below)
+        return Aggregate.of_rule(combined, float(sum(weights)), count, below)
 
     def _decode(self, total: Tensors) -> Tensors:
         parts = self.codec.unflatten(total["flat"].numpy().astype(np.float32))
