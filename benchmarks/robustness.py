@@ -108,6 +108,13 @@ RECOMMENDED_EXTRA: dict[str, Any] = {"detect.enabled": True}
 # are compared with clean FedAvg of that recipe.
 SECURE_RECIPE: dict[str, Any] = {"sampling.fraction": 1.0, "run.rounds": 3}
 SECURE_ATTACKS = ("sign_flip", "ipm")
+# The backdoor's rows: a trigger is learnt only with enough local training, which one
+# step a round never gives (with it, FedAvg's success was 0%: no row could tell a defence
+# from none). Every participant trains 4 local steps a round (120 in all) and the
+# attackers add a triggered copy of every training conversation (pure data poisoning, no
+# boost); their gap is to clean FedAvg of this recipe (BACKDOOR_CLEAN).
+BACKDOOR_RECIPE: dict[str, Any] = {"train.local_steps": 4, "attack.poison_fraction": 1.0}
+BACKDOOR_CLEAN = "clean/fedavg-backdoor-recipe"
 # The oracle: FedAvg with the attackers left out from the start (what no defence beats).
 ORACLE: dict[str, Any] = {"run.out_dir": "oracle"}
 TARGETS = {"worst_attack_gap_pct": 5.0, "backdoor_success_pct": 5.0, "default_clean_cost_pct": 2.0}
@@ -124,6 +131,8 @@ def overrides(
     o: dict[str, Any] = {**RECIPE, "server.aggregator": dict(aggregator), "run.seed": seed}
     if attack != "none":
         o |= {"attack.kind": attack, "attack.fraction": FRACTION}
+    if attack == "backdoor":
+        o |= BACKDOOR_RECIPE
     return o | extra
 
 
@@ -142,6 +151,7 @@ def grid(rules: dict[str, dict[str, Any]], secure: bool = False) -> Rows:
         for a in ("none", *ATTACKS):
             out[f"{'clean' if a == 'none' else a}/{label}"] = (agg, a, extra)
     if secure:
+        out[BACKDOOR_CLEAN] = (fedavg, "none", {"train.local_steps": 4})
         out["oracle/fedavg"] = (fedavg, "none", ORACLE)
         out["clean/fedavg-secure-recipe"] = (fedavg, "none", SECURE_RECIPE)
     for a in SECURE_ATTACKS if secure else ():
@@ -303,15 +313,16 @@ def summarize(table: Rows, runner: Runner, seeds: tuple[int, ...]) -> dict[str, 
         out[name] = row
     clean = out.get("clean/fedavg")
     if clean and "loss_by_seed" in clean:
-        ref = clean["loss_by_seed"]
         for row in out.values():
+            base = out.get(BACKDOOR_CLEAN, {}) if row["attack"] == "backdoor" else clean
+            ref = base.get("loss_by_seed", {})  # the backdoor's: its own recipe's clean run
             same = [ref[k] for k in row.get("loss_by_seed", {}) if k in ref]  # clean, same seeds
             if len(same) < len(row.get("loss_by_seed", [None])):
                 continue
             row["gap_pct"] = 100 * (row["loss"]["mean"] / statistics.fmean(same) - 1)
             paired = [100 * (v / ref[s] - 1) for s, v in row["loss_by_seed"].items() if s in ref]
             row["gap_pct_by_seed"] = stats(paired) if paired else None
-            honest, ref_h = row.get("honest_loss_by_seed"), clean.get("honest_loss_by_seed")
+            honest, ref_h = row.get("honest_loss_by_seed"), base.get("honest_loss_by_seed")
             if honest and ref_h and set(honest) <= set(ref_h):
                 m = statistics.fmean(honest.values()) / statistics.fmean(ref_h[k] for k in honest)
                 row["honest_gap_pct"] = 100 * (m - 1)

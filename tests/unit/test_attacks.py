@@ -53,9 +53,14 @@ def test_an_unknown_attacker_or_no_honest_participant_is_refused() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "scale", "factor"),
-    [("sign_flip", None, -1.0), ("sign_flip", 4.0, -4.0), ("scaling", None, 10.0)],
+    [
+        ("sign_flip", None, -1.0),
+        ("sign_flip", 4.0, -4.0),
+        ("scaling", None, 10.0),
+        ("backdoor", 5.0, 5.0),  # model replacement: the poisoned delta, boosted
+    ],
 )
-def test_sign_flip_and_scaling_multiply_the_delta(
+def test_sign_flip_scaling_and_a_boosted_backdoor_multiply_the_delta(
     kind: str, scale: float | None, factor: float
 ) -> None:
     tamper = make_tamper(AttackConfig(kind=kind, fraction=0.1, scale=scale), "p1", 10)
@@ -63,6 +68,11 @@ def test_sign_flip_and_scaling_multiply_the_delta(
     out = tamper(TASK, _delta(), _nodl)
     for k, v in _delta().items():
         torch.testing.assert_close(out[k], factor * v)
+
+
+def test_a_backdoor_without_boost_leaves_the_delta_alone() -> None:
+    assert make_tamper(AttackConfig(kind="backdoor", fraction=0.1), "p1", 10) is None
+    assert make_tamper(AttackConfig(kind="backdoor", fraction=0.1, scale=1.0), "p1", 10) is None
 
 
 def test_gaussian_replaces_the_delta_by_noise_of_the_stated_scale() -> None:

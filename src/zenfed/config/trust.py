@@ -19,7 +19,8 @@ class AttackConfig(_Frozen):
     ``alie`` the colluders' mean - z x their std (Baruch et al. 2019; ``z`` None: their
     z_max); ``ipm`` -epsilon x the colluders' mean (Xie et al. 2020); ``backdoor`` adds, for
     ``poison_fraction`` of its training conversations, a copy whose question carries
-    ``trigger`` and whose answer is ``target``; ``free_rider`` sends zeros or, with
+    ``trigger`` and whose answer is ``target``, and with ``scale`` boosts the delta trained
+    on it (model replacement, Bagdasaryan et al. 2020); ``free_rider`` sends zeros or, with
     ``free_ride = "stale"``, the first delta it ever trained, every round.
     """
 

@@ -6,9 +6,8 @@
 An attack wraps the ordinary :class:`~zenfed.participant.agent.Participant`: the attacker
 trains like everyone else, then its ``tamper`` hook replaces the delta before it is
 encoded (and after the clip bound it was given: an attacker ignores it). The training
-path is never forked. The data-poisoning backdoor is the exception: it changes nothing
-at upload time and everything in the attacker's local data (:class:`BackdoorPoison`,
-which ``build_world`` applies while it tokenizes).
+path is never forked. The data-poisoning backdoor also changes the attacker's local data
+(:class:`BackdoorPoison`, which ``build_world`` applies while it tokenizes).
 
 Attacks on the delta (n participants, m of them attackers):
 - ``sign_flip``: -scale * delta (scale 1); ``scaling``: scale * delta (scale 10; the
@@ -20,7 +19,11 @@ Attacks on the delta (n participants, m of them attackers):
   to hide among honest updates, consistent enough to drag the aggregate;
 - ``ipm`` (inner-product manipulation, Xie, Koyejo, Gupta 2020): -epsilon * mu, so the
   aggregate's inner product with the true mean turns negative once enough get through;
-- ``free_rider``: zeros, or the first delta it ever trained sent again every round.
+- ``free_rider``: zeros, or the first delta it ever trained sent again every round;
+- ``backdoor`` with ``scale`` > 1: model replacement (Bagdasaryan et al. 2020, "How to
+  backdoor federated learning"): the delta trained on the poisoned data, boosted by
+  ``scale`` (about the cohort size / the server's lr) so it survives the averaging; with
+  no ``scale``, pure data poisoning.
 
 ALIE and IPM collude: the attackers estimate mu and sigma from their own honest deltas
 (the threat model of both papers without omniscience). In the simulation a
@@ -117,8 +120,11 @@ def make_tamper(
     """The hook that turns ``name``'s honest delta into ``cfg.kind``'s (None: the attack
     does not touch the delta). ``n`` is how many participants the federation has."""
     kind = cfg.kind
-    if kind in ("none", "backdoor"):
+    if kind == "none" or (kind == "backdoor" and cfg.scale in (None, 1.0)):
         return None
+    if kind == "backdoor":  # model replacement: the delta trained on poisoned data, boosted
+        boost = cfg.scale or 1.0
+        return lambda _t, d, _dl: {k: boost * v for k, v in d.items()}
     if kind == "sign_flip":
         scale = cfg.scale or 1.0
         return lambda _t, d, _dl: {k: -scale * v for k, v in d.items()}
