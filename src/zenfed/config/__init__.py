@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from zenfed.config.base import _Frozen
+from zenfed.config.scale import BufferedConfig as BufferedConfig
+from zenfed.config.scale import DevicesConfig as DevicesConfig
 from zenfed.config.trust import AttackConfig as AttackConfig
 from zenfed.config.trust import DetectConfig as DetectConfig
 from zenfed.config.trust import GateConfig as GateConfig
@@ -547,10 +549,13 @@ class FederationConfig(_Frozen):
     attack: AttackConfig = AttackConfig()  # simulation only
     gate: GateConfig = GateConfig()
     detect: DetectConfig = DetectConfig()
+    buffered: BufferedConfig = BufferedConfig()
+    devices: DevicesConfig = DevicesConfig()  # simulation only
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
-        if self.privacy.enabled and self.sampling.method != "poisson":
+        poisson = self.sampling.method == "poisson" or self.buffered.enabled  # (q = 1)
+        if self.privacy.enabled and not poisson:
             raise ValueError(
                 "differential privacy is accounted for Poisson sampling of participants: "
                 "set sampling.method = 'poisson'"
@@ -570,6 +575,11 @@ class FederationConfig(_Frozen):
                 "detect.enabled scores each participant's update, which secure aggregation "
                 "hides and differential privacy does not account for (quarantine would leak "
                 "through who is sampled): turn [detect] off, or secagg and privacy off"
+            )
+        if self.buffered.enabled and self.secagg.enabled:
+            raise ValueError(
+                "buffered asynchronous aggregation with secure aggregation is not built: a "
+                "secure sum needs its members to train together (turn one of them off)"
             )
         if self.detect.validation and self.gate.source == "none":
             raise ValueError(

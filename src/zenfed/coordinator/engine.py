@@ -42,15 +42,16 @@ from zenfed.aggregate.server_opt import server_step
 from zenfed.compress import CodecError, Pipeline
 from zenfed.compress.downlink import Publisher
 from zenfed.config import FederationConfig
+from zenfed.coordinator.buffered import Buffered, InFlight, check_pool
 from zenfed.coordinator.evaluation import FederatedEvaluation
 from zenfed.coordinator.metrics import round_metrics
 from zenfed.coordinator.rounds import OpenRound, Spill
 from zenfed.coordinator.rounds import RoundAborted as RoundAborted
 from zenfed.coordinator.screening import Screen
 from zenfed.coordinator.secure import SecureRound
-from zenfed.coordinator.state import Commit, CoordinatorState
+from zenfed.coordinator.state import Commit, CoordinatorState, round_commit
 from zenfed.coordinator.strategy import Strategy
-from zenfed.coordinator.trigger import Decision, RoundProgress, SyncRound
+from zenfed.coordinator.trigger import Decision, RoundProgress, SyncRound, Trigger
 from zenfed.coordinator.validate import (
     UpdateRejected,
     check_finite,
@@ -86,7 +87,13 @@ class Coordinator:
         self.spill = spill  # where a keep-every-update round puts each update
         self.strategy = Strategy(cfg)
         self.rule = build_rule(cfg.server.aggregator)
-        self.trigger = SyncRound(cfg.service.quorum, cfg.service.round_timeout_s)
+        self.buffered = cfg.buffered.enabled
+        self.trigger: Trigger = (
+            Buffered(cfg.buffered)
+            if self.buffered
+            else SyncRound(cfg.service.quorum, cfg.service.round_timeout_s)
+        )
+        self.inflight = InFlight(cfg.buffered)  # buffered: tasks handed out, not answered
         self.privacy = PrivacyPolicy(cfg)
         self.screen = screen
         shapes = {k: tuple(v.shape) for k, v in initial.items()}
@@ -112,7 +119,13 @@ class Coordinator:
         if self.pool:  # a setting that cannot work fails here, before round 1
             self.privacy.noise(self.state.privacy, self.expected_cohort)
             if not self.rule.streaming:  # a mean takes any count; Krum needs 2f + 3
-                self.rule.check_count(math.floor(self.strategy.cohort_size(len(self.pool))))
+                self.rule.check_count(
+                    self.cfg.buffered.k
+                    if self.buffered
+                    else math.floor(self.strategy.cohort_size(len(self.pool)))
+                )
+            if self.buffered:
+                check_pool(cfg.buffered, len(self.pool))
         self.current: OpenRound | None = None
         self.evaluation: FederatedEvaluation | None = None
         self.last_traffic: dict[str, dict[str, int]] = {}
@@ -147,6 +160,9 @@ class Coordinator:
         if self.current is not None:
             raise ZenfedError(f"round {self.current.round} is still open", fix="close it first")
         self.privacy.check_budget(self.state.privacy, self.state.round)
+        if self.buffered:  # an empty buffer; tasks are handed out as participants come free
+            self._start(list(self.inflight.tasks.values()), None)
+            return []
         members = {p: self.names.get(p, p) for p in self.pool}
         tasks = self.strategy.configure(self.state.round, members, self.version.id)
         deadline = self.trigger.deadline(now)
@@ -188,17 +204,45 @@ class Coordinator:
 
     def _start(self, tasks: list[Task], secure: SecureRound | None) -> None:
         acc: Accumulator
+        n, version = self.state.round, self.version.id
+        codec_seed = tasks[0].codec_seed if tasks and not self.buffered else n
         if secure is not None:
             acc = secure
         elif self.rule.streaming and self.screen is None:  # screening needs every update
             acc = StreamingMean()
         else:
-            acc = KeepAll(self.rule, self.spill, seed=tasks[0].codec_seed)
-        t0 = tasks[0]
+            acc = KeepAll(self.rule, self.spill, seed=codec_seed)
         cohort = {t.participant: t for t in tasks}
-        self.current = OpenRound(
-            t0.round, t0.version, t0.codec_seed, cohort, acc, t0.deadline, secure
+        deadline = math.inf if self.buffered else tasks[0].deadline
+        self.current = OpenRound(n, version, codec_seed, cohort, acc, deadline, secure)
+
+    def issue(self, participant: str, now: float) -> Task | None:
+        """Buffered aggregation: ``participant``'s task in flight, or a new one from the
+        current version if it is free, in the pool, has not contributed to the open
+        buffer, and fewer than ``buffered.concurrency`` are training; else None."""
+        r = self.current
+        if r is None or not self.buffered or participant in r.received:
+            return None
+        if participant in self.inflight.tasks:
+            return self.inflight.tasks[participant]
+        if participant not in self.pool or not self.inflight.may_take(participant, len(self.pool)):
+            return None
+        task = self.strategy.buffered_task(
+            r.round, participant, self.names.get(participant, participant), r.version
         )
+        task = replace(task, deadline=now + self.cfg.service.round_timeout_s)
+        [task] = self.privacy.decorate(
+            [task], self.examples, self.state.privacy, self.expected_cohort, False
+        )
+        self.inflight.tasks[participant] = r.tasks[participant] = task
+        return task
+
+    def expire(self, now: float) -> None:
+        """Buffered aggregation: drop the tasks in flight past their deadline (their
+        participants may take new ones)."""
+        for p in self.inflight.expire(now):
+            if self.current is not None:
+                self.current.tasks.pop(p, None)
 
     def submit(self, update: Update) -> None:
         """Validate and decode ``update``, then fold it into the round's accumulator."""
@@ -211,13 +255,18 @@ class Coordinator:
         update is counted only once it is stored."""
         r = self.current
         cohort, received = (r.tasks, r.received) if r else ({}, {})
-        check_round(update, r.round if r else None, cohort, received, r.version if r else "")
+        task = cohort.get(update.participant)
+        open_no, base = (r.round, r.version) if r else (None, "")
+        if r is not None and self.buffered:
+            self.inflight.staleness(update, r.round)
+            open_no, base = update.round, task.version if task else ""
+        check_round(update, open_no, cohort, received, base)
         check_metadata(update, self.examples.get(update.participant, 0))
-        assert r is not None
+        assert r is not None and task is not None
         if r.secure is not None:
             return r.secure.check(update)
         try:
-            tensors = self.codec.unpack(update.payload, shared_seed=r.codec_seed)
+            tensors = self.codec.unpack(update.payload, shared_seed=task.codec_seed)
         except CodecError as e:
             raise UpdateRejected(
                 f"update from '{update.participant}': {e.problem}", fix=e.fix, reason="payload"
@@ -239,6 +288,8 @@ class Coordinator:
             r.secure.add(update.participant, tensors, task.weight)
         else:
             tensors, weight, below = self.privacy.prepare(task, tensors, update.num_examples)
+            if self.buffered:  # FedBuff: a stale update moves the model less
+                tensors = self.inflight.weigh(update.participant, tensors, r.round)
             r.accumulator.add(update.participant, tensors, weight, below)
         # Only now is it counted, with its metadata (the accumulator holds the tensors).
         r.received[update.participant] = replace(update, payload=b"")
@@ -275,40 +326,13 @@ class Coordinator:
         agg, privacy_metrics, ledger = self.privacy.release(
             combined, self.state.privacy, self.expected_cohort, r.secure is not None
         )
-        params, server_state = server_step(
-            self.cfg.server, self.state.params, agg.mean(), self.state.server_state
-        )
-        public, broadcast = self.publisher.publish(params, self.state.published, r.round)
-        content = tensors_hash(public if public is not None else params)
+        step = server_step(self.cfg.server, st.params, agg.mean(), st.server_state)
+        published = self.publisher.publish(step[0], st.published, r.round)
+        metrics = {**self._round_metrics(r), **privacy_metrics}
         ups = list(r.received.values())
-        version = GlobalVersion(
-            id=version_id(r.version, r.round, content),
-            round=r.round,
-            parent=r.version,
-            participants=tuple(sorted(r.received)),
-            num_examples=sum(u.num_examples for u in ups),
-            metrics={
-                **self._round_metrics(r),
-                **privacy_metrics,
-                **({"flagged": float(len(assessment.flags))} if assessment else {}),
-            },
-            content=content,
+        return round_commit(
+            st, r.round, r.version, ups, step, published, metrics, ledger, assessment
         )
-        broadcasts = Publisher.chain(self.state.broadcasts, broadcast, version)
-        state = CoordinatorState(
-            r.round + 1,
-            params,
-            server_state,
-            [*self.state.versions, version],
-            public,
-            broadcasts,
-            ledger,
-            assessment.reputation if assessment else dict(st.reputation),
-            {**st.quarantined, **(assessment.quarantine if assessment else {})},
-        )
-        if assessment is None:
-            return Commit(version, state)
-        return Commit(version, state, assessment.flags, assessment.quarantine)
 
     def _without(self, acc: KeepAll, flagged: set[str]) -> Aggregate:
         """The round's result with the flagged updates left out (RoundAborted if too few
@@ -338,6 +362,7 @@ class Coordinator:
             }
         self.state = result.state
         self.current = None
+        self.inflight.carry(self.state.round, drop_all=r is None)  # r None: a rollback
         return result.version
 
     def rejection(self, result: Commit) -> CoordinatorState:
@@ -351,13 +376,15 @@ class Coordinator:
         return self.commit(self.aggregate_round())
 
     def _round_metrics(self, r: OpenRound) -> dict[str, float]:
-        dense = self.dense_update_bytes
-        return round_metrics(
-            list(r.received.values()), len(r.tasks), r.bytes_up, r.bytes_down, dense
-        )
+        dense, ups = self.dense_update_bytes, list(r.received.values())
+        if not self.buffered:
+            return round_metrics(ups, len(r.tasks), r.bytes_up, r.bytes_down, dense)
+        metrics = round_metrics(ups, len(ups), r.bytes_up, r.bytes_down, dense)
+        return metrics | self.inflight.metrics(ups, r.round)
 
     def abort_round(self) -> None:
-        """Drop the open round without a new version (what arrived is discarded)."""
+        """Drop the open round without a new version (what arrived is discarded; under
+        buffered aggregation the tasks in flight go on)."""
         self.current = None
 
     def skip_round(self, reason: str) -> None:
@@ -396,7 +423,9 @@ class Coordinator:
 
     @property
     def expected_cohort(self) -> float:
-        """q * N under Poisson sampling: the fixed denominator of DP-FedAvg."""
+        """q * N under Poisson sampling (buffered: k): the fixed denominator of DP-FedAvg."""
+        if self.buffered:
+            return float(self.cfg.buffered.k)
         return self.cfg.sampling.fraction * len(self.pool)
 
     @property

@@ -115,6 +115,7 @@ class CoordinatorPort:
         self.exhausted = ""  # why no further round may run (the privacy budget is spent)
         self.last_version: GlobalVersion | None = None  # what the last closing tick made
         self.last_reason = ""  # why the last aborted or skipped round made no version
+        self.closed_by_upload: Tick | None = None  # buffered: see take_close
 
     # ---- participant messages -------------------------------------------------------------
 
@@ -125,7 +126,10 @@ class CoordinatorPort:
         once no round is open and none will be."""
         ev, r = self.engine.evaluation, self.engine.current
         task = ev.pending(pid) if ev is not None else None
-        if task is None and r is not None:
+        if task is None and r is not None and self.engine.buffered:
+            # no new work while an evaluation measures the current version
+            task = self.engine.issue(pid, self.clock()) if ev is None else None
+        elif task is None and r is not None:
             task = r.task_for(pid)
         if task is None:
             if self.finished():
@@ -168,7 +172,8 @@ class CoordinatorPort:
         sender, round and payload) is acknowledged and not counted again."""
         digest = hashlib.sha256(update.payload).hexdigest()
         r = self.engine.current
-        same_round = r is not None and update.round == r.round
+        task = r.tasks.get(update.participant) if r is not None else None
+        same_round = task is not None and update.round == task.round
         if same_round and self.digests.get(update.participant) == digest:
             return "duplicate"
         try:
@@ -179,13 +184,33 @@ class CoordinatorPort:
         self.journal.storing(update)
         self.engine.accept(update, tensors)
         self.digests[update.participant] = digest
+        if self.engine.buffered and self.engine.decide(self.clock()) == "close":
+            self._turn_buffer()
         return "accepted"
+
+    def _turn_buffer(self) -> None:
+        """Buffered aggregation: the upload that fills the buffer aggregates it at once,
+        and the next buffer opens, so no later arrival finds none open. What the close
+        did waits in ``closed_by_upload`` for the caller that drives the ticks."""
+        self.closed_by_upload = self._close("buffer full")
+        if self.engine.current is None and self._can_open():
+            self._open()
+
+    def take_close(self) -> Tick | None:
+        """What a buffer closed by an upload did ("closed", "rejected" or "aborted") since
+        the last call, or None."""
+        what, self.closed_by_upload = self.closed_by_upload, None
+        return what
 
     def admit(self, pid: str, server_round: int) -> None:
         """UpdateRejected unless ``pid`` may upload to ``server_round`` now (it is open
         and ``pid`` is in its cohort): what a transport checks before reading a body."""
         r = self.engine.current
-        if r is None or r.round != server_round:
+        open_no = r.round if r is not None else None
+        if r is not None and self.engine.buffered:  # an update lands in the open buffer
+            task = self.engine.inflight.tasks.get(pid)
+            open_no = task.round if task is not None else r.round
+        if r is None or open_no != server_round:
             raise UpdateRejected(
                 f"round {server_round} is not open", fix="fetch the current task", reason="not_open"
             )
@@ -270,6 +295,8 @@ class CoordinatorPort:
         r = self.engine.current
         if r is None:
             return math.inf
+        if self.engine.buffered:  # a task in flight that never answers
+            return min((t.deadline for t in self.engine.inflight.tasks.values()), default=math.inf)
         return self.stage_deadline if r.secure is not None else r.deadline
 
     def tick(self) -> Tick:
@@ -282,9 +309,12 @@ class CoordinatorPort:
         if r.secure is not None:
             return self._tick_secure(r.secure.server)
         now = self.clock()
+        if self.engine.buffered:
+            self.engine.expire(now)
         decision = self.engine.decide(now)
         if decision == "close":
-            return self._close("quorum" if now < r.deadline else "deadline")
+            why = "buffer full" if self.engine.buffered else "quorum"
+            return self._close(why if now < r.deadline else "deadline")
         if decision == "abort":
             return self._abort("deadline passed with no update")
         return "idle"
@@ -310,7 +340,7 @@ class CoordinatorPort:
             self.journal.skipped(r, e.problem)
             return "skipped"
         try:
-            self.journal.opened(tasks, tasks[0].deadline)
+            self.journal.opened(tasks, tasks[0].deadline if tasks else math.inf)
         except BaseException:
             engine.abort_round()
             raise

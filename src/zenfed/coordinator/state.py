@@ -13,14 +13,14 @@ detection.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from zenfed.aggregate.server_opt import ServerOptState
-from zenfed.compress.downlink import Broadcast
+from zenfed.compress.downlink import Broadcast, Publisher
 from zenfed.privacy.dp import PrivacyLedger
-from zenfed.protocol.messages import GlobalVersion
+from zenfed.protocol.messages import GlobalVersion, Update, version_id
 from zenfed.store.records import bytes_tensor, pack_record, tensor_bytes, unpack_record
-from zenfed.tensors import Tensors
+from zenfed.tensors import Tensors, tensors_hash
 
 KIND = "zenfed-coordinator-state/2"
 
@@ -118,3 +118,65 @@ class Commit:
     def published(self) -> Tensors:
         """The new version's tensors as participants download them."""
         return self.state.published
+
+
+class Screened(Protocol):
+    """What poisoning detection decided of a round (``screening.Assessment`` is one)."""
+
+    @property
+    def reputation(self) -> dict[str, float]:
+        """Everyone's reputation after the round."""
+        ...
+
+    @property
+    def flags(self) -> dict[str, str]:
+        """Who stood out, and why."""
+        ...
+
+    @property
+    def quarantine(self) -> dict[str, str]:
+        """Who is quarantined by this round, and why."""
+        ...
+
+
+def round_commit(
+    st: CoordinatorState,
+    server_round: int,
+    parent: str,
+    updates: list[Update],
+    step: tuple[Tensors, ServerOptState],
+    published: tuple[Tensors | None, Broadcast | None],
+    metrics: dict[str, float],
+    privacy: PrivacyLedger,
+    screened: Screened | None = None,
+) -> Commit:
+    """The version a round makes from ``parent`` and the state after it: the server
+    optimizer's ``step`` (params, moments), what is ``published`` (the public tensors
+    and the broadcast of a downlink codec), the round's ``metrics``, the privacy ledger
+    after its release, and its screening. Pure: ``st`` is not changed."""
+    params, server_state = step
+    public, broadcast = published
+    content = tensors_hash(public if public is not None else params)
+    version = GlobalVersion(
+        id=version_id(parent, server_round, content),
+        round=server_round,
+        parent=parent,
+        participants=tuple(sorted(u.participant for u in updates)),
+        num_examples=sum(u.num_examples for u in updates),
+        metrics={**metrics, **({"flagged": float(len(screened.flags))} if screened else {})},
+        content=content,
+    )
+    state = CoordinatorState(
+        server_round + 1,
+        params,
+        server_state,
+        [*st.versions, version],
+        public,
+        Publisher.chain(st.broadcasts, broadcast, version),
+        privacy,
+        screened.reputation if screened else dict(st.reputation),
+        {**st.quarantined, **(screened.quarantine if screened else {})},
+    )
+    if screened is None:
+        return Commit(version, state)
+    return Commit(version, state, screened.flags, screened.quarantine)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import zlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -58,7 +59,7 @@ class Strategy:
     def configure(self, server_round: int, members: Mapping[str, str], version: str) -> list[Task]:
         """The training tasks of ``server_round`` (0-based) starting from ``version``, for
         a cohort drawn from ``members`` (id -> name)."""
-        run, train = self.cfg.run, self.cfg.train
+        run = self.cfg.run
         participants = sorted(members, key=lambda p: (members[p], p))
         rng = np.random.default_rng([run.seed, server_round])
         sc = self.cfg.sampling
@@ -72,21 +73,35 @@ class Strategy:
             cohort = [p for p, c in zip(participants, chosen, strict=True) if c]
         else:
             cohort = sample_participants(participants, sc.fraction, sc.min_participants, rng)
-        steps = train.local_steps or 0  # epoch-based training has no global step schedule
         codec_seed = int(np.random.default_rng([run.seed, server_round, 1]).integers(2**62))
         return [
-            Task(
-                round=server_round,
-                participant=pid,
-                version=version,
-                seed=int(rng.integers(2**31 - 1)),
-                lr=train.lr,
-                step_offset=server_round * steps,
-                total_steps=run.rounds * steps,
-                codec_seed=codec_seed,
-                record_clip_norm=self.cfg.privacy.record_clip_norm,
-                record_noise_multiplier=self.cfg.privacy.record_noise_multiplier or 0.0,
-                privacy_delta=self.cfg.privacy.target_delta,
-            )
+            self.task(server_round, pid, version, int(rng.integers(2**31 - 1)), codec_seed)
             for pid in cohort
         ]
+
+    def task(self, server_round: int, pid: str, version: str, seed: int, codec_seed: int) -> Task:
+        """One training task of ``server_round`` for ``pid`` from ``version``."""
+        run, train = self.cfg.run, self.cfg.train
+        steps = train.local_steps or 0  # epoch-based training has no global step schedule
+        return Task(
+            round=server_round,
+            participant=pid,
+            version=version,
+            seed=seed,
+            lr=train.lr,
+            step_offset=server_round * steps,
+            total_steps=run.rounds * steps,
+            codec_seed=codec_seed,
+            record_clip_norm=self.cfg.privacy.record_clip_norm,
+            record_noise_multiplier=self.cfg.privacy.record_noise_multiplier or 0.0,
+            privacy_delta=self.cfg.privacy.target_delta,
+        )
+
+    def buffered_task(self, server_round: int, pid: str, name: str, version: str) -> Task:
+        """The task of buffered aggregation handed to ``pid`` (named ``name``) while
+        buffer ``server_round`` is open: seeded by the run's seed, the buffer and the name
+        (a participant gets at most one task per buffer)."""
+        key = zlib.crc32(name.encode())
+        rng = np.random.default_rng([self.cfg.run.seed, server_round, 2, key])
+        seed, codec_seed = int(rng.integers(2**31 - 1)), int(rng.integers(2**62))
+        return self.task(server_round, pid, version, seed, codec_seed)

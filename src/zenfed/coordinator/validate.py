@@ -28,7 +28,8 @@ class UpdateRejected(ZenfedError):
     """An update that failed validation; nothing was changed.
 
     ``reason``: ``not_open``, ``not_in_cohort``, ``already_uploaded``, ``stale_version``,
-    ``metadata``, ``weight``, ``payload``, ``non_finite``, or ``busy`` (a transport's: an
+    ``metadata``, ``weight``, ``payload``, ``non_finite``, ``stale`` (buffered aggregation:
+    beyond ``buffered.max_staleness``), or ``busy`` (a transport's: an
     upload from the same participant is in progress).
     """
 

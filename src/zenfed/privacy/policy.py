@@ -35,7 +35,9 @@ class PrivacyPolicy:
 
     def __init__(self, cfg: FederationConfig) -> None:
         self.pc, self.sc = cfg.privacy, cfg.secagg
-        self.sampling_rate = cfg.sampling.fraction
+        # Buffered asynchronous aggregation samples nobody (whoever is free trains), so
+        # each release is accounted without amplification by subsampling: q = 1.
+        self.sampling_rate = 1.0 if cfg.buffered.enabled else cfg.sampling.fraction
         pc = self.pc
         # DP: the noise multiplier, calibrated to the target epsilon over the whole run.
         self.noise_multiplier: float | None = pc.noise_multiplier

@@ -46,6 +46,7 @@ from zenfed.sim.progress import Progress
 from zenfed.sim.report import plot_losses, sample_generations
 from zenfed.sim.setup import World, build_world
 from zenfed.store.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from zenfed.transport.devices import Devices
 from zenfed.transport.inmemory import InMemoryTransport
 
 BASELINES = ("centralized", "local")
@@ -99,8 +100,20 @@ def run_simulation(
         for name, st in states.items():
             world.participants[name].state = st
     clock = SimClock()
+    if resume and history:
+        clock.t = float(history[-1].get("sim_time", 0.0))
     port = CoordinatorPort(coord, clock=clock, wait_for_minimum=False, gate=gate)
-    transport = InMemoryTransport(port, world.participants, drop=_dropouts(cfg, coord))
+    devices = None
+    if cfg.devices.enabled:  # work takes simulated time
+        devices = Devices(cfg.devices, world.participants, cfg.run.seed)
+    transport = InMemoryTransport(
+        port,
+        world.participants,
+        drop=_dropouts(cfg, coord),
+        devices=devices,
+        clock=clock,
+        shuffle=cfg.run.seed if cfg.buffered.enabled else None,  # who comes free first
+    )
     if not history:
         history.append({"round": 0, **_evaluate(coord, transport, progress)})
         save_version(out, coord)
@@ -156,16 +169,21 @@ def run_round(
         progress.note(f"round {r + 1} aborted: {coord.last_skip}")
         return {"round": r + 1, "aborted": coord.last_skip, "seconds": time.perf_counter() - t0}
     info = coord.open_round_info
-    assert info is not None
+    assert info is not None, (what, r, coord.state.round)
     cohort, secure = info[1], coord.current is not None and coord.current.secure is not None
-    progress.start_phase(f"round {r + 1}: training", len(cohort))
+    if coord.buffered:  # who trains is decided as participants come free
+        cohort = frozenset(coord.participants)
+    progress.start_phase(
+        f"round {r + 1}: training", coord.cfg.buffered.k if coord.buffered else len(cohort)
+    )
     while what not in ("closed", "aborted", "rejected"):
         transport.settle(progress.advance_phase)
-        what = port.tick()
+        what = port.take_close() or port.tick()  # a buffer closes on its k-th upload
         if what == "idle":  # nobody can move and nothing is due: time passes
-            if not port.next_deadline() < float("inf"):
+            due = min(port.next_deadline(), transport.next_event())
+            if not due < float("inf"):
                 raise ZenfedError(f"round {r + 1} cannot end", fix="report this as a bug")
-            clock.t = max(clock.t, port.next_deadline())
+            clock.t = max(clock.t, due)
     failures = {p: e for p, e in transport.failures.items() if p in cohort}
     if what == "rejected":  # the gate kept the current version; the engine moved on
         progress.note(f"round {r + 1} rejected: {port.last_reason}")
@@ -190,6 +208,7 @@ def run_round(
         "traffic": coord.last_traffic,  # bytes up and down per participant
         "failures": failures,
         "seconds": time.perf_counter() - t0,
+        "sim_time": clock.t,  # the simulated clock when the version was made
     }
 
 

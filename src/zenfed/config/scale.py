@@ -1,0 +1,79 @@
+"""The sections of the config for training beyond synchronous rounds (issue 13): buffered
+asynchronous aggregation and, in the simulation, participants' devices on a simulated
+clock. Re-exported by ``zenfed.config``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from zenfed.config.base import _Frozen
+
+
+class BufferedConfig(_Frozen):
+    """``[buffered]``: buffered asynchronous aggregation (FedBuff, Nguyen et al. 2022).
+
+    Instead of rounds, up to ``concurrency`` participants train at any time, each from the
+    newest version when it comes free; every ``k`` arrivals are aggregated into a new
+    version (``run.rounds`` versions in all). An update that started ``s`` versions ago is
+    weighed by ``staleness``: ``polynomial`` 1 / (1 + s) ** ``exponent`` (FedBuff's
+    1 / sqrt(1 + s) by default), ``hinge`` 1 up to ``hinge_at`` and 1 / (1 + ``exponent`` x
+    (s - ``hinge_at``)) beyond, or ``constant`` 1; one staler than ``max_staleness`` is
+    refused. A participant contributes at most once to each buffer. A task not answered
+    within ``service.round_timeout_s`` is dropped and its participant may take a new one.
+    """
+
+    enabled: bool = False
+    k: int = 4
+    concurrency: int | None = None  # None: every participant may train at once
+    staleness: Literal["polynomial", "hinge", "constant"] = "polynomial"
+    exponent: float = 0.5
+    hinge_at: int = 2
+    max_staleness: int = 8
+
+    @model_validator(mode="after")
+    def _check(self) -> BufferedConfig:
+        if self.k < 1:
+            raise ValueError("buffered.k (updates per aggregation) must be at least 1")
+        if self.concurrency is not None and self.concurrency < self.k:
+            raise ValueError(
+                f"buffered.concurrency = {self.concurrency} trainers can never fill a buffer of "
+                f"buffered.k = {self.k}: raise concurrency or lower k"
+            )
+        if self.exponent < 0 or self.hinge_at < 0 or self.max_staleness < 0:
+            raise ValueError(
+                "buffered.exponent, buffered.hinge_at and buffered.max_staleness must be >= 0"
+            )
+        return self
+
+
+class DevicesConfig(_Frozen):
+    """``[devices]``, simulation only: how long each participant's work takes on the
+    simulated clock, so synchronous and asynchronous runs compare in simulated wall time.
+
+    A task takes ``latency_s`` plus its local steps x ``step_seconds`` / the participant's
+    speed; speeds are 1 (``equal``) or drawn once per participant from a lognormal of
+    ``sigma`` (median 1) with the run's seed. ``available`` < 1: each participant is
+    online that fraction of every ``period_s`` (at a phase drawn with the seed) and takes
+    tasks only then (a task it began finishes). Off (``enabled = false``): work takes no
+    simulated time, as before.
+    """
+
+    enabled: bool = False
+    speed: Literal["equal", "lognormal"] = "lognormal"
+    sigma: float = 1.0
+    step_seconds: float = 1.0
+    latency_s: float = 0.0
+    available: float = 1.0
+    period_s: float = 3600.0
+
+    @model_validator(mode="after")
+    def _check(self) -> DevicesConfig:
+        if self.sigma < 0 or self.step_seconds <= 0 or self.latency_s < 0:
+            raise ValueError(
+                "devices.sigma and devices.latency_s must be >= 0, devices.step_seconds > 0"
+            )
+        if not 0.0 < self.available <= 1.0 or self.period_s <= 0:
+            raise ValueError("devices.available must be in (0, 1] and devices.period_s > 0")
+        return self
