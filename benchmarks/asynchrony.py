@@ -1,7 +1,7 @@
 """Asynchrony benchmark: buffered asynchronous aggregation (FedBuff) against synchronous
 rounds on devices whose speeds differ, in simulated wall time (issue #13).
 
-    python -m benchmarks.asynchrony              # 3 seeds x (sync, buffered), ~45 min
+    python -m benchmarks.asynchrony              # 3 seeds x (sync, buffered), ~50 min
     python -m benchmarks.asynchrony --report     # rebuild the JSON and PNG from the cache
 
 Workload: the quality benchmark's model, adapter and training (SmolLM2-135M-Instruct, LoRA
@@ -16,7 +16,8 @@ holder's speed is drawn from a lognormal of sigma 1 (median 1); a task of one st
 - buffered: at most 4 holders train at once (the same concurrency), every 2 arrivals make
   a version (60 versions), stale updates weighed 1 / sqrt(1 + staleness), refused beyond 8.
 
-Both evaluate the union held-out loss 10 times along the way. ``async_speedup``: the
+Both evaluate the union held-out loss (5% of each holder's data held out) 6 times along
+the way. ``async_speedup``: the
 sync run's simulated time to its final loss over the buffered run's time to reach that
 loss (linear between evaluations), per seed; ``async_final_gap_pct``: the buffered run's
 final loss above the sync run's. Every run is cached in results/asynchrony_runs.json.
@@ -45,6 +46,7 @@ WORKLOAD: dict[str, Any] = {
     "data.partition": "dirichlet",
     "data.num_participants": 16,
     "data.dirichlet_alpha": 0.5,
+    "data.heldout_fraction": 0.05,  # evaluated 7 times a run: kept small (2 slow cores)
     "devices.enabled": True,
     "devices.speed": "lognormal",
     "devices.sigma": 1.0,
@@ -55,7 +57,7 @@ MODES: dict[str, dict[str, Any]] = {
         "sampling.fraction": 0.25,
         "sampling.min_participants": 4,
         "run.rounds": 30,
-        "run.eval_every": 3,
+        "run.eval_every": 5,
     },
     "buffered": {
         "buffered.enabled": True,
@@ -63,7 +65,7 @@ MODES: dict[str, dict[str, Any]] = {
         "buffered.concurrency": 4,
         "buffered.max_staleness": 8,
         "run.rounds": 60,
-        "run.eval_every": 6,
+        "run.eval_every": 10,
     },
 }
 TARGETS = {"async_speedup_min": 2.0, "async_final_gap_pct_max": 2.0}

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.databases import db_url as db_url  # SQLite and PostgreSQL, for the store's tests
 from zenfed.config import FederationConfig, parse_config
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")

@@ -106,12 +106,6 @@ def serve(
             f"the config has [attack] kind = '{cfg.attack.kind}', which only the simulation runs",
             fix="remove the [attack] section from the service's config",
         )
-    if cfg.buffered.enabled:
-        raise ZenfedError(
-            "[buffered] asynchronous aggregation runs in the simulation only so far: the "
-            "service does not yet store the tasks in flight across buffers",
-            fix="set buffered.enabled = false for zenfed serve",
-        )
     if cfg.devices.enabled:
         raise ZenfedError(
             "[devices] simulates participants' compute time; a service has real ones",

@@ -1,5 +1,6 @@
 """The networked deployment as an operator runs it: a coordinator service and three
-participant processes on loopback, a SIGKILL of the coordinator, TLS."""
+participant processes on loopback, a SIGKILL of the coordinator, TLS; the store's tests
+run on SQLite and on PostgreSQL (``db_url``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pytest
 import safetensors.torch
 from sqlalchemy import select
 
+from tests.databases import serve_args
 from zenfed.config import load_config
 from zenfed.participant.state import ParticipantState
 from zenfed.sim.baselines import union_eval
@@ -89,8 +91,11 @@ def fed_toml(tmp_path: Path) -> Path:
     return p
 
 
-def _serve(cfg: Path, state: Path, port: int, *tls: str) -> subprocess.Popen[str]:
-    return _zenfed("serve", "--config", str(cfg), "--state", str(state), "--port", str(port), *tls)
+def _serve(
+    cfg: Path, state: Path, port: int, *tls: str, db: str = "sqlite"
+) -> subprocess.Popen[str]:
+    args = ("--config", str(cfg), "--state", str(state), "--port", str(port), *serve_args(db))
+    return _zenfed("serve", *args, *tls)
 
 
 def _invite(url: str, state: Path, verify: Any = True) -> str:
@@ -142,8 +147,8 @@ def _finish_with(agents: list[subprocess.Popen[str]], updates: int, timeout: flo
         assert f"federation finished; {updates} updates accepted" in out, out
 
 
-def _check_store(state: Path, cfg_path: Path) -> None:
-    db = Database(f"sqlite:///{state / 'zenfed.db'}")
+def _check_store(state: Path, cfg_path: Path, url: str) -> None:
+    db = Database(url)
     blobs = BlobStore(state / "blobs")
     with db.transaction() as s:
         people = s.scalars(select(Participant)).all()
@@ -183,35 +188,45 @@ def _check_store(state: Path, cfg_path: Path) -> None:
     db.close()
 
 
-def _federation(cfg: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]) -> Path:
-    """Serve ``cfg``, join the three participants, wait until they finish; the state dir."""
-    port, state = _port(), tmp_path / "state"
-    url = f"http://127.0.0.1:{port}"
-    procs.append(_serve(cfg, state, port))
-    _wait_healthy(url, procs[0])
-    agents = [_join(url, state, tmp_path, c) for c in CATEGORIES]
-    procs.extend(agents)
-    _finish(agents)
-    return state
+class Running:
+    """A service on ``port`` with its ``state`` folder, and its three joined agents."""
+
+    def __init__(self, cfg: Path, tmp: Path, procs: list[subprocess.Popen[str]], db: str):
+        self.cfg, self.db, self.procs = cfg, db, procs
+        self.port, self.state = _port(), tmp / "state"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = self.serve()
+        self.agents = [_join(self.url, self.state, tmp, c) for c in CATEGORIES]
+        procs.extend(self.agents)
+
+    def serve(self) -> subprocess.Popen[str]:
+        """Start (or restart) the service and wait until it answers."""
+        self.server = _serve(self.cfg, self.state, self.port, db=self.db)
+        self.procs.append(self.server)
+        _wait_healthy(self.url, self.server)
+        return self.server
+
+
+def _federation(cfg: Path, tmp_path: Path, procs: list[subprocess.Popen[str]], db: str) -> Path:
+    """Serve ``cfg`` on database ``db``, join the three participants, wait until they
+    finish; the state dir."""
+    run = Running(cfg, tmp_path, procs, db)
+    _finish(run.agents)
+    return run.state
 
 
 def test_a_coordinator_and_three_participants_train_two_rounds(
-    tmp_path: Path, fed_toml: Path, procs: list[subprocess.Popen[str]]
+    tmp_path: Path, fed_toml: Path, procs: list[subprocess.Popen[str]], db_url: str
 ) -> None:
-    _check_store(_federation(fed_toml, tmp_path, procs), fed_toml)
+    _check_store(_federation(fed_toml, tmp_path, procs, db_url), fed_toml, db_url)
 
 
 def test_coordinator_sigkill_mid_round_then_restart_finishes_without_duplicates(
-    tmp_path: Path, fed_toml: Path, procs: list[subprocess.Popen[str]]
+    tmp_path: Path, fed_toml: Path, procs: list[subprocess.Popen[str]], db_url: str
 ) -> None:
-    port, state = _port(), tmp_path / "state"
-    url = f"http://127.0.0.1:{port}"
-    server = _serve(fed_toml, state, port)
-    procs.append(server)
-    _wait_healthy(url, server)
-    agents = [_join(url, state, tmp_path, c) for c in CATEGORIES]
-    procs.extend(agents)
-    db = Database(f"sqlite:///{state / 'zenfed.db'}")
+    run = Running(fed_toml, tmp_path, procs, db_url)
+    server, agents, state = run.server, run.agents, run.state
+    db = Database(db_url)
     held = agents[-1]  # paused once its first update is stored, so round 1 cannot finish
     _await_uploads(db, 3, CATEGORIES[-1])
     held.send_signal(signal.SIGSTOP)
@@ -226,11 +241,9 @@ def test_coordinator_sigkill_mid_round_then_restart_finishes_without_duplicates(
         assert 1 <= len(stored) < 3
     db.close()
     time.sleep(1.0)  # the agents see connection errors and back off meanwhile
-    restarted = _serve(fed_toml, state, port)
-    procs.append(restarted)
-    _wait_healthy(url, restarted)
+    run.serve()
     _finish(agents)
-    _check_store(state, fed_toml)
+    _check_store(state, fed_toml, db_url)
 
 
 def _await_uploads(db: Database, n: int, sender: str | None = None) -> None:
@@ -322,7 +335,7 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
 
 
 def test_secure_aggregation_over_http_the_coordinator_stores_only_masked_updates(
-    tmp_path: Path, procs: list[subprocess.Popen[str]]
+    tmp_path: Path, procs: list[subprocess.Popen[str]], db_url: str
 ) -> None:
     import numpy as np
     import safetensors.numpy
@@ -330,9 +343,9 @@ def test_secure_aggregation_over_http_the_coordinator_stores_only_masked_updates
 
     cfg = tmp_path / "secure.toml"
     cfg.write_text(FED_TOML + "[secagg]\nenabled = true\nclip_norm = 10.0\nmin_survivors = 3\n")
-    state = _federation(cfg, tmp_path, procs)
-    _check_store(state, cfg)  # 2 rounds, 6 updates stored, and the model improved
-    db = Database(f"sqlite:///{state / 'zenfed.db'}")
+    state = _federation(cfg, tmp_path, procs, db_url)
+    _check_store(state, cfg, db_url)  # 2 rounds, 6 updates stored, and the model improved
+    db = Database(db_url)
     blobs = BlobStore(state / "blobs")
     with db.transaction() as s:
         ups = s.scalars(select(Update)).all()

@@ -184,14 +184,15 @@ def test_devices_durations_speeds_and_availability_windows() -> None:
 
 @pytest.mark.parametrize(
     ("section", "message"),
-    [("buffered", "runs in the simulation only so far"), ("devices", "simulates participants'")],
+    [("devices", "simulates participants'"), ("attack", "only the simulation runs")],
 )
 def test_the_service_refuses_what_only_the_simulation_runs(
     section: str, message: str, tmp_path: Any
 ) -> None:
     from zenfed.deploy import serve
 
-    cfg = parse_config({section: {"enabled": True}})
+    values = {"kind": "sign_flip", "fraction": 0.5} if section == "attack" else {"enabled": True}
+    cfg = parse_config({section: values})
     with pytest.raises(ZenfedError, match=message):
         serve(cfg, tmp_path / "state")
     assert not (tmp_path / "state").exists()  # nothing was created

@@ -1,6 +1,8 @@
 """The deployment's coordinator: enrollment, durable rounds, restart after a crash."""
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +10,7 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.databases import fresh_postgres
 from zenfed.config import FederationConfig, parse_config
 from zenfed.coordinator.engine import UpdateRejected
 from zenfed.coordinator.persistent import EnrollmentRefused, PersistentCoordinator
@@ -39,8 +42,28 @@ def _cfg(**service: Any) -> FederationConfig:
     )
 
 
+# With the ``store`` fixture on PostgreSQL: one fresh database per federation folder.
+_POSTGRES: list[Callable[[], str]] = []
+_URLS: dict[Path, str] = {}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run the test's federations on SQLite, then on PostgreSQL."""
+    with ExitStack() as stack:
+        if request.param == "postgresql":
+            _POSTGRES.append(lambda: stack.enter_context(fresh_postgres()))
+        try:
+            yield
+        finally:
+            _POSTGRES.clear()
+            _URLS.clear()
+
+
 def _fed(tmp: Path, clock: Clock, cfg: FederationConfig | None = None) -> PersistentCoordinator:
-    db = Database(f"sqlite:///{tmp / 'fed.db'}")
+    if tmp not in _URLS:
+        _URLS[tmp] = _POSTGRES[0]() if _POSTGRES else f"sqlite:///{tmp / 'fed.db'}"
+    db = Database(_URLS[tmp])
     return PersistentCoordinator(cfg or _cfg(), INITIAL, db, BlobStore(tmp / "blobs"), clock)
 
 
@@ -72,6 +95,7 @@ def _upload(fed: PersistentCoordinator, pid: str, value: float, examples: int = 
     )
 
 
+@pytest.mark.usefixtures("store")
 def test_enrolled_participants_train_a_round_and_everything_is_recorded(tmp_path: Path) -> None:
     clock = Clock()
     fed = _fed(tmp_path, clock)
@@ -125,6 +149,7 @@ def test_enrollment_refusals_name_the_reason(tmp_path: Path) -> None:
         fed.enroll(expired, "late", other, {"memory_gb": 32}, {"examples": 5})
 
 
+@pytest.mark.usefixtures("store")
 def test_retried_upload_is_acknowledged_once_and_a_different_one_refused(tmp_path: Path) -> None:
     fed = _fed(tmp_path, Clock())
     a, _ = _join(fed, "a")
@@ -148,6 +173,7 @@ def _upload_again(fed: PersistentCoordinator, up: Update, value: float) -> Updat
     return replace(up, payload=codec.to_bytes(codec.encode(tensors, shared_seed=0)))
 
 
+@pytest.mark.usefixtures("store")
 def test_a_restart_mid_round_loses_no_accepted_update_and_counts_none_twice(
     tmp_path: Path,
 ) -> None:
@@ -234,6 +260,7 @@ def test_state_changes_are_logged_as_json_lines(
     assert lines[-1]["participant"] == a and lines[-1]["bytes"] > 0 and lines[-1]["round"] == 0
 
 
+@pytest.mark.usefixtures("store")
 def test_dp_ledger_survives_a_restart_and_the_budget_stops_the_service(tmp_path: Path) -> None:
     from zenfed.privacy import dp
 
@@ -266,6 +293,7 @@ def test_dp_ledger_survives_a_restart_and_the_budget_stops_the_service(tmp_path:
     assert any(a == "privacy_budget_exhausted" for _, a, _ in more.audit_log())
 
 
+@pytest.mark.usefixtures("store")
 def test_a_commit_that_fails_to_store_leaves_the_round_open_and_the_next_tick_commits_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -348,6 +376,7 @@ def test_the_enrollment_token_can_stay_out_of_the_process_list(
         resolve_token(None, tmp_path / "nope")
 
 
+@pytest.mark.usefixtures("store")
 def test_a_restart_replays_every_field_of_a_stored_update(tmp_path: Path) -> None:
     from dataclasses import replace
 
@@ -375,6 +404,7 @@ def test_an_update_s_metadata_has_one_form_and_it_carries_no_recomputed_field() 
         UpdateMeta.model_validate({**meta, "below_clip": True})
 
 
+@pytest.mark.usefixtures("store")
 def test_a_restart_after_a_skipped_round_reopens_the_round_in_the_store(tmp_path: Path) -> None:
     from zenfed.coordinator.strategy import Strategy
 
@@ -401,6 +431,7 @@ def test_a_restart_after_a_skipped_round_reopens_the_round_in_the_store(tmp_path
     assert again.engine.open_round_info == opened
 
 
+@pytest.mark.usefixtures("store")
 def test_a_participant_revoked_mid_round_stays_out_of_it_after_a_restart(tmp_path: Path) -> None:
     clock = Clock()
     fed = _fed(tmp_path, clock)
@@ -414,6 +445,7 @@ def test_a_participant_revoked_mid_round_stays_out_of_it_after_a_restart(tmp_pat
     assert v is not None and v.participants == (a,)
 
 
+@pytest.mark.usefixtures("store")
 def test_a_median_round_keeps_its_updates_in_the_blob_store_and_survives_a_restart(
     tmp_path: Path,
 ) -> None:

@@ -187,7 +187,11 @@ class Coordinator:
 
     def restore_round(self, tasks: list[Task]) -> None:
         """Open the next round with exactly these tasks (a restarted service's stored ones;
-        the round ends at their deadline)."""
+        the round ends at their deadline; a buffer's are its tasks in flight)."""
+        if self.buffered:  # tasks of earlier buffers too, each with its own deadline
+            self.inflight.tasks = {t.participant: t for t in tasks}
+            self._start(tasks, None)
+            return
         if not tasks or any(t.round != self.state.round for t in tasks):
             raise ZenfedError(
                 f"tasks do not belong to round {self.state.round}", fix="restore the open round"
@@ -241,8 +245,15 @@ class Coordinator:
         """Buffered aggregation: drop the tasks in flight past their deadline (their
         participants may take new ones)."""
         for p in self.inflight.expire(now):
-            if self.current is not None:
-                self.current.tasks.pop(p, None)
+            self.forget(p)
+
+    def forget(self, participant: str) -> None:
+        """Buffered aggregation: drop ``participant``'s task in flight (expired, or never
+        delivered: a journal that failed to store it)."""
+        self.inflight.tasks.pop(participant, None)
+        r = self.current
+        if r is not None and participant not in r.received:
+            r.tasks.pop(participant, None)
 
     def submit(self, update: Update) -> None:
         """Validate and decode ``update``, then fold it into the round's accumulator."""
@@ -407,7 +418,9 @@ class Coordinator:
         its masks are already in the other participants' shares)."""
         self.participants.pop(participant, None)
         r = self.current
-        if r is not None and r.secure is None and participant not in r.received:
+        if self.buffered:
+            self.forget(participant)
+        elif r is not None and r.secure is None and participant not in r.received:
             r.tasks.pop(participant, None)
             if not r.tasks:  # nobody left: the trigger aborts it at the deadline
                 r.deadline = -math.inf

@@ -24,8 +24,10 @@ from sqlalchemy import delete, select, update
 
 from zenfed.compress.downlink import full_payload
 from zenfed.coordinator.port import Journal
+from zenfed.coordinator.rounds import OpenRound
 from zenfed.coordinator.state import Commit, CoordinatorState
 from zenfed.coordinator.validate import UpdateRejected
+from zenfed.errors import ZenfedError
 from zenfed.protocol.auth import MAX_SKEW_S
 from zenfed.protocol.messages import Task, Update
 from zenfed.store.blobs import BlobStore
@@ -58,28 +60,38 @@ class StoreJournal(Journal):
         """The clock as an aware datetime."""
         return datetime.fromtimestamp(self.clock(), UTC)
 
-    def opened(self, tasks: list[Task], deadline: float) -> None:
+    def opened(self, r: OpenRound) -> None:
         """The round's row with its tasks as sent; nonces too old to replay are dropped."""
+        tasks = list(r.tasks.values())
         with self.db.transaction() as s:
             row = Round(
-                number=tasks[0].round,
+                number=r.round,
                 status="open",
-                base_version=tasks[0].version,
-                codec_seed=tasks[0].codec_seed,
+                base_version=r.version,
+                codec_seed=r.codec_seed,
                 tasks=[t.to_dict() for t in tasks],
-                deadline_at=datetime.fromtimestamp(min(deadline, 4e10), UTC),
+                deadline_at=datetime.fromtimestamp(min(r.deadline, 4e10), UTC),
             )
             s.add(row)
             s.flush()
             audit_row(s, "coordinator", "open_round", {"round": row.number, "id": row.id})
             self.round_id = row.id
-        log_event("open_round", round=tasks[0].round, cohort=len(tasks))
+        log_event("open_round", round=r.round, cohort=len(tasks))
         try:  # housekeeping, not part of opening: a failure is logged, not raised
             with self.db.transaction() as s:
                 cutoff = self.now() - timedelta(seconds=2 * MAX_SKEW_S)
                 s.execute(delete(Nonce).where(Nonce.seen_at < cutoff))
         except Exception as e:
             log_event("nonce_cleanup_failed", logging.WARNING, error=str(e))
+
+    def issued(self, task: Task) -> None:
+        """A buffered task joins its buffer's row, so a restart knows it is in flight."""
+        with self.db.transaction() as s:
+            row = s.get(Round, self.round_id)
+            if row is None:
+                raise ZenfedError("no open buffer to record a task in", fix="report this bug")
+            row.tasks = [*row.tasks, task.to_dict()]  # a new list: the JSON column is saved
+        log_event("issue_task", participant=task.participant, round=task.round)
 
     def storing(self, u: Update) -> None:
         """The payload's blob, then its row and audit line; no blob without its row."""
@@ -234,19 +246,24 @@ def update_row(u: Update, round_id: int, digest: str) -> UpdateRow:
         seconds=u.seconds,
         train_loss=u.train_loss,
         steps=u.steps,
-        meta=u.metadata(),
+        meta={**u.metadata(), "round": u.round},  # its task's (a buffer takes older ones)
     )
 
 
 def update_from_row(row: UpdateRow, payload: bytes, round_row: Round) -> Update:
     """The update a row records (rows from before ``meta`` existed: from their columns)."""
-    meta = row.meta or {
-        "base_version": round_row.base_version,
-        "num_examples": row.num_examples,
-        "examples_seen": row.examples_seen,
-        "num_tokens": row.num_tokens,
-        "seconds": row.seconds,
-        "train_loss": row.train_loss,
-        "steps": row.steps,
-    }
-    return Update.from_metadata(round_row.number, row.participant_id, payload, meta)
+    meta: dict[str, Any] = (
+        dict(row.meta)
+        if row.meta
+        else {
+            "base_version": round_row.base_version,
+            "num_examples": row.num_examples,
+            "examples_seen": row.examples_seen,
+            "num_tokens": row.num_tokens,
+            "seconds": row.seconds,
+            "train_loss": row.train_loss,
+            "steps": row.steps,
+        }
+    )
+    task_round = int(meta.pop("round", round_row.number))
+    return Update.from_metadata(task_round, row.participant_id, payload, meta)

@@ -108,7 +108,7 @@ class PersistentCoordinator(Membership):
 
     def tick(self) -> GlobalVersion | None:
         """Advance the port on the wall clock; the version a closing tick committed."""
-        what: Tick = self.port.tick()
+        what: Tick = self.port.take_close() or self.port.tick()  # a buffer's k-th upload
         return self.port.last_version if what == "closed" else None
 
     def next_task(self, pid: str) -> Task | None:
@@ -211,18 +211,36 @@ class PersistentCoordinator(Membership):
             self.engine.verify_keys[p.id] = p.public_key
             if p.polled_at is not None:
                 self.engine.enroll(p.id, examples)
+        if self.engine.buffered:
+            self._recent_digests()
         if open_row is not None:
             self._reopen(open_row, stored)
 
+    def _recent_digests(self) -> None:
+        """Buffered aggregation: the payloads accepted into recent buffers, so a retried
+        upload whose acknowledgement a crash lost is answered "duplicate"."""
+        oldest = self.engine.state.round - self.cfg.buffered.max_staleness - 1
+        with self.db.transaction() as s:
+            rows = s.execute(
+                select(UpdateRow, Round.number)
+                .join(Round, UpdateRow.round_id == Round.id)
+                .where(Round.number >= oldest)
+            ).all()
+        for u_row, number in rows:
+            task_round = int((u_row.meta or {}).get("round", number))
+            self.port.digests[(u_row.participant_id, task_round)] = u_row.payload_sha256
+
     def _reopen(self, row: Round, stored: Sequence[UpdateRow]) -> None:
         deadline = aware(row.deadline_at).timestamp() if row.deadline_at else self.clock()
-        tasks = [replace(Task.from_dict(t), deadline=deadline) for t in row.tasks]
+        tasks = [Task.from_dict(t) for t in row.tasks]
+        if not self.engine.buffered:  # a buffer's tasks keep their own deadlines
+            tasks = [replace(t, deadline=deadline) for t in tasks]
         # Rounds skipped since the last version (an empty Poisson sample) moved the round
         # number on without a version to record it: the open round's row does.
         self.engine.state.round = max(self.engine.state.round, row.number)
         self.engine.restore_round(tasks)
         self.journal.round_id = row.id
-        if tasks[0].secagg is not None:
+        if tasks and tasks[0].secagg is not None:
             # The masks' secrets lived in the agents' processes and this one: the masked
             # uploads stored so far can never be unmasked. The round is retried.
             self.journal.aborted(row.number, "the coordinator restarted during a secure round")
@@ -231,7 +249,7 @@ class PersistentCoordinator(Membership):
         for u_row in stored:  # replay: validated again, counted once
             u = update_from_row(u_row, self.blobs.get(u_row.payload_sha256), row)
             tensors = self.engine.check(u)
-            self.port.digests[u.participant] = u_row.payload_sha256
+            self.port.digests[(u.participant, u.round)] = u_row.payload_sha256
             self.engine.accept(u, tensors)
         for pid in {t.participant for t in tasks} - set(self.enrolled):
             self.engine.withdraw(pid)  # revoked since the round opened

@@ -37,6 +37,7 @@ from typing import Literal
 
 from zenfed.coordinator.engine import Coordinator, RoundAborted
 from zenfed.coordinator.gate import Gate
+from zenfed.coordinator.rounds import OpenRound
 from zenfed.coordinator.state import Commit, CoordinatorState
 from zenfed.coordinator.trust import rollback
 from zenfed.coordinator.validate import UpdateRejected
@@ -64,8 +65,12 @@ class Journal:
     nothing (the simulation's state lives in memory and its run checkpoint); the
     deployment's ``StoreJournal`` writes each change to its database and blob store."""
 
-    def opened(self, tasks: list[Task], deadline: float) -> None:
-        """A round opened with these tasks."""
+    def opened(self, r: OpenRound) -> None:
+        """A round opened (its tasks; a buffer's: those in flight, carried over)."""
+
+    def issued(self, task: Task) -> None:
+        """Buffered aggregation: a task handed out in the open buffer, before the
+        participant sees it (raise to withhold it)."""
 
     def storing(self, update: Update) -> None:
         """An accepted update, before it is counted (raise to refuse it)."""
@@ -110,7 +115,9 @@ class CoordinatorPort:
         # A service waits until sampling.min_participants have joined before a round; a
         # simulation's pool is complete from the start (a smaller one samples all of it).
         self.wait_for_minimum = wait_for_minimum
-        self.digests: dict[str, str] = {}  # the open round's accepted payloads, by sender
+        # Accepted payloads by (sender, round of its task): the open round's, or under
+        # buffered aggregation those that may still be retried (an acknowledgement lost).
+        self.digests: dict[tuple[str, int], str] = {}
         self.stage_deadline = math.inf  # secure rounds: when the current stage closes anyway
         self.exhausted = ""  # why no further round may run (the privacy budget is spent)
         self.last_version: GlobalVersion | None = None  # what the last closing tick made
@@ -128,7 +135,7 @@ class CoordinatorPort:
         task = ev.pending(pid) if ev is not None else None
         if task is None and r is not None and self.engine.buffered:
             # no new work while an evaluation measures the current version
-            task = self.engine.issue(pid, self.clock()) if ev is None else None
+            task = self._issue(pid) if ev is None else None
         elif task is None and r is not None:
             task = r.task_for(pid)
         if task is None:
@@ -139,6 +146,18 @@ class CoordinatorPort:
             srv = r.secure.server
             if srv.stage_name != STAGES[0] or pid in srv.keys:
                 return None
+        return task
+
+    def _issue(self, pid: str) -> Task | None:
+        """Buffered aggregation: ``pid``'s task in flight, or a new one journaled first."""
+        fresh = pid not in self.engine.inflight.tasks
+        task = self.engine.issue(pid, self.clock())
+        if task is not None and fresh:
+            try:
+                self.journal.issued(task)
+            except BaseException:
+                self.engine.forget(pid)
+                raise
         return task
 
     def download(self, pid: str, version: str, held: str | None) -> bytes:
@@ -171,10 +190,7 @@ class CoordinatorPort:
         """Validate, journal, then count ``update``; a retry of an accepted one (same
         sender, round and payload) is acknowledged and not counted again."""
         digest = hashlib.sha256(update.payload).hexdigest()
-        r = self.engine.current
-        task = r.tasks.get(update.participant) if r is not None else None
-        same_round = task is not None and update.round == task.round
-        if same_round and self.digests.get(update.participant) == digest:
+        if self.digests.get((update.participant, update.round)) == digest:
             return "duplicate"
         try:
             tensors = self.engine.check(update)
@@ -183,7 +199,7 @@ class CoordinatorPort:
             raise
         self.journal.storing(update)
         self.engine.accept(update, tensors)
-        self.digests[update.participant] = digest
+        self.digests[(update.participant, update.round)] = digest
         if self.engine.buffered and self.engine.decide(self.clock()) == "close":
             self._turn_buffer()
         return "accepted"
@@ -328,7 +344,7 @@ class CoordinatorPort:
     def _open(self) -> Tick:
         engine = self.engine
         try:
-            tasks = engine.open_round(self.clock())
+            engine.open_round(self.clock())
         except PrivacyBudgetExceeded as e:
             self.exhausted = e.problem
             self.journal.exhausted(e.problem)
@@ -340,11 +356,13 @@ class CoordinatorPort:
             self.journal.skipped(r, e.problem)
             return "skipped"
         try:
-            self.journal.opened(tasks, tasks[0].deadline if tasks else math.inf)
+            assert engine.current is not None
+            self.journal.opened(engine.current)
         except BaseException:
             engine.abort_round()
             raise
-        self.digests = {}
+        oldest = engine.state.round - engine.cfg.buffered.max_staleness - 1
+        self.digests = {k: d for k, d in self.digests.items() if engine.buffered and k[1] >= oldest}
         self.stage_deadline = self.clock() + engine.cfg.secagg.stage_timeout_s
         return "opened"
 
