@@ -11,7 +11,7 @@ chatterbot English data split over 10 holders by a Dirichlet (alpha 0.5) draw ov
 categories, fixed cohorts of 5 (sampling.fraction 0.5), 20% of the holders attacking
 (attack.fraction 0.2: 2 of 10, about 1 per cohort, 2 in about a fifth of the rounds).
 Shorter than the quality recipe to fit 2 slow cores (one thread): batch 4, 6 rounds = 30
-local steps for every row, 3% of each holder's data held out and evaluated only before
+local steps for every row but the backdoor's (4 local steps a round, BACKDOOR_RECIPE), 3% of each holder's data held out and evaluated only before
 round 1 and after the last. Gap = a row's mean loss over seeds above clean FedAvg's mean,
 in percent; run.seed changes the split, the cohorts, the attackers and the LoRA init, so
 the per-seed gaps (spread, error bars) are paired with clean FedAvg of the same seed.
@@ -115,6 +115,9 @@ SECURE_ATTACKS = ("sign_flip", "ipm")
 # boost); their gap is to clean FedAvg of this recipe (BACKDOOR_CLEAN).
 BACKDOOR_RECIPE: dict[str, Any] = {"train.local_steps": 4, "attack.poison_fraction": 1.0}
 BACKDOOR_CLEAN = "clean/fedavg-backdoor-recipe"
+# The pilot chose the rule before the backdoor got its own recipe: it compares the rules
+# on the other attacks (the backdoor's old rows all ended within 1 % of clean).
+PILOT_ATTACKS = tuple(a for a in ATTACKS if a != "backdoor")
 # The oracle: FedAvg with the attackers left out from the start (what no defence beats).
 ORACLE: dict[str, Any] = {"run.out_dir": "oracle"}
 TARGETS = {"worst_attack_gap_pct": 5.0, "backdoor_success_pct": 5.0, "default_clean_cost_pct": 2.0}
@@ -313,7 +316,9 @@ def summarize(table: Rows, runner: Runner, seeds: tuple[int, ...]) -> dict[str, 
         out[name] = row
     clean = out.get("clean/fedavg")
     if clean and "loss_by_seed" in clean:
-        for row in out.values():
+        for name, row in out.items():
+            if name in (BACKDOOR_CLEAN, "clean/fedavg-secure-recipe"):
+                continue  # references of other recipes: no gap to this one
             base = out.get(BACKDOOR_CLEAN, {}) if row["attack"] == "backdoor" else clean
             ref = base.get("loss_by_seed", {})  # the backdoor's: its own recipe's clean run
             same = [ref[k] for k in row.get("loss_by_seed", {}) if k in ref]  # clean, same seeds
@@ -329,9 +334,11 @@ def summarize(table: Rows, runner: Runner, seeds: tuple[int, ...]) -> dict[str, 
     return out
 
 
-def worst(table: dict[str, Any], suffix: str, key: str = "gap_pct") -> tuple[Any, str | None]:
-    """The largest ``key`` over the attacks of the rows ``<attack>/<suffix>``."""
-    gaps = {a: table.get(f"{a}/{suffix}", {}).get(key) for a in ATTACKS}
+def worst(
+    table: dict[str, Any], suffix: str, key: str = "gap_pct", attacks: tuple[str, ...] = ATTACKS
+) -> tuple[Any, str | None]:
+    """The largest ``key`` over the ``attacks`` of the rows ``<attack>/<suffix>``."""
+    gaps = {a: table.get(f"{a}/{suffix}", {}).get(key) for a in attacks}
     if any(g is None for g in gaps.values()):
         return None, None
     a = max(gaps, key=lambda k: gaps[k] or 0.0)
@@ -343,9 +350,9 @@ def pilot_choice(table: dict[str, Any]) -> dict[str, Any]:
     those costing at most the clean-cost target without attack (else among all)."""
     found = {}
     for label in PILOT:
-        w, a = worst(table, label)
+        w, a = worst(table, label, attacks=PILOT_ATTACKS)
         cost = table.get(f"clean/{label}", {}).get("gap_pct")
-        gaps = {x: table.get(f"{x}/{label}", {}).get("gap_pct") for x in ATTACKS}
+        gaps = {x: table.get(f"{x}/{label}", {}).get("gap_pct") for x in PILOT_ATTACKS}
         found[label] = {
             "clean_cost_pct": cost,
             "worst_gap_pct": w,
