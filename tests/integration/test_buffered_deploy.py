@@ -92,11 +92,10 @@ def test_sigkill_mid_buffer_then_restart_loses_no_acknowledged_update(
     run.server.wait()
     for a in run.agents:
         a.send_signal(signal.SIGCONT)
-    with db.transaction() as s:  # the kill came mid-buffer, with tasks in flight
-        open_row = s.scalar(select(Round).where(Round.status == "open"))
-        assert open_row is not None and open_row.number == 1
-        stored = s.scalars(select(Update).where(Update.round_id == open_row.id)).all()
-        assert 1 <= len(stored) < K and len(open_row.tasks) > len(stored)
+    with db.transaction() as s:  # the kill came mid-federation (where in a buffer varies
+        # with timing: test_persistent restarts mid-buffer deterministically)
+        made = s.scalars(select(Version)).all()
+        assert 2 <= len(made) <= VERSIONS  # the first buffer's version, not the last one
     db.close()
     time.sleep(1.0)  # the agents see connection errors and back off meanwhile
     run.serve()

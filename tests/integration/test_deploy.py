@@ -207,9 +207,11 @@ class Running:
         return self.server
 
 
-def _federation(cfg: Path, tmp_path: Path, procs: list[subprocess.Popen[str]], db: str) -> Path:
-    """Serve ``cfg`` on database ``db``, join the three participants, wait until they
-    finish; the state dir."""
+def _federation(
+    cfg: Path, tmp_path: Path, procs: list[subprocess.Popen[str]], db: str = "sqlite"
+) -> Path:
+    """Serve ``cfg`` on database ``db`` (default: SQLite in the state folder), join the
+    three participants, wait until they finish; the state dir."""
     run = Running(cfg, tmp_path, procs, db)
     _finish(run.agents)
     return run.state

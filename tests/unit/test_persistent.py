@@ -11,7 +11,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.databases import fresh_postgres
-from zenfed.config import FederationConfig, parse_config
+from zenfed.config import BufferedConfig, FederationConfig, RunConfig, parse_config
 from zenfed.coordinator.engine import UpdateRejected
 from zenfed.coordinator.persistent import EnrollmentRefused, PersistentCoordinator
 from zenfed.protocol import Update
@@ -478,3 +478,34 @@ def test_a_participant_state_from_before_its_format_was_named_still_loads() -> N
     torch.save(old, buf)
     st = ParticipantState.from_bytes(buf.getvalue())
     assert st.rounds_trained == 4 and st.record_privacy == [(0.1, 1.0)]
+
+
+@pytest.mark.usefixtures("store")
+def test_a_restart_mid_buffer_keeps_its_updates_its_tasks_in_flight_and_past_acks(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    cfg = _cfg().model_copy(
+        update={"buffered": BufferedConfig(enabled=True, k=2), "run": RunConfig(rounds=5)}
+    )
+    fed = _fed(tmp_path, clock, cfg)
+    (a, _), (b, _), (c, _) = (_join(fed, n) for n in ("a", "b", "c"))
+    fed.tick()  # the first buffer opens
+    up_a, up_b = _upload(fed, a, 1.0), _upload(fed, b, 3.0)
+    fed.port.upload(up_a)
+    assert fed.port.upload(up_b) == "accepted" and fed.tick() is not None  # buffer 0 made v1
+    slow = fed.next_task(c)  # from v1, in flight
+    up_a2 = _upload(fed, a, 5.0)  # into buffer 1
+    fed.port.upload(up_a2)
+    assert slow is not None and fed.engine.open_round_info == (1, {c, a}, {a})
+    del fed  # the process dies here: nothing but the database and blobs remain
+    fed = _fed(tmp_path, clock, cfg)
+    info = fed.engine.open_round_info
+    assert info is not None and info[0] == 1 and info[2] == {a}  # a's update is back, once
+    assert fed.engine.inflight.tasks == {c: slow}  # and c's task still in flight
+    assert fed.next_task(c) == slow
+    # an acknowledgement lost in the crash: the retry is known, in this buffer and the last
+    assert fed.port.upload(up_a2) == "duplicate" and fed.port.upload(up_b) == "duplicate"
+    fed.port.upload(_upload(fed, c, 7.0))
+    v2 = fed.tick()
+    assert v2 is not None and v2.participants == tuple(sorted((a, c)))
