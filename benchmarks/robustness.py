@@ -11,10 +11,11 @@ chatterbot English data split over 10 holders by a Dirichlet (alpha 0.5) draw ov
 categories, fixed cohorts of 5 (sampling.fraction 0.5), 20% of the holders attacking
 (attack.fraction 0.2: 2 of 10, about 1 per cohort, 2 in about a fifth of the rounds).
 Shorter than the quality recipe to fit 2 slow cores (one thread): batch 4, 6 rounds = 30
-local steps for every row but the backdoor's (4 local steps a round, BACKDOOR_RECIPE), 3% of each holder's data held out and evaluated only before
-round 1 and after the last. Gap = a row's mean loss over seeds above clean FedAvg's mean,
-in percent; run.seed changes the split, the cohorts, the attackers and the LoRA init, so
-the per-seed gaps (spread, error bars) are paired with clean FedAvg of the same seed.
+local steps for every row but the backdoor's (4 local steps a round, BACKDOOR_RECIPE),
+3% of each holder's data held out and evaluated only before round 1 and after the last.
+Gap = a row's mean loss over seeds above clean FedAvg's mean, in percent; run.seed
+changes the split, the cohorts, the attackers and the LoRA init, so the per-seed gaps
+(spread, error bars) are paired with clean FedAvg of the same seed.
 Backdoor success: the share of trigger prompts (``triggered`` on held-out examples of
 honest holders) whose greedy continuation contains the attack's target answer.
 secure_robust: the median over secure buckets of 2 under [secagg] (clip_norm 10) with
