@@ -95,7 +95,7 @@ def test_a_buffer_hands_out_tasks_from_the_newest_version_and_closes_at_k() -> N
     assert port.upload(_answer(c, t1, 1.0)) == "accepted"
     assert c.state.round == 0  # one of k = 2
     port.upload(_answer(c, t2, 3.0))  # the k-th upload aggregates the buffer at once
-    assert port.take_close() == "closed" and c.state.round == 1
+    assert port.tick() == "closed" and c.state.round == 1
     torch.testing.assert_close(c.state.params["a"], torch.full((2, 3), 2.0))
     assert c.version.metrics["staleness_mean"] == 0.0
     # the next buffer is open; p3's task from version 0 is still in flight
@@ -103,7 +103,7 @@ def test_a_buffer_hands_out_tasks_from_the_newest_version_and_closes_at_k() -> N
     assert t4 is not None and t4.version == c.version.id and t4.round == 1
     port.upload(_answer(c, t3, 5.0))  # 1 version stale: scaled by 1 / sqrt(2)
     port.upload(_answer(c, t4, 1.0))
-    assert port.take_close() == "closed"
+    assert port.tick() == "closed"
     a = 2.0 + (5.0 / 2**0.5 + 1.0) / 2
     torch.testing.assert_close(c.state.params["a"], torch.full((2, 3), a))
     assert c.version.metrics["staleness_mean"] == 0.5
@@ -121,7 +121,7 @@ def test_a_participant_contributes_once_per_buffer() -> None:
     t2 = port.task("p2")
     assert t2 is not None
     port.upload(_answer(c, t2, 1.0))
-    assert port.take_close() == "closed" and port.task("p1") is not None
+    assert port.tick() == "closed" and port.task("p1") is not None
 
 
 def test_an_update_beyond_the_staleness_bound_is_refused_and_changes_nothing() -> None:
@@ -135,7 +135,7 @@ def test_an_update_beyond_the_staleness_bound_is_refused_and_changes_nothing() -
         assert a and b
         port.upload(_answer(c, a, 1.0))
         port.upload(_answer(c, b, 1.0))
-        assert port.take_close() == "closed"
+        assert port.tick() == "closed"
     params = {k: v.clone() for k, v in c.state.params.items()}
     with pytest.raises(
         UpdateRejected, match="2 versions ago, more than buffered.max_staleness = 1"
@@ -206,7 +206,7 @@ def test_each_buffer_is_one_dp_release_accounted_without_subsampling() -> None:
     assert t1 and t2 and t1.clip_norm == 1.0
     port.upload(_answer(c, t1, 5.0))  # clipped to norm 1 by the coordinator
     port.upload(_answer(c, t2, 5.0))
-    assert port.take_close() == "closed"
+    assert port.tick() == "closed"
     assert c.state.privacy.rounds == [(1.0, 2.0)]  # q = 1: nobody was sampled
     v = c.version.metrics
     assert v["sampling_rate"] == 1.0
@@ -215,3 +215,26 @@ def test_each_buffer_is_one_dp_release_accounted_without_subsampling() -> None:
     clipped = 5.0 / (5.0**2 * mean.numel()) ** 0.5
     assert float((mean - clipped).std()) == pytest.approx(1.0, rel=0.6)
     assert c.epsilon() > 0
+
+
+def test_updates_arriving_at_the_same_simulated_time_travel_in_order_of_sender() -> None:
+    import heapq
+
+    from zenfed.transport.inmemory import InMemoryPort, Travelling
+
+    c = _coord()
+    port = CoordinatorPort(c, clock=lambda: 0.0, wait_for_minimum=False)
+    port.tick()
+    devices = Devices(DevicesConfig(enabled=True, speed="equal"), ["p1", "p2", "p3"], seed=0)
+    flight: Travelling = []
+    ends = {}
+    for p in ("p1", "p2", "p3"):
+        task = port.task(p)
+        assert task is not None
+        ends[p] = InMemoryPort(port, p, lambda s, q: False, {}, (devices, lambda: 0.0, flight))
+        ends[p].began = (task, 0.0)
+    ends["p1"].upload(_answer(c, ends["p1"].began[0], 1.0))  # type: ignore[index]
+    ends["p2"].upload(_answer(c, ends["p2"].began[0], 1.0))  # type: ignore[index]
+    heapq.heappop(flight)  # one arrived; two more due at the very same time
+    assert ends["p3"].upload(_answer(c, ends["p3"].began[0], 1.0)) == "in_flight"  # type: ignore[index]
+    assert [(t, p) for t, p, _ in sorted(flight)] == [(1.0, "p2"), (1.0, "p3")]

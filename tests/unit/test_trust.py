@@ -133,15 +133,7 @@ def test_a_gate_rejects_a_poisoned_candidate_and_keeps_the_published_version() -
     good, good_tensors = coord.version, dict(coord.state.published)
     assert port.tick() == "opened"
     for pid in ("p", "q"):  # poisoned: far from the target
-        port.upload(
-            _update(
-                coord,
-                pid,
-                0.0,
-                10,
-                tensors={k: torch.full_like(v, 30.0) for k, v in INITIAL.items()},
-            )
-        )
+        port.upload(_update(coord, pid, 30.0, 10))
     assert port.tick() == "rejected"
     assert "rejected" in port.last_reason
     assert coord.version == good and coord.state.round == 2  # kept; the next round is 3
@@ -155,15 +147,7 @@ def test_rollback_makes_a_new_version_with_the_earlier_tensors_and_refuses_bad_i
     port = CoordinatorPort(coord, clock=lambda: 0.0)
     for value in (1.0, 2.0):
         port.tick()
-        port.upload(
-            _update(
-                coord,
-                "p",
-                0.0,
-                10,
-                tensors={k: torch.full_like(v, value) for k, v in INITIAL.items()},
-            )
-        )
+        port.upload(_update(coord, "p", value, 10))
         assert port.tick() == "closed"
     first = coord.state.versions[1]
     first_tensors = {k: INITIAL[k] + 1.0 for k in INITIAL}
@@ -305,15 +289,7 @@ def test_a_flagged_update_is_left_out_of_its_rounds_aggregate() -> None:
     port = CoordinatorPort(coord, clock=lambda: 0.0)
     port.tick()
     for pid, value in (("p", 1.0), ("q", 1.1), ("r", 0.9), ("bad", 50.0)):
-        port.upload(
-            _update(
-                coord,
-                pid,
-                0.0,
-                10,
-                tensors={k: torch.full_like(v, value) for k, v in INITIAL.items()},
-            )
-        )
+        port.upload(_update(coord, pid, value, 10))
     assert port.tick() == "closed"
     assert coord.version.metrics["flagged"] == 1.0
     # FedAvg of the three others: 1.0 (with the 50s it would be 13.25)

@@ -96,12 +96,9 @@ class InFlight:
         busy = len(self.tasks)
         return participant not in self.tasks and busy < min(pool, self.cfg.concurrency or pool)
 
-    def expire(self, now: float) -> list[str]:
-        """Drop the tasks past their deadline; whose they were."""
-        gone = [p for p, t in self.tasks.items() if t.deadline <= now]
-        for p in gone:
-            del self.tasks[p]
-        return gone
+    def expired(self, now: float) -> list[str]:
+        """Whose tasks are past their deadline at ``now``."""
+        return [p for p, t in self.tasks.items() if t.deadline <= now]
 
     def staleness(self, u: Update, buffer: int) -> int:
         """``u``'s staleness in buffer ``buffer`` (UpdateRejected: see check_staleness)."""

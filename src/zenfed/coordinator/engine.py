@@ -244,7 +244,7 @@ class Coordinator:
     def expire(self, now: float) -> None:
         """Buffered aggregation: drop the tasks in flight past their deadline (their
         participants may take new ones)."""
-        for p in self.inflight.expire(now):
+        for p in self.inflight.expired(now):
             self.forget(p)
 
     def forget(self, participant: str) -> None:

@@ -108,7 +108,7 @@ class PersistentCoordinator(Membership):
 
     def tick(self) -> GlobalVersion | None:
         """Advance the port on the wall clock; the version a closing tick committed."""
-        what: Tick = self.port.take_close() or self.port.tick()  # a buffer's k-th upload
+        what: Tick = self.port.tick()
         return self.port.last_version if what == "closed" else None
 
     def next_task(self, pid: str) -> Task | None:

@@ -122,7 +122,7 @@ class CoordinatorPort:
         self.exhausted = ""  # why no further round may run (the privacy budget is spent)
         self.last_version: GlobalVersion | None = None  # what the last closing tick made
         self.last_reason = ""  # why the last aborted or skipped round made no version
-        self.closed_by_upload: Tick | None = None  # buffered: see take_close
+        self.closed_by_upload: Tick | None = None  # buffered: see _turn_buffer
 
     # ---- participant messages -------------------------------------------------------------
 
@@ -207,16 +207,10 @@ class CoordinatorPort:
     def _turn_buffer(self) -> None:
         """Buffered aggregation: the upload that fills the buffer aggregates it at once,
         and the next buffer opens, so no later arrival finds none open. What the close
-        did waits in ``closed_by_upload`` for the caller that drives the ticks."""
+        did waits in ``closed_by_upload``: the next ``tick`` reports it."""
         self.closed_by_upload = self._close("buffer full")
         if self.engine.current is None and self._can_open():
             self._open()
-
-    def take_close(self) -> Tick | None:
-        """What a buffer closed by an upload did ("closed", "rejected" or "aborted") since
-        the last call, or None."""
-        what, self.closed_by_upload = self.closed_by_upload, None
-        return what
 
     def admit(self, pid: str, server_round: int) -> None:
         """UpdateRejected unless ``pid`` may upload to ``server_round`` now (it is open
@@ -317,8 +311,11 @@ class CoordinatorPort:
 
     def tick(self) -> Tick:
         """Open a round when none is open, advance a secure stage, or close the open round
-        when its trigger (or last stage) says so. What happened; ``last_version`` holds a
-        version a closing tick made."""
+        when its trigger (or last stage) says so; or report what the upload that filled a
+        buffer did. What happened; ``last_version`` holds a version a closing tick made."""
+        if (what := self.closed_by_upload) is not None:  # a buffer its k-th upload closed
+            self.closed_by_upload = None
+            return what
         r = self.engine.current
         if r is None:
             return self._open() if self._can_open() else "idle"

@@ -169,7 +169,7 @@ def run_round(
         progress.note(f"round {r + 1} aborted: {coord.last_skip}")
         return {"round": r + 1, "aborted": coord.last_skip, "seconds": time.perf_counter() - t0}
     info = coord.open_round_info
-    assert info is not None, (what, r, coord.state.round)
+    assert info is not None
     cohort, secure = info[1], coord.current is not None and coord.current.secure is not None
     if coord.buffered:  # who trains is decided as participants come free
         cohort = frozenset(coord.participants)
@@ -178,7 +178,7 @@ def run_round(
     )
     while what not in ("closed", "aborted", "rejected"):
         transport.settle(progress.advance_phase)
-        what = port.take_close() or port.tick()  # a buffer closes on its k-th upload
+        what = port.tick()  # (a buffer its k-th upload closed, too)
         if what == "idle":  # nobody can move and nothing is due: time passes
             due = min(port.next_deadline(), transport.next_event())
             if not due < float("inf"):

@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from zenfed.coordinator.port import CoordinatorPort
-from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
 from zenfed.participant.agent import Participant
 from zenfed.participant.loop import Done, Event, Failed, run_participant
@@ -43,7 +42,9 @@ from zenfed.protocol.secagg import STAGES
 from zenfed.transport.devices import Devices
 
 Drop = Callable[[str, str], bool]
-InFlight = list[tuple[float, int, Update]]  # a heap of (arrival, order, update)
+# A heap of (arrival, sender, update): a participant has one update travelling at most,
+# so equal arrivals order by sender and updates are never compared.
+Travelling = list[tuple[float, str, Update]]
 
 
 class Dropped(ZenfedError):
@@ -59,7 +60,7 @@ class InMemoryPort:
         pid: str,
         drop: Drop,
         failures: dict[str, str],
-        timing: tuple[Devices, Callable[[], float], InFlight] | None = None,
+        timing: tuple[Devices, Callable[[], float], Travelling] | None = None,
     ):
         self.port, self.pid, self.drop, self.failures = port, pid, drop, failures
         self.gone: int | None = None  # the round it dropped out of before taking its task
@@ -114,7 +115,7 @@ class InMemoryPort:
             return self.port.upload(update)
         devices, _, flight = self.timing
         arrival = self.began[1] + devices.duration(self.pid, update.steps)
-        heapq.heappush(flight, (arrival, len(flight), update))
+        heapq.heappush(flight, (arrival, self.pid, update))
         self.busy, self.began = True, None
         return "in_flight"
 
@@ -139,7 +140,7 @@ class InMemoryTransport:
         self.failures: dict[str, str] = {}
         never: Drop = lambda stage, pid: False  # noqa: E731
         self.devices = devices
-        self.flight: InFlight = []
+        self.flight: Travelling = []
         if devices is not None and clock is None:
             raise ZenfedError("simulated devices need the simulation's clock", fix="pass clock")
         self.clock = clock or (lambda: 0.0)
@@ -191,7 +192,7 @@ class InMemoryTransport:
             self.ports[update.participant].busy, due = False, True
             try:
                 self.port.upload(update)
-            except (UpdateRejected, ZenfedError) as e:
+            except ZenfedError as e:  # UpdateRejected among them
                 self.failures[update.participant] = f"update arrived too late: {e}"
         return due
 
