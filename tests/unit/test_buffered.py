@@ -1,6 +1,7 @@
 """Buffered asynchronous aggregation (FedBuff): the staleness weights and bound, the
 trigger, and the engine handing out tasks and aggregating every k arrivals."""
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -238,3 +239,18 @@ def test_updates_arriving_at_the_same_simulated_time_travel_in_order_of_sender()
     heapq.heappop(flight)  # one arrived; two more due at the very same time
     assert ends["p3"].upload(_answer(c, ends["p3"].began[0], 1.0)) == "in_flight"  # type: ignore[index]
     assert [(t, p) for t, p, _ in sorted(flight)] == [(1.0, "p2"), (1.0, "p3")]
+
+
+def test_an_update_for_a_task_never_handed_out_is_refused_and_changes_nothing() -> None:
+    c = _coord()
+    port = CoordinatorPort(c, clock=lambda: 0.0, wait_for_minimum=False)
+    port.tick()
+    t1 = port.task("p1")
+    assert t1 is not None
+    forged = replace(_answer(c, t1, 1.0), participant="p2")  # p2 was given no task
+    with pytest.raises(UpdateRejected, match="'p2' has no task of buffer 0 in flight") as e:
+        port.upload(forged)
+    assert e.value.reason == "not_in_cohort"
+    with pytest.raises(UpdateRejected, match="has no task of buffer 5 in flight"):
+        port.upload(replace(_answer(c, t1, 1.0), round=5))  # a buffer that never was
+    assert c.open_round_info == (0, frozenset({"p1"}), frozenset())
