@@ -254,3 +254,54 @@ def test_an_update_for_a_task_never_handed_out_is_refused_and_changes_nothing() 
     with pytest.raises(UpdateRejected, match="has no task of buffer 5 in flight"):
         port.upload(replace(_answer(c, t1, 1.0), round=5))  # a buffer that never was
     assert c.open_round_info == (0, frozenset({"p1"}), frozenset())
+
+
+def test_uploads_counted_together_equal_uploads_one_by_one() -> None:
+    """``upload_many`` (the service's group commit) closes a buffer where its k-th update
+    lands and checks the rest against the next one, exactly as uploads one at a time."""
+    from zenfed.coordinator.port import Journal
+
+    class Batches(Journal):
+        def __init__(self) -> None:
+            self.stored: list[list[str]] = []
+
+        def storing(self, updates: Any) -> None:
+            self.stored.append([u.participant for u in updates])
+
+    def run(together: bool) -> tuple[list[Any], Coordinator, Batches]:
+        c, journal = _coord(concurrency=4), Batches()
+        port = CoordinatorPort(c, journal, clock=lambda: 0.0, wait_for_minimum=False)
+        port.tick()
+        tasks = [port.task(p) for p in ("p1", "p2", "p3", "p4")]
+        assert all(tasks)
+        ups = [_answer(c, t, v) for t, v in zip(tasks, (1.0, 3.0, 5.0, 7.0), strict=True) if t]
+        bad = replace(ups[3], payload=ups[3].payload[:-5])  # malformed
+        batch = [ups[0], ups[1], ups[2], ups[0], bad, ups[3]]
+        if together:
+            results = port.upload_many(batch)
+        else:
+            results = []
+            for u in batch:
+                try:
+                    results.append(port.upload(u))
+                except UpdateRejected as e:
+                    results.append(e)
+                port.tick()
+        return results, c, journal
+
+    one, c1, _ = run(together=False)
+    many, c2, journal = run(together=True)
+    assert [r if isinstance(r, str) else r.reason for r in many] == [
+        "accepted",
+        "accepted",
+        "accepted",
+        "duplicate",
+        "payload",
+        "accepted",
+    ]
+    assert [r if isinstance(r, str) else r.reason for r in one] == [
+        r if isinstance(r, str) else r.reason for r in many
+    ]
+    assert journal.stored == [["p1", "p2"], ["p3", "p4"]]  # one write per buffer's share
+    assert c2.state.round == c1.state.round == 2
+    torch.testing.assert_close(c2.state.params, c1.state.params)

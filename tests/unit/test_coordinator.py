@@ -179,3 +179,27 @@ def test_the_aggregator_key_selects_a_registered_rule_and_refuses_what_cannot_wo
         )
         with pytest.raises(ZenfedError, match=message):
             Coordinator(bad, INITIAL, {"p1": 10})
+
+
+@pytest.mark.parametrize(
+    ("values", "finite"),
+    [
+        ([1.0, 2.0, -3.0], True),
+        ([3e38, 3e38, 3e38], True),  # finite values whose float32 sum overflows
+        ([3e38, 3e38, float("nan")], False),
+        ([1.0, float("inf"), float("-inf")], False),  # a sum of NaN
+        ([0.0, float("-inf"), 0.0], False),
+        ([float("nan"), 1.0, 1.0], False),
+    ],
+)
+def test_check_finite_settles_an_overflowing_sum_value_by_value(
+    values: list[float], finite: bool
+) -> None:
+    from zenfed.coordinator.validate import check_finite
+
+    t = {"ok": torch.zeros(3), "x": torch.tensor(values, dtype=torch.float32)}
+    if finite:
+        check_finite("p", t)
+    else:
+        with pytest.raises(UpdateRejected, match="tensor 'x' from 'p' has NaN or Inf"):
+            check_finite("p", t)

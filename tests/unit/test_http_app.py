@@ -5,7 +5,6 @@ import math
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 import torch
@@ -135,7 +134,9 @@ def test_a_round_over_http_with_every_upload_refusal(env: Any) -> None:
 
     good = _payload(fed, 1.0)
     nan = _payload(fed, math.nan)
+    kept = set(fed.blobs.digests())
     assert _put(client, me_a, task_a, nan).status_code == 422
+    assert set(fed.blobs.digests()) == kept  # a refused update's payload is not kept
     r = _put(client, me_a, task_a, good, num_examples="many")
     assert r.status_code == 422 and "num_examples" in r.json()["error"]
     r = _put(client, me_a, task_a, good[:-7])
@@ -146,9 +147,11 @@ def test_a_round_over_http_with_every_upload_refusal(env: Any) -> None:
     r = client.put(path_q, content=good, headers={**sign_request(me_a, "PUT", path_q, good)})
     assert r.status_code == 415
     # a forged body under a valid signature, and a replay of a request
-    q = f"/v1/rounds/0/update?{urlencode({'base_version': task_a['version']})}"
+    q, before = update_path(task_a), set(fed.blobs.digests())
     h = {**sign_request(me_a, "PUT", q, good), "content-type": "application/octet-stream"}
-    assert client.put(q, content=good + b"!", headers=h).status_code == 401
+    r = client.put(q, content=good + b"!", headers=h)
+    assert r.status_code == 401 and "signed hash" in r.json()["error"]
+    assert set(fed.blobs.digests()) == before  # nothing of the forged body was stored
     assert _put(client, me_a, task_a, good).json() == {"status": "accepted"}
     assert _put(client, me_a, task_a, good).json() == {"status": "duplicate"}
     r = _put(client, me_b, {**task_b, "round": 5}, good)

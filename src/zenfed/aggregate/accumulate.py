@@ -87,7 +87,7 @@ class StreamingMean:
         if not self._sum:
             self._sum = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in tensors.items()}
         for k, v in tensors.items():
-            self._sum[k].add_(v.to(torch.float64), alpha=weight)
+            self._sum[k].add_(v, alpha=weight)  # accumulated in float64, without a copy
         self.weight += weight
         self.count += 1
         self.below += below

@@ -306,12 +306,14 @@ class Coordinator:
         r.received[update.participant] = replace(update, payload=b"")
         r.bytes_up[update.participant] = len(update.payload)
 
-    def decide(self, now: float) -> Decision:
-        """What the trigger says of the open round at ``now`` ("wait" with none open)."""
+    def decide(self, now: float, more: int = 0) -> Decision:
+        """What the trigger says of the open round at ``now`` ("wait" with none open), or
+        would say with ``more`` updates received."""
         r = self.current
         if r is None:
             return "wait"
-        return self.trigger.decide(RoundProgress(len(r.tasks), len(r.received), now, r.deadline))
+        received = len(r.received) + more
+        return self.trigger.decide(RoundProgress(len(r.tasks), received, now, r.deadline))
 
     def aggregate_round(self) -> Commit:
         """The open round's result, not yet committed: nothing changes until ``commit``.

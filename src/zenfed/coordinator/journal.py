@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -93,21 +93,40 @@ class StoreJournal(Journal):
             row.tasks = [*row.tasks, task.to_dict()]  # a new list: the JSON column is saved
         log_event("issue_task", participant=task.participant, round=task.round)
 
-    def storing(self, u: Update) -> None:
-        """The payload's blob, then its row and audit line; no blob without its row."""
-        digest = sha256(u.payload)
-        existed = self.blobs.has(digest)
-        self.blobs.put(u.payload)
+    def storing(self, updates: Sequence[Update]) -> None:
+        """The payloads' blobs (a transport may have stored them already), then their
+        rows and audit lines in one transaction; no blob without its row."""
+        made = [u.digest for u in updates if not self.blobs.has(u.digest)]
+        for u in updates:
+            if u.digest in made:
+                self.blobs.put(u.payload, u.digest)
         try:
             with self.db.transaction() as s:
-                s.add(update_row(u, self.round_id or 0, digest))
-                detail = {"round": u.round, "sha256": digest, "bytes": len(u.payload)}
-                audit_row(s, u.participant, "upload", detail)
+                for u in updates:
+                    s.add(update_row(u, self.round_id or 0, u.digest))
+                    detail = {"round": u.round, "sha256": u.digest, "bytes": len(u.payload)}
+                    audit_row(s, u.participant, "upload", detail)
         except BaseException:
-            if not existed:
+            for digest in made:
                 self.blobs.delete(digest)
             raise
-        log_event("upload", participant=u.participant, round=u.round, bytes=len(u.payload))
+        for u in updates:
+            log_event("upload", participant=u.participant, round=u.round, bytes=len(u.payload))
+
+    def release(self, digest: str) -> None:
+        """Remove the blob ``digest`` unless a row names it: a payload a transport stored
+        before its update was refused."""
+        with self.db.transaction() as s:
+            upload = s.scalar(select(UpdateRow.id).where(UpdateRow.payload_sha256 == digest))
+            version = s.scalar(
+                select(Version.id).where(
+                    (Version.blob_sha256 == digest)
+                    | (Version.server_state_sha256 == digest)
+                    | (Version.broadcast_sha256 == digest)
+                )
+            )
+        if upload is None and version is None:
+            self.blobs.delete(digest)
 
     def rejected(self, u: Update, e: UpdateRejected) -> None:
         """Counted by reason, logged and audited."""

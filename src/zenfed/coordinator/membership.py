@@ -13,17 +13,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from zenfed.config import FederationConfig
 from zenfed.coordinator.engine import Coordinator
 from zenfed.coordinator.journal import StoreJournal, log_event, sha256
+from zenfed.coordinator.nonces import NonceBook
 from zenfed.coordinator.trust import reinstate
 from zenfed.coordinator.validate import MAX_COUNT
 from zenfed.errors import ZenfedError
 from zenfed.protocol.auth import AuthError, check_body, participant_id, verify_signature
-from zenfed.store.db import Database, EnrollmentToken, Nonce, Participant
+from zenfed.store.db import Database, EnrollmentToken, Participant
 from zenfed.store.db import audit as audit_row
 
 
@@ -43,6 +43,7 @@ class Membership:
     engine: Coordinator
     journal: StoreJournal
     enrolled: dict[str, int]  # enrolled, not revoked: id -> declared examples
+    nonces: NonceBook
     clock: Callable[[], float]
 
     def _now(self) -> datetime:
@@ -189,19 +190,19 @@ class Membership:
     ) -> str:
         """Everything of a signed request that can be checked before its body arrives (a
         known, unrevoked key; the signature over the declared body hash; a fresh
-        timestamp; an unused nonce, which is recorded). The body must then match its
-        declared hash (``protocol.auth.check_body``)."""
-        with self.db.transaction() as s:
-            p = s.get(Participant, pid)
-            if p is None or p.revoked_at is not None:
-                what = "unknown" if p is None else "revoked"
-                raise AuthError(f"participant {pid[:12]} is {what}", fix="enroll again")
-            nonce = verify_signature(p.public_key, method, path, headers, self.clock())
-        try:
+        timestamp; an unused nonce, which is recorded durably). The body must then match
+        its declared hash (``protocol.auth.check_body``).
+
+        Safe to call without the coordinator's lock, from many threads at once: the keys
+        are read from memory and the nonce goes through the group commit."""
+        key = self.engine.verify_keys.get(pid) if pid in self.enrolled else None
+        if key is None:
             with self.db.transaction() as s:
-                s.add(Nonce(participant_id=pid, nonce=nonce))
-        except IntegrityError as e:
-            raise AuthError("request nonce was already used (a replay)", fix="sign anew") from e
+                p = s.get(Participant, pid)
+                what = "unknown" if p is None else "revoked"
+            raise AuthError(f"participant {pid[:12]} is {what}", fix="enroll again")
+        nonce = verify_signature(key, method, path, headers, self.clock())
+        self.nonces.record(pid, nonce)
         return pid
 
 

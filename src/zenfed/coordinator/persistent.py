@@ -42,14 +42,18 @@ from zenfed.coordinator.membership import (
 )
 from zenfed.coordinator.membership import Membership, aware
 from zenfed.coordinator.membership import UnknownParticipant as UnknownParticipant
-from zenfed.coordinator.port import CoordinatorPort, Tick
+from zenfed.coordinator.nonces import NonceBook
+from zenfed.coordinator.port import CoordinatorPort, Tick, UploadResult
 from zenfed.coordinator.state import Commit, CoordinatorState
 from zenfed.coordinator.trust import find_version, trust_parts
+from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
-from zenfed.protocol.messages import GlobalVersion, Task
+from zenfed.protocol.auth import check_digest
+from zenfed.protocol.messages import GlobalVersion, Task, Update
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Audit, Database, Participant, Round, Version
 from zenfed.store.db import Update as UpdateRow
+from zenfed.store.group import GroupCommit
 from zenfed.store.records import pack_record, unpack_record
 from zenfed.tensors import Tensors
 
@@ -70,6 +74,8 @@ class PersistentCoordinator(Membership):
     ) -> None:
         self.cfg, self.db, self.blobs, self.clock = cfg, db, blobs, clock
         db.upgrade()
+        self.group = GroupCommit(db)  # small writes from many threads: one fsync for many
+        self.nonces = NonceBook(db, self.group, clock)
         gate, screen = trust_parts(cfg, evaluate)  # [gate] and [detect] judge by ``evaluate``
         self.engine = Coordinator(cfg, initial, {}, spill=self._spill, screen=screen)
         self.journal = StoreJournal(db, blobs, clock)
@@ -77,6 +83,7 @@ class PersistentCoordinator(Membership):
         # Enrolled, not revoked: id -> declared examples. Those that have asked for a task
         # are also in engine.participants, the pool cohorts are drawn from.
         self.enrolled: dict[str, int] = {}
+        self.last_tick: Tick = "idle"  # what the last tick did
         with db.transaction() as s:
             known = s.scalar(select(Version.id).limit(1))
         if known is None:
@@ -109,7 +116,29 @@ class PersistentCoordinator(Membership):
     def tick(self) -> GlobalVersion | None:
         """Advance the port on the wall clock; the version a closing tick committed."""
         what: Tick = self.port.tick()
+        self.last_tick = what
         return self.port.last_version if what == "closed" else None
+
+    def store_payload(self, update: Update, declared_sha256: str | None) -> None:
+        """Check an upload's body against its signed hash and store its blob ahead of
+        ``upload_many`` (which then finds it stored): the hashing and the fsync happen
+        outside the coordinator's lock, so they need not hold up other requests."""
+        check_digest(update.digest, declared_sha256)
+        self.blobs.put(update.payload, update.digest)
+
+    def upload_many(self, updates: Sequence[Update]) -> list[UploadResult]:
+        """The port's ``upload_many``; the blob of an update that was not accepted (stored
+        by ``store_payload``) is removed again unless a row names it."""
+        try:
+            results = self.port.upload_many(updates)
+        except BaseException:
+            for u in updates:
+                self.journal.release(u.digest)
+            raise
+        for u, result in zip(updates, results, strict=True):
+            if isinstance(result, UpdateRejected):
+                self.journal.release(u.digest)
+        return results
 
     def next_task(self, pid: str) -> Task | None:
         """``pid``'s task now (the port's answer); a participant's first ask makes it one

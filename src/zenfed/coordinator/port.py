@@ -29,10 +29,9 @@ writes them to its database and blob store; the simulation's journal keeps nothi
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from zenfed.coordinator.engine import Coordinator, RoundAborted
@@ -55,6 +54,7 @@ from zenfed.protocol.port import (
 from zenfed.protocol.secagg import STAGES, AdvertiseKeys, UnmaskRequest
 from zenfed.tensors import Tensors
 
+UploadResult = Literal["accepted", "duplicate"] | UpdateRejected
 Tick = Literal["idle", "opened", "stage", "closed", "rejected", "aborted", "skipped", "exhausted"]
 
 
@@ -72,8 +72,8 @@ class Journal:
         """Buffered aggregation: a task handed out in the open buffer, before the
         participant sees it (raise to withhold it)."""
 
-    def storing(self, update: Update) -> None:
-        """An accepted update, before it is counted (raise to refuse it)."""
+    def storing(self, updates: Sequence[Update]) -> None:
+        """Accepted updates, before they are counted (raise to refuse them all)."""
 
     def rejected(self, update: Update, error: UpdateRejected) -> None:
         """A refused update."""
@@ -188,21 +188,48 @@ class CoordinatorPort:
 
     def upload(self, update: Update) -> Literal["accepted", "duplicate"]:
         """Validate, journal, then count ``update``; a retry of an accepted one (same
-        sender, round and payload) is acknowledged and not counted again."""
-        digest = hashlib.sha256(update.payload).hexdigest()
-        if self.digests.get((update.participant, update.round)) == digest:
-            return "duplicate"
-        try:
-            tensors = self.engine.check(update)
-        except UpdateRejected as e:
-            self.journal.rejected(update, e)
-            raise
-        self.journal.storing(update)
-        self.engine.accept(update, tensors)
-        self.digests[(update.participant, update.round)] = digest
-        if self.engine.buffered and self.engine.decide(self.clock()) == "close":
-            self._turn_buffer()
-        return "accepted"
+        sender, round and payload) is acknowledged and not counted again. UpdateRejected
+        names why it was refused."""
+        result = self.upload_many([update])[0]
+        if isinstance(result, UpdateRejected):
+            raise result
+        return result
+
+    def upload_many(self, updates: Sequence[Update]) -> list[UploadResult]:
+        """``upload`` for several updates at once, with one journal write (one database
+        commit in a deployment) for those accepted together: each update's answer, in
+        order, a refusal as its UpdateRejected. The outcome is the one of uploading them
+        one after another: an update that fills a buffer closes it before the next is
+        checked, and a second update from one sender waits for the first to count. An
+        error of the journal itself is raised and counts none of those it was writing."""
+        results: list[UploadResult | None] = [None] * len(updates)
+        i = 0
+        while i < len(updates):
+            batch: list[tuple[int, Update, Tensors]] = []
+            senders: set[str] = set()
+            while i < len(updates) and updates[i].participant not in senders:
+                u = updates[i]
+                if self.digests.get((u.participant, u.round)) == u.digest:
+                    results[i] = "duplicate"
+                else:
+                    try:
+                        batch.append((i, u, self.engine.check(u)))
+                        senders.add(u.participant)
+                    except UpdateRejected as e:
+                        self.journal.rejected(u, e)
+                        results[i] = e
+                i += 1
+                if self.engine.buffered and self.engine.decide(self.clock(), len(batch)) == "close":
+                    break  # this batch fills the buffer: the rest go to the next one
+            if batch:
+                self.journal.storing([u for _, u, _ in batch])
+                for at, u, tensors in batch:
+                    self.engine.accept(u, tensors)
+                    self.digests[(u.participant, u.round)] = u.digest
+                    results[at] = "accepted"
+                if self.engine.buffered and self.engine.decide(self.clock()) == "close":
+                    self._turn_buffer()
+        return [r for r in results if r is not None]
 
     def _turn_buffer(self) -> None:
         """Buffered aggregation: the upload that fills the buffer aggregates it at once,

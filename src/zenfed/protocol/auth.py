@@ -177,5 +177,11 @@ def verify_signature(
 
 def check_body(body: bytes, headers: dict[str, str]) -> None:
     """AuthError unless ``body`` is what the signed ``x-zenfed-body-sha256`` header says."""
-    if hashlib.sha256(body).hexdigest() != headers.get(H_BODY):
+    check_digest(hashlib.sha256(body).hexdigest(), headers.get(H_BODY))
+
+
+def check_digest(digest: str, declared: str | None) -> None:
+    """AuthError unless a body whose sha256 is ``digest`` is what the signed hash header
+    declared (``declared``)."""
+    if digest != declared:
         raise AuthError("request body does not match its signed hash", fix="resend it")

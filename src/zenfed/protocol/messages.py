@@ -91,6 +91,17 @@ class Update:
     steps: int
     record_epsilon: float | None = None  # DP-SGD: epsilon spent on this holder's records
 
+    @property
+    def digest(self) -> str:
+        """The payload's sha256 in hex (computed once; not functools.cached_property,
+        whose lock is shared by every instance and would serialise threads hashing
+        different uploads)."""
+        known: str | None = self.__dict__.get("_sha256")
+        if known is None:
+            known = hashlib.sha256(self.payload).hexdigest()
+            object.__setattr__(self, "_sha256", known)
+        return known
+
     def metadata(self) -> dict[str, Any]:
         """Everything but the payload, the round and the sender (which the transport
         carries itself): the one plain form of an update's metadata."""

@@ -40,9 +40,10 @@ class BlobStore:
             )
         return self.root / digest[:2] / digest[2:]
 
-    def put(self, data: bytes) -> str:
-        """Store ``data`` (if not already there); return its sha256 hex digest."""
-        digest = hashlib.sha256(data).hexdigest()
+    def put(self, data: bytes, digest: str | None = None) -> str:
+        """Store ``data`` (if not already there); return its sha256 hex digest. A caller
+        that has just computed the digest of these very bytes may pass it."""
+        digest = digest or hashlib.sha256(data).hexdigest()
         target = self.path(digest)
         if target.is_file():
             return digest

@@ -48,6 +48,7 @@ ENROLL_MAX_BODY = 64 << 10
 OPERATOR_MAX_BODY = 4 << 10
 DEFAULT_MAX_BODY = 64 << 10
 MAX_TICK_BACKOFF_S = 30.0
+MAX_TICKS_AT_ONCE = 16  # ticks in a row without a pause while each one moves something
 
 log = logging.getLogger("zenfed.service")
 
@@ -69,7 +70,7 @@ def create_app(
     fed: PersistentCoordinator,
     operator_token: str,
     tick_s: float = 0.5,
-    max_concurrent_uploads: int = 4,
+    max_concurrent_uploads: int = 16,
 ) -> FastAPI:
     """The service for ``fed``; ``operator_token`` guards the operator routes."""
     ctx = ServiceContext(fed, operator_token, max_concurrent_uploads)
@@ -105,7 +106,7 @@ def create_app(
 async def _ticker(ctx: ServiceContext, tick_s: float) -> None:
     """Tick the coordinator every ``tick_s``; a failing tick is logged, counted, reported
     by /healthz and retried with backoff (capped at 30 s), never fatal."""
-    opened = time.monotonic()
+    opened, moved = time.monotonic(), 0
     while True:
         try:
             version = await ctx.run(ctx.fed.tick)
@@ -125,4 +126,11 @@ async def _ticker(ctx: ServiceContext, tick_s: float) -> None:
             ctx.metrics.round_seconds.observe(time.monotonic() - opened)
             opened = time.monotonic()
         ctx.metrics.participants.set(len(ctx.fed.enrolled))
+        if ctx.fed.last_tick != "idle":  # something moved: wake the long polls
+            ctx.changed()
+            moved += 1
+            if moved < MAX_TICKS_AT_ONCE:  # and tick again at once (a close, then an open)
+                await asyncio.sleep(0)
+                continue
+        moved = 0
         await asyncio.sleep(tick_s)

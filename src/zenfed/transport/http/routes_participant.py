@@ -19,6 +19,7 @@ signed hash. Its metadata travels in the signed query string (``Update.metadata`
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Annotated, Any
@@ -31,7 +32,7 @@ from zenfed.config import MAX_WAIT_S
 from zenfed.coordinator.persistent import EnrollmentRefused
 from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
-from zenfed.protocol.auth import check_body
+from zenfed.protocol.auth import H_BODY
 from zenfed.protocol.messages import Update
 from zenfed.protocol.port import FederationFinished
 from zenfed.transport.http.limits import declared_length, read_body, read_deadline, too_large
@@ -124,6 +125,7 @@ def participant_routes(ctx: ServiceContext) -> APIRouter:
         if declared is not None and declared > limit:
             raise too_large(limit)
         pid = await ctx.signed_headers(request)
+        meta = _meta(request)
         await ctx.run(lambda: fed.port.admit(pid, server_round))  # its round, its cohort
         if pid in ctx.uploading:
             raise UpdateRejected(
@@ -136,9 +138,11 @@ def participant_routes(ctx: ServiceContext) -> APIRouter:
             async with ctx.upload_slots:
                 deadline = read_deadline(declared or limit, ctx.body_timeout_s)
                 body = await read_body(request.stream(), limit, deadline)
-                check_body(body, {k.lower(): v for k, v in request.headers.items()})
-                update = Update.from_metadata(server_round, pid, body, _meta(request))
-                result = await ctx.run(lambda: fed.port.upload(update))
+                update = Update.from_metadata(server_round, pid, body, meta)
+                # hashed, checked against its signature and stored off the event loop and
+                # outside the coordinator's lock; counted with those that arrive with it
+                await asyncio.to_thread(fed.store_payload, update, request.headers.get(H_BODY))
+                result = await ctx.upload(update)
         finally:
             ctx.uploading.discard(pid)
         ctx.metrics.bytes_in.inc(len(body))

@@ -1,7 +1,7 @@
 """What every route of the coordinator service shares: the coordinator behind one lock,
 metrics, refusals as ``{"error", "fix"}``, signed-request checks and long polls.
 
-    ctx = ServiceContext(fed, operator_token, max_concurrent_uploads=4)
+    ctx = ServiceContext(fed, operator_token, max_concurrent_uploads=16)
     pid = await ctx.signed(request, body)          # 401 unless signed by an enrolled key
     got = await ctx.long_poll(request, wait, poll) # until an answer, the wait or a hang-up
 
@@ -12,6 +12,7 @@ lock (``ctx.run``), so the event loop never blocks on the database or the blob s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import secrets
 import threading
@@ -28,11 +29,13 @@ from zenfed.coordinator.persistent import (
     PersistentCoordinator,
     UnknownParticipant,
 )
+from zenfed.coordinator.port import UploadResult
 from zenfed.coordinator.trust import UnknownVersion
 from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
 from zenfed.privacy.secagg import SecAggAborted, SecAggError
 from zenfed.protocol.auth import H_ID, AuthError
+from zenfed.protocol.messages import Update
 from zenfed.transport.http.limits import BodyTimeout, BodyTooLarge
 
 Handler = Callable[..., Awaitable[Response]]
@@ -74,6 +77,9 @@ class ServiceContext:
         self.ticker_failures = 0
         self.ticker_error = ""
         self.ticker: asyncio.Task[None] | None = None
+        self._uploads: list[tuple[Update, asyncio.Future[UploadResult]]] = []
+        self._draining: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
 
     async def run(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` in a worker thread, under the coordinator's lock."""
@@ -98,35 +104,69 @@ class ServiceContext:
 
     async def signed(self, request: Request, body: bytes) -> str:
         """The participant that signed ``request`` (whose body is ``body``); AuthError if
-        none did. Its nonce is recorded."""
+        none did. Its nonce is recorded (outside the coordinator's lock: see
+        ``Membership.authenticate_headers``)."""
         pid, headers = request.headers.get(H_ID, ""), _headers(request)
-        path = path_of(request)
-        return str(
-            await self.run(lambda: self.fed.authenticate(pid, request.method, path, body, headers))
-        )
+        path, method = path_of(request), request.method
+        auth = self.fed.authenticate
+        return str(await asyncio.to_thread(auth, pid, method, path, body, headers))
 
     async def signed_headers(self, request: Request) -> str:
         """Everything of a signed request that can be checked before its body is read; the
         body must then match the declared hash (``protocol.auth.check_body``)."""
         pid, headers, path = request.headers.get(H_ID, ""), _headers(request), path_of(request)
-        method = request.method
-        return str(
-            await self.run(lambda: self.fed.authenticate_headers(pid, method, path, headers))
-        )
+        auth = self.fed.authenticate_headers
+        return str(await asyncio.to_thread(auth, pid, request.method, path, headers))
+
+    async def upload(self, update: Update) -> str:
+        """Count ``update`` with those that arrive while the coordinator is busy: one call
+        under the lock and one commit for all of them (group commit). Its answer, or its
+        refusal raised."""
+        done: asyncio.Future[UploadResult] = asyncio.get_running_loop().create_future()
+        self._uploads.append((update, done))
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain())
+        result = await asyncio.shield(done)  # a client that hangs up does not stop the batch
+        if isinstance(result, UpdateRejected):
+            raise result
+        return result
+
+    async def _drain(self) -> None:
+        while self._uploads:
+            batch, self._uploads = self._uploads, []
+            updates = [u for u, _ in batch]
+            try:
+                results = await self.run(functools.partial(self.fed.upload_many, updates))
+            except BaseException as e:
+                for _, done in batch:
+                    done.set_exception(e)
+                if not isinstance(e, Exception):
+                    raise
+                continue
+            for (_, done), result in zip(batch, results, strict=True):
+                done.set_result(result)
 
     async def long_poll(
-        self, request: Request, wait: float, poll: Callable[[], Any], every_s: float = 0.2
+        self, request: Request, wait: float, poll: Callable[[], Any], every_s: float = 1.0
     ) -> Any:
         """``poll()`` until it answers (not None), ``wait`` seconds pass (capped by
         service.long_poll_s) or the client goes away; None if it never answered."""
         deadline = time.monotonic() + min(wait, self.fed.cfg.service.long_poll_s)
         while True:
+            changed = self._changed  # taken before the poll: a change after it wakes us
             got = await self.run(poll)
             if got is not None or time.monotonic() >= deadline:
                 return got
             if await request.is_disconnected():
                 return None
-            await asyncio.sleep(every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), every_s)
+
+    def changed(self) -> None:
+        """Wake every long poll at once: the coordinator moved (a round opened or closed,
+        a buffer turned), so there may be an answer now."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def guard(self, handler: Handler) -> Handler:
         """``handler`` with every ZenfedError answered as the right 4xx."""
