@@ -211,9 +211,11 @@ def run(s: Setup) -> dict[str, Any]:
     payloads = _payloads(s, min(s.agents, 16))
     with database(s.db, state) as url_db:
         server = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.coordinator_load", "--serve", str(state)]
-            + ["--port", str(port), "--agents", str(s.agents), "--rounds", str(s.rounds)]
-            + ["--codec", s.codec, "--db-url", url_db]
+            [
+                *(sys.executable, "-m", "benchmarks.coordinator_load", "--serve", str(state)),
+                *("--port", str(port), "--agents", str(s.agents), "--rounds", str(s.rounds)),
+                *("--codec", s.codec, "--db-url", url_db),
+            ]
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -300,9 +302,7 @@ def main() -> None:
         serve(args.serve, args.port, setup, args.db_url)
         return
     setups = (
-        [Setup(n, args.db, args.codec, args.rounds) for n in args.agents]
-        if args.agents
-        else SUITE
+        [Setup(n, args.db, args.codec, args.rounds) for n in args.agents] if args.agents else SUITE
     )
     runs = []
     for s in setups:
