@@ -111,7 +111,8 @@ def test_bucketed_secure_robust_aggregation_resists_an_attacker_under_secagg(
     clean = run_simulation(tiny_config(**base, secagg=secagg), tmp_path / "clean")
     gain = clean["initial_loss"] - clean["fed_loss"]
     plain = run_simulation(tiny_config(**base, secagg=secagg, attack=ATTACK), tmp_path / "avg")
-    assert plain["fed_loss"] > clean["initial_loss"]  # secure FedAvg is wrecked
+    # secure FedAvg loses most of what the clean run gained (it can end above the start)
+    assert clean["initial_loss"] - plain["fed_loss"] < 0.25 * gain, (plain, clean)
     cfg = tiny_config(**base, secagg=secagg, server=bucketed, attack=ATTACK)
     s = run_simulation(cfg, tmp_path / "bucketed")
     assert s["aborted_rounds"] == 0

@@ -75,9 +75,18 @@ class Strategy:
             cohort = sample_participants(participants, sc.fraction, sc.min_participants, rng)
         codec_seed = int(np.random.default_rng([run.seed, server_round, 1]).integers(2**62))
         return [
-            self.task(server_round, pid, version, int(rng.integers(2**31 - 1)), codec_seed)
+            self.task(server_round, pid, version, self.seed(server_round, members[pid]), codec_seed)
             for pid in cohort
         ]
+
+    def seed(self, server_round: int, name: str) -> int:
+        """The training seed of participant ``name`` in ``server_round``: its own, whoever
+        else is sampled, so a participant trains alike under a flat coordinator and under a
+        regional one (whose cohort is a part of the flat one)."""
+        key = zlib.crc32(name.encode())
+        return int(
+            np.random.default_rng([self.cfg.run.seed, server_round, 3, key]).integers(2**31 - 1)
+        )
 
     def task(self, server_round: int, pid: str, version: str, seed: int, codec_seed: int) -> Task:
         """One training task of ``server_round`` for ``pid`` from ``version``."""
