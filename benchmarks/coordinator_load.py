@@ -48,6 +48,7 @@ COMPRESSED = [
 ]
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+OP = {"authorization": "Bearer op"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Setup:
     db: str = "sqlite"  # or "postgresql"
     codec: str = "dense"  # or "compressed"
     rounds: int = 3
+    regions: int = 0  # > 0: the agents join this many regional coordinators of one root
 
 
 SUITE = [
@@ -67,17 +69,18 @@ SUITE = [
     Setup(200, db="postgresql"),
     Setup(1000, db="postgresql"),
     Setup(200, codec="compressed"),
+    Setup(1000, regions=4),
 ]
 
 
-def _config(s: Setup) -> Any:
+def _config(s: Setup, minimum: int | None = None) -> Any:
     from zenfed.config import parse_config
 
     pipeline = COMPRESSED if s.codec == "compressed" else []
     return parse_config(
         {
             "data": {"categories": ["ai"]},
-            "sampling": {"fraction": 1.0, "min_participants": s.agents},
+            "sampling": {"fraction": 1.0, "min_participants": minimum or s.agents},
             "run": {"rounds": s.rounds},
             "service": {"round_timeout_s": 900.0, "long_poll_s": 10.0},
             "compress": {"pipeline": pipeline},
@@ -85,21 +88,27 @@ def _config(s: Setup) -> Any:
     )
 
 
-def serve(state: Path, port: int, s: Setup, db_url: str) -> None:
-    """The coordinator process: the real service over a synthetic 2 MB adapter."""
+def serve(state: Path, port: int, s: Setup, db_url: str, minimum: int, up: list[str]) -> None:
+    """The coordinator process: the real service over a synthetic 2 MB adapter; with
+    ``up`` (root URL, region name, invite), a regional coordinator of that root."""
     import torch
     import uvicorn
 
     from zenfed.coordinator.persistent import PersistentCoordinator
+    from zenfed.regions import Upstream
     from zenfed.store.blobs import BlobStore
     from zenfed.store.db import Database
     from zenfed.transport.http.app import create_app
 
+    cfg, initial, link, region = _config(s, minimum), {"w": torch.zeros(SHAPE)}, None, None
+    if up:
+        cfg, link = Upstream(up[0], up[1], up[2]).connect(cfg, state)
+        region = link.region_for(cfg, initial)
     fed = PersistentCoordinator(
-        _config(s), {"w": torch.zeros(SHAPE)}, Database(db_url), BlobStore(state / "blobs")
+        cfg, initial, Database(db_url), BlobStore(state / "blobs"), region=region
     )
     uvicorn.run(
-        create_app(fed, "op"),
+        create_app(fed, "op", background=link.work if link else None),
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -200,44 +209,70 @@ def database(kind: str, state: Path) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
 
 
-def run(s: Setup) -> dict[str, Any]:
-    """Start a coordinator, drive the agents through the rounds, measure."""
+def _start(state: Path, s: Setup, db_url: str, minimum: int, *up: str) -> tuple[Any, str]:
+    """A coordinator process (a root, a flat one or a region) and its URL, once healthy."""
     import httpx
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
+    state.mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "benchmarks.coordinator_load", "--serve", str(state)),
+            *("--port", str(port), "--agents", str(s.agents), "--rounds", str(s.rounds)),
+            *("--codec", s.codec, "--db-url", db_url, "--min", str(minimum)),
+            *(("--up", *up) if up else ()),
+        ]
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    server.kill()
+    raise RuntimeError(f"the coordinator at {url} did not come up")
+
+
+def run(s: Setup) -> dict[str, Any]:
+    """Start the coordinator(s), drive the agents through the rounds, measure."""
+    import httpx
+
     state = Path(tempfile.mkdtemp(prefix="zenfed-load-"))
     payloads = _payloads(s, min(s.agents, 16))
+    servers: list[Any] = []
     with database(s.db, state) as url_db:
-        server = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "benchmarks.coordinator_load", "--serve", str(state)),
-                *("--port", str(port), "--agents", str(s.agents), "--rounds", str(s.rounds)),
-                *("--codec", s.codec, "--db-url", url_db),
-            ]
-        )
-        url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{url}/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+            root, root_url = _start(state / "root", s, url_db, s.regions or s.agents)
+            servers.append(root)
+            urls = [root_url]
+            if s.regions:  # each region joins the root with an invite of its own
+                urls = []
+                for i in range(s.regions):
+                    r = httpx.post(f"{root_url}/v1/invites", json={}, headers=OP)
+                    db = f"sqlite:///{state / f'region{i}' / 'zenfed.db'}"
+                    args = (root_url, f"region-{i}", r.json()["token"])
+                    server, url = _start(state / f"region{i}", s, db, s.agents // s.regions, *args)
+                    servers.append(server)
+                    urls.append(url)
             lat: list[float] = []
             errors: list[str] = []
             cpu0 = _own_cpu_s()
 
             async def main() -> tuple[float, float]:
                 clients = [httpx.AsyncClient(timeout=900) for _ in range(s.agents)]
+                at = [urls[i % len(urls)] for i in range(s.agents)]
                 try:
                     t0 = time.perf_counter()
-                    ids = await asyncio.gather(*(enroll(url, i, c) for i, c in enumerate(clients)))
+                    ids = await asyncio.gather(
+                        *(enroll(at[i], i, c) for i, c in enumerate(clients))
+                    )
                     t1 = time.perf_counter()
                     await asyncio.gather(
                         *(
-                            agent(url, me, payloads[i % len(payloads)], lat, errors, clients[i])
+                            agent(at[i], me, payloads[i % len(payloads)], lat, errors, clients[i])
                             for i, me in enumerate(ids)
                         )
                     )
@@ -247,10 +282,13 @@ def run(s: Setup) -> dict[str, Any]:
 
             enrolling, wall = asyncio.run(main())
             client_cpu = _own_cpu_s() - cpu0
-            peak, server_cpu = _peak_rss_mb(server.pid), _cpu_s(server.pid)
+            peak, server_cpu = _peak_rss_mb(root.pid), _cpu_s(root.pid)
+            regions_cpu = sum(_cpu_s(p.pid) for p in servers[1:])
+            root_in = _metric(root_url, "zenfed_bytes_in_total")
         finally:
-            server.terminate()
-            server.wait()
+            for p in servers:
+                p.terminate()
+                p.wait()
             shutil.rmtree(state, ignore_errors=True)  # a run stores gigabytes of uploads
     ms = np.array(lat) * 1000
     return {
@@ -261,13 +299,25 @@ def run(s: Setup) -> dict[str, Any]:
         "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
         "errors": len(errors),
         "error_samples": errors[:5],
-        "peak_rss_mb": peak,
+        "peak_rss_mb": peak,  # the root's (the flat coordinator's)
         "seconds": wall,  # from the last enrollment to the last upload's answer
         "enroll_seconds": enrolling,
-        "server_cpu_s": server_cpu,  # the whole process: start-up and enrollment included
+        "server_cpu_s": server_cpu,  # the root (or flat) process: start-up and enrollment included
+        "regions_cpu_s": regions_cpu,
         "client_cpu_s": client_cpu,  # the load generator, enrollment included
+        "root_mb_in": root_in / 2**20,  # update bytes the root received
         "update_kb": len(payloads[0]) / 1024,
     }
+
+
+def _metric(url: str, name: str) -> float:
+    """A counter of the service's Prometheus metrics."""
+    import httpx
+
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -295,14 +345,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--regions", type=int, default=0, help="agents join this many regions")
     ap.add_argument("--db-url", help=argparse.SUPPRESS)
+    ap.add_argument("--min", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--up", nargs=3, default=[], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         setup = Setup(args.agents[0], codec=args.codec, rounds=args.rounds)
-        serve(args.serve, args.port, setup, args.db_url)
+        serve(args.serve, args.port, setup, args.db_url, args.min, args.up)
         return
     setups = (
-        [Setup(n, args.db, args.codec, args.rounds) for n in args.agents] if args.agents else SUITE
+        [Setup(n, args.db, args.codec, args.rounds, args.regions) for n in args.agents]
+        if args.agents
+        else SUITE
     )
     runs = []
     for s in setups:
@@ -311,7 +366,11 @@ def main() -> None:
         runs.append(row)
     if args.agents:
         return  # a one-off: the committed results stay those of the suite
-    head = next(r for r in runs if (r["agents"], r["db"], r["codec"]) == (200, "sqlite", "dense"))
+    head = next(
+        r
+        for r in runs
+        if (r["agents"], r["db"], r["codec"], r["regions"]) == (200, "sqlite", "dense", 0)
+    )
     result = {
         "agents": 200,
         "uploads_per_s": head["uploads_per_s"],
@@ -333,7 +392,11 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['agents']}\n{r['db']}\n{r['codec']}" for r in runs]
+    labels = [
+        f"{r['agents']}\n{r['db']}\n{r['codec']}"
+        + (f"\n{r['regions']} regions" if r["regions"] else "")
+        for r in runs
+    ]
     x = np.arange(len(runs))
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.bar(x, [r["uploads_per_s"] for r in runs])

@@ -110,15 +110,33 @@ def serve(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+    upstream: Annotated[
+        str | None, typer.Option(help="root coordinator's URL: serve as a regional coordinator")
+    ] = None,
+    upstream_name: Annotated[
+        str | None, typer.Option(help="this region's name at the root")
+    ] = None,
+    upstream_token: Annotated[
+        str | None, typer.Option(help="the root's invite (first time; or $ZENFED_UPSTREAM_TOKEN)")
+    ] = None,
+    upstream_cafile: Annotated[
+        Path | None, typer.Option(help="CA that signed the root's TLS")
+    ] = None,
 ) -> None:
-    """Run the coordinator service (state survives restarts)."""
+    """Run the coordinator service (state survives restarts); with --upstream, a regional
+    coordinator: a coordinator to its participants and one participant to the root."""
+    import os
+
     from zenfed.config import load_config
 
     try:
         cfg = load_config(config)
         from zenfed.deploy import serve as run_service
+        from zenfed.regions import Upstream
 
-        run_service(cfg, state, db, host, port, tls_cert, tls_key)
+        token = upstream_token or os.environ.get("ZENFED_UPSTREAM_TOKEN") or None
+        link = Upstream.of(upstream, upstream_name, token, upstream_cafile)
+        run_service(cfg, state, db, host, port, tls_cert, tls_key, link)
     except ZenfedError as e:
         _fail(e)
 

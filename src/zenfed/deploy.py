@@ -88,8 +88,12 @@ def serve(
     port: int = 8000,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    upstream: Any = None,
 ) -> None:
-    """Run the coordinator service until interrupted."""
+    """Run the coordinator service until interrupted; with ``upstream``
+    (``zenfed.regions.Upstream``), as a regional coordinator of the root there: ``cfg``
+    gives the region's own sampling, service and secure aggregation, everything else is
+    the root's."""
     import uvicorn
 
     from zenfed.coordinator.persistent import PersistentCoordinator
@@ -127,6 +131,9 @@ def serve(
     configure_json_logging()
     private_state_dir(state)
     lock = lock_state_dir(state)  # held until this process exits
+    link = None
+    if upstream is not None:  # the root's federation, with the region's own local sections
+        cfg, link = upstream.connect(cfg, state)
     token = operator_token(state)
     model, tok = adapter_model(cfg)
     evaluate = None
@@ -135,10 +142,12 @@ def serve(
         evaluate = adapter_loss(model, examples, cfg.train.batch_size, int(tok.pad_token_id))
     db = Database(db_url or f"sqlite:///{state / 'zenfed.db'}")
     blobs = BlobStore(state / "blobs")
-    fed = PersistentCoordinator(cfg, get_adapter_state(model), db, blobs, evaluate=evaluate)
+    initial = get_adapter_state(model)
+    region = link.region_for(cfg, initial) if link is not None else None
+    fed = PersistentCoordinator(cfg, initial, db, blobs, evaluate=evaluate, region=region)
     del model
     uvicorn.run(
-        create_app(fed, token),
+        create_app(fed, token, background=link.work if link is not None else None),
         host=host,
         port=port,
         ssl_certfile=str(tls_cert) if tls_cert else None,

@@ -60,6 +60,18 @@ def _version_meta(version: GlobalVersion) -> dict[str, str]:
     }
 
 
+def announced_version(payload: bytes) -> GlobalVersion:
+    """The version a full payload says it is (its id recomputed from what it names; check
+    the tensors with ``receive``)."""
+    _, meta = _load(payload)
+    try:
+        parent, server_round, content = meta["parent"] or None, int(meta["round"]), meta["content"]
+    except (KeyError, ValueError) as e:
+        raise ZenfedError("download does not name its version", fix="download again") from e
+    vid = version_id(parent, server_round, content)
+    return GlobalVersion(id=vid, round=server_round, parent=parent, content=content)
+
+
 def full_payload(tensors: Tensors, version: GlobalVersion) -> bytes:
     """The whole adapter as safetensors, labelled with its version."""
     return safetensors.torch.save(tensors, metadata={**_version_meta(version), "kind": "full"})

@@ -47,7 +47,7 @@ from zenfed.coordinator.evaluation import FederatedEvaluation
 from zenfed.coordinator.metrics import round_metrics
 from zenfed.coordinator.rounds import OpenRound, Spill
 from zenfed.coordinator.rounds import RoundAborted as RoundAborted
-from zenfed.coordinator.screening import Screen
+from zenfed.coordinator.screening import Assessment, Screen
 from zenfed.coordinator.secure import SecureRound
 from zenfed.coordinator.state import Commit, CoordinatorState, round_commit
 from zenfed.coordinator.strategy import Strategy
@@ -319,6 +319,24 @@ class Coordinator:
         """The open round's result, not yet committed: nothing changes until ``commit``.
         SecAggAborted if a secure sum cannot be reconstructed, RoundAborted if too few
         updates arrived for the aggregation rule."""
+        r, (combined, assessment) = self.current, self.combined()
+        assert r is not None
+        st = self.state
+        agg, privacy_metrics, ledger = self.privacy.release(
+            combined, self.state.privacy, self.expected_cohort, r.secure is not None
+        )
+        step = server_step(self.cfg.server, st.params, agg.mean(), st.server_state)
+        published = self.publisher.publish(step[0], st.published, r.round)
+        metrics = {**self._round_metrics(r), **privacy_metrics}
+        ups = list(r.received.values())
+        return round_commit(
+            st, r.round, r.version, ups, step, published, metrics, ledger, assessment
+        )
+
+    def combined(self) -> tuple[Aggregate, Assessment | None]:
+        """The open round's updates combined and screened ([detect]), before privacy and
+        the server step (what a regional coordinator sends its root); changes nothing.
+        RoundAborted if too few arrived for the aggregation rule."""
         r = self.current
         if r is None:
             raise ZenfedError("no round is open", fix="call open_round first")
@@ -332,20 +350,13 @@ class Coordinator:
                 self.rule.check_count(len(r.received))
             except ZenfedError as e:
                 raise RoundAborted(e.problem, fix="the round is skipped") from e
-        combined, st = r.accumulator.result(), self.state
-        assessment = self.screen.assess_round(r.accumulator, combined, st) if self.screen else None
+        combined = r.accumulator.result()
+        assessment = (
+            self.screen.assess_round(r.accumulator, combined, self.state) if self.screen else None
+        )
         if assessment and assessment.flags and isinstance(r.accumulator, KeepAll):
             combined = self._without(r.accumulator, set(assessment.flags))
-        agg, privacy_metrics, ledger = self.privacy.release(
-            combined, self.state.privacy, self.expected_cohort, r.secure is not None
-        )
-        step = server_step(self.cfg.server, st.params, agg.mean(), st.server_state)
-        published = self.publisher.publish(step[0], st.published, r.round)
-        metrics = {**self._round_metrics(r), **privacy_metrics}
-        ups = list(r.received.values())
-        return round_commit(
-            st, r.round, r.version, ups, step, published, metrics, ledger, assessment
-        )
+        return combined, assessment
 
     def _without(self, acc: KeepAll, flagged: set[str]) -> Aggregate:
         """The round's result with the flagged updates left out (RoundAborted if too few

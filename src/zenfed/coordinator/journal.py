@@ -34,8 +34,10 @@ from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Database, Nonce, Round, Version
 from zenfed.store.db import Update as UpdateRow
 from zenfed.store.db import audit as audit_row
+from zenfed.store.records import bytes_tensor, pack_record, tensor_bytes, unpack_record
 
 log = logging.getLogger("zenfed.coordinator")
+FORWARDED_KIND = "zenfed-forwarded-update/1"
 
 
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
@@ -128,6 +130,25 @@ class StoreJournal(Journal):
         if upload is None and version is None:
             self.blobs.delete(digest)
 
+    def forwarding(self, server_round: int, update: Update, why: str) -> None:
+        """A regional round ends: the update for the root (a record: payload and
+        metadata) to the blob store, then the round's row closed as forwarded, naming it."""
+        record = pack_record(
+            FORWARDED_KIND,
+            {"payload": bytes_tensor(update.payload)},
+            {**update.metadata(), "round": update.round, "participant": update.participant},
+        )
+        digest = self.blobs.put(record)
+        with self.db.transaction() as s:
+            row = s.get(Round, self.round_id)
+            if row is None:
+                raise ZenfedError("no open round to forward", fix="report this bug")
+            row.status, row.closed_at, row.reason = "forwarded", self.now(), why
+            row.forwarded_sha256 = digest
+            audit_row(s, "coordinator", "forward", {"round": server_round, "sha256": digest})
+        self.round_id = None
+        log_event("forward", round=server_round, examples=update.num_examples)
+
     def rejected(self, u: Update, e: UpdateRejected) -> None:
         """Counted by reason, logged and audited."""
         self.rejections[e.reason] += 1
@@ -143,10 +164,13 @@ class StoreJournal(Journal):
         v = result.version
         log_event("close_round", round=v.round, version=v.id, why=why, metrics=v.metrics)
 
-    def store_version(self, result: Commit, round_id: int | None, why: str) -> None:
-        """Blobs first (atomic, idempotent), then one transaction for the rows."""
+    def store_version(
+        self, result: Commit, round_id: int | None, why: str, payload: bytes | None = None
+    ) -> None:
+        """Blobs first (atomic, idempotent), then one transaction for the rows; a version
+        adopted from the root keeps the root's ``payload`` as its download."""
         st, v = result.state, result.version
-        full = self.blobs.put(full_payload(st.published, v))
+        full = self.blobs.put(payload if payload is not None else full_payload(st.published, v))
         state = self.blobs.put(st.to_bytes())
         bc = st.broadcasts[-1] if st.broadcasts and st.broadcasts[-1].version == v.id else None
         bc_sha = self.blobs.put(bc.payload) if bc else None
@@ -250,6 +274,13 @@ class StoreJournal(Journal):
         """Audited: a secure-aggregation stage message."""
         with self.db.transaction() as s:
             audit_row(s, participant, f"secagg_{stage}", {"round": server_round})
+
+
+def forwarded_update(record: bytes) -> Update:
+    """The update a regional round forwarded (``StoreJournal.forwarding``'s record)."""
+    tensors, fields = unpack_record(record, FORWARDED_KIND)
+    server_round, pid = int(fields.pop("round")), str(fields.pop("participant"))
+    return Update.from_metadata(server_round, pid, tensor_bytes(tensors["payload"]), fields)
 
 
 def update_row(u: Update, round_id: int, digest: str) -> UpdateRow:

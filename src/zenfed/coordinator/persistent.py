@@ -32,11 +32,16 @@ from typing import Any
 
 from sqlalchemy import select
 
-from zenfed.compress.downlink import receive
+from zenfed.compress.downlink import announced_version, receive
 from zenfed.config import FederationConfig
 from zenfed.coordinator.engine import Coordinator
 from zenfed.coordinator.gate import Evaluate
-from zenfed.coordinator.journal import StoreJournal, log_event, update_from_row
+from zenfed.coordinator.journal import (
+    StoreJournal,
+    forwarded_update,
+    log_event,
+    update_from_row,
+)
 from zenfed.coordinator.membership import (
     EnrollmentRefused as EnrollmentRefused,
 )
@@ -44,6 +49,7 @@ from zenfed.coordinator.membership import Membership, aware
 from zenfed.coordinator.membership import UnknownParticipant as UnknownParticipant
 from zenfed.coordinator.nonces import NonceBook
 from zenfed.coordinator.port import CoordinatorPort, Tick, UploadResult
+from zenfed.coordinator.regional import Region, adopted
 from zenfed.coordinator.state import Commit, CoordinatorState
 from zenfed.coordinator.trust import find_version, trust_parts
 from zenfed.coordinator.validate import UpdateRejected
@@ -71,6 +77,7 @@ class PersistentCoordinator(Membership):
         blobs: BlobStore,
         clock: Callable[[], float] = time.time,
         evaluate: Evaluate | None = None,
+        region: Region | None = None,
     ) -> None:
         self.cfg, self.db, self.blobs, self.clock = cfg, db, blobs, clock
         db.upgrade()
@@ -79,7 +86,8 @@ class PersistentCoordinator(Membership):
         gate, screen = trust_parts(cfg, evaluate)  # [gate] and [detect] judge by ``evaluate``
         self.engine = Coordinator(cfg, initial, {}, spill=self._spill, screen=screen)
         self.journal = StoreJournal(db, blobs, clock)
-        self.port = CoordinatorPort(self.engine, self.journal, clock, gate=gate)
+        self.port = CoordinatorPort(self.engine, self.journal, clock, gate=gate, region=region)
+        self.region = region  # zenfed serve --upstream: a regional coordinator
         # Enrolled, not revoked: id -> declared examples. Those that have asked for a task
         # are also in engine.participants, the pool cohorts are drawn from.
         self.enrolled: dict[str, int] = {}
@@ -139,6 +147,37 @@ class PersistentCoordinator(Membership):
             if isinstance(result, UpdateRejected):
                 self.journal.release(u.digest)
         return results
+
+    def take_root_task(self, task: Task, payload: bytes) -> None:
+        """A regional coordinator: the root's training ``task`` and its version's bytes
+        (``payload``, as downloaded). The version becomes this region's (stored first),
+        and the next tick opens the region's round for it; a task already forwarded, or
+        whose round is open (a restart), changes nothing."""
+        region, engine = self.region, self.engine
+        if region is None:
+            raise ZenfedError("this coordinator has no upstream", fix="serve with --upstream")
+        r = engine.current
+        if task.round in region.results or (r is not None and r.round == task.round):
+            region.task = task
+            return
+        if r is not None:  # a round for a root round that the root has closed: over
+            self.journal.aborted(r.round, f"the root moved on to round {task.round + 1}")
+            engine.abort_round()
+        if engine.version.id != task.version:
+            version = announced_version(payload)
+            tensors = receive(payload, None, None, task.version)
+            state = adopted(engine.state, version, tensors, task.round)
+            self.journal.store_version(Commit(version, state), None, "from the root", payload)
+            engine.state = state
+            log_event("adopt_root_version", version=version.id, round=task.round)
+        else:  # the same version for another round (the root's last one was not kept)
+            engine.state.round = task.round
+        region.task = task
+
+    def root_finished(self) -> None:
+        """A regional coordinator: the root's federation has finished, so has this one's."""
+        if self.region is not None:
+            self.region.finished = True
 
     def next_task(self, pid: str) -> Task | None:
         """``pid``'s task now (the port's answer); a participant's first ask makes it one
@@ -242,6 +281,17 @@ class PersistentCoordinator(Membership):
                 self.engine.enroll(p.id, examples)
         if self.engine.buffered:
             self._recent_digests()
+        if self.region is not None:  # what was sent to the root, to send again if need be
+            with self.db.transaction() as s:
+                sent = s.scalar(
+                    select(Round)
+                    .where(Round.status == "forwarded")
+                    .order_by(Round.number.desc())
+                    .limit(1)
+                )
+            if sent is not None and sent.forwarded_sha256:
+                update = forwarded_update(self.blobs.get(sent.forwarded_sha256))
+                self.region.results[update.round] = update
         if open_row is not None:
             self._reopen(open_row, stored)
 
@@ -297,6 +347,7 @@ class PersistentCoordinator(Membership):
         committed (a crash, a full disk). Nothing acknowledged is among them."""
         with self.db.transaction() as s:
             named = set(s.scalars(select(UpdateRow.payload_sha256)))
+            named |= {d for d in s.scalars(select(Round.forwarded_sha256)) if d}
             for row in s.scalars(select(Version)):
                 named |= {
                     row.blob_sha256,

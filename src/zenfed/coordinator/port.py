@@ -36,70 +36,25 @@ from typing import Literal
 
 from zenfed.coordinator.engine import Coordinator, RoundAborted
 from zenfed.coordinator.gate import Gate
-from zenfed.coordinator.rounds import OpenRound
-from zenfed.coordinator.state import Commit, CoordinatorState
+from zenfed.coordinator.journaling import Journal as Journal
+from zenfed.coordinator.journaling import Tick as Tick
+from zenfed.coordinator.journaling import UploadResult as UploadResult
+from zenfed.coordinator.port_secure import SecureStages
+from zenfed.coordinator.regional import Region
 from zenfed.coordinator.trust import rollback
 from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
 from zenfed.privacy.dp import PrivacyBudgetExceeded
-from zenfed.privacy.secagg import SecAggAborted, SecAggError, SecAggServer
+from zenfed.privacy.secagg import SecAggAborted
 from zenfed.protocol.messages import EvalReport, GlobalVersion, Task, Update
 from zenfed.protocol.port import (
     FederationFinished,
-    NeighbourKeys,
-    Shares,
-    StageInput,
-    StageMessage,
 )
-from zenfed.protocol.secagg import STAGES, AdvertiseKeys, UnmaskRequest
+from zenfed.protocol.secagg import STAGES
 from zenfed.tensors import Tensors
 
-UploadResult = Literal["accepted", "duplicate"] | UpdateRejected
-Tick = Literal["idle", "opened", "stage", "closed", "rejected", "aborted", "skipped", "exhausted"]
 
-
-class Journal:
-    """Hears of every state change of the port: an update, a version, a round's opening
-    before it takes effect (a failure stops it); refusals and stage messages once they
-    are decided, for the record. This base keeps
-    nothing (the simulation's state lives in memory and its run checkpoint); the
-    deployment's ``StoreJournal`` writes each change to its database and blob store."""
-
-    def opened(self, r: OpenRound) -> None:
-        """A round opened (its tasks; a buffer's: those in flight, carried over)."""
-
-    def issued(self, task: Task) -> None:
-        """Buffered aggregation: a task handed out in the open buffer, before the
-        participant sees it (raise to withhold it)."""
-
-    def storing(self, updates: Sequence[Update]) -> None:
-        """Accepted updates, before they are counted (raise to refuse them all)."""
-
-    def rejected(self, update: Update, error: UpdateRejected) -> None:
-        """A refused update."""
-
-    def committing(self, result: Commit, why: str) -> None:
-        """A round's result, before the engine adopts it (raise to keep the round open)."""
-
-    def rejecting(self, server_round: int, state: CoordinatorState, reason: str) -> None:
-        """An evaluation gate refused the open round's result: the round ends without a
-        version; ``state`` is the coordinator's from now on (the round number and the
-        privacy ledger moved on)."""
-
-    def aborted(self, server_round: int, reason: str) -> None:
-        """The open round ended without a version."""
-
-    def skipped(self, server_round: int, reason: str) -> None:
-        """A round could not open and was skipped."""
-
-    def exhausted(self, reason: str) -> None:
-        """The privacy budget allows no further round."""
-
-    def staged(self, participant: str, server_round: int, stage: str) -> None:
-        """A secure-aggregation stage message was accepted."""
-
-
-class CoordinatorPort:
+class CoordinatorPort(SecureStages):
     """Messages in and out of one coordinator engine, and its clock-driven ticks."""
 
     def __init__(
@@ -109,9 +64,11 @@ class CoordinatorPort:
         clock: Callable[[], float] = time.time,
         wait_for_minimum: bool = True,
         gate: Gate | None = None,
+        region: Region | None = None,
     ) -> None:
         self.engine, self.journal, self.clock = engine, journal or Journal(), clock
         self.gate = gate
+        self.region = region  # a regional coordinator: rounds come from, and go to, the root
         # A service waits until sampling.min_participants have joined before a round; a
         # simulation's pool is complete from the start (a smaller one samples all of it).
         self.wait_for_minimum = wait_for_minimum
@@ -265,66 +222,13 @@ class CoordinatorPort:
             raise ZenfedError("no evaluation is open", fix="evaluate when asked to")
         ev.report(report)
 
-    def stage_post(self, pid: str, server_round: int, stage: str, message: StageMessage) -> None:
-        """``pid``'s message for ``stage`` of the open secure round."""
-        srv = self._secure_round(server_round)
-        if stage == "advertise_keys" and isinstance(message, AdvertiseKeys):
-            if message.participant != pid:
-                raise SecAggError("keys are advertised for their sender only", fix="refused")
-            srv.receive_keys(message)
-        elif stage == "share_keys" and isinstance(message, Shares):
-            srv.receive_shares(pid, message.shares)
-        elif stage == "unmask" and isinstance(message, Shares):
-            srv.receive_unmask(pid, message.shares)
-        else:
-            raise SecAggError(
-                f"nothing of this kind is posted for stage '{stage}'",
-                fix="post advertise_keys, share_keys or unmask; masked input is an upload",
-            )
-        self.journal.staged(pid, server_round, stage)
-
-    def stage_get(self, pid: str, server_round: int, stage: str) -> StageInput | None:
-        """What ``pid`` needs to do ``stage`` (None while the stage has not begun)."""
-        srv = self._secure_round(server_round)
-        if stage not in STAGES[1:]:
-            raise SecAggError(f"nothing to fetch for stage '{stage}'", fix=f"one of {STAGES[1:]}")
-        now, want = STAGES.index(srv.stage_name), STAGES.index(stage)
-        if now < want:
-            return None
-        if now > want:
-            raise SecAggError(
-                f"stage {stage} of round {server_round + 1} is over", fix="the round went on"
-            )
-        if stage == "share_keys":
-            keys = srv.keys_for(pid)
-            return NeighbourKeys(keys, {v: srv.verify_keys[v] for v in keys})
-        if stage == "masked_input":
-            return Shares(srv.inbox(pid))
-        if pid not in srv.masked:
-            raise SecAggError(f"'{pid}' uploaded no masked input", fix="the round went on")
-        req = srv.unmask_request()
-        if pid not in req.survivors:  # its secure bucket lost every other member
-            raise SecAggError(
-                f"'{pid}''s secure bucket has no other survivor: its input stays masked and "
-                "out of this round",
-                fix="the round went on",
-            )
-        return UnmaskRequest(req.round, req.survivors, req.dropped)
-
-    def _secure_round(self, server_round: int) -> SecAggServer:
-        r = self.engine.current
-        if r is None or r.round != server_round or r.secure is None:
-            raise SecAggError(
-                f"round {server_round + 1} is not an open secure round",
-                fix="fetch the current task",
-            )
-        return r.secure.server
-
     # ---- time ------------------------------------------------------------------------------
 
     def finished(self) -> bool:
         """Whether every round has run (no round is open and none will be)."""
         done = self.engine.state.round >= self.engine.cfg.run.rounds or bool(self.exhausted)
+        if self.region is not None:
+            done = self.region.finished
         return self.engine.current is None and done
 
     def next_deadline(self) -> float:
@@ -363,6 +267,8 @@ class CoordinatorPort:
         cfg, engine = self.engine.cfg, self.engine
         minimum = cfg.sampling.min_participants if self.wait_for_minimum else 1
         enough = len(engine.participants) >= max(1, minimum)
+        if self.region is not None:  # the root's task opens the region's round
+            return enough and self.region.may_open(engine.state.round, engine.version.id)
         return enough and engine.state.round < cfg.run.rounds and not self.exhausted
 
     def _open(self) -> Tick:
@@ -390,26 +296,9 @@ class CoordinatorPort:
         self.stage_deadline = self.clock() + engine.cfg.secagg.stage_timeout_s
         return "opened"
 
-    def _tick_secure(self, srv: SecAggServer) -> Tick:
-        """Close the current stage when everyone still in it answered, or at its deadline;
-        the last stage closes the round. Too few survivors abort the round."""
-        members, answered = srv.progress()
-        if len(answered) < len(members) and self.clock() < self.stage_deadline:
-            return "idle"
-        try:
-            if srv.stage_name == "unmask":
-                return self._close("secure aggregation complete")
-            srv.close_stage()
-        except SecAggAborted as e:
-            return self._abort(e.problem)
-        cfg = self.engine.cfg
-        timeout = cfg.secagg.stage_timeout_s
-        if srv.stage_name == "masked_input":  # the training stage gets the round's time
-            timeout = cfg.service.round_timeout_s
-        self.stage_deadline = self.clock() + timeout
-        return "stage"
-
     def _close(self, why: str) -> Tick:
+        if self.region is not None:
+            return self._forward(why)
         try:
             result = self.engine.aggregate_round()
         except RoundAborted as e:
@@ -431,6 +320,24 @@ class CoordinatorPort:
         if self.gate is not None and loss is not None:
             self.gate.accepted(self.last_version.id, loss)
         return "closed"
+
+    def _forward(self, why: str) -> Tick:
+        """A regional coordinator's close: the round's combined updates become one update
+        for the root, journaled before the round ends (a crash sends the same again)."""
+        assert self.region is not None
+        r, task = self.engine.current, self.region.task
+        assert r is not None
+        if task is None or task.round != r.round:  # restarted: until the root's task is back
+            return "idle"
+        try:
+            agg, _ = self.engine.combined()
+        except RoundAborted as e:
+            return self._abort(e.problem)
+        update = self.region.update(agg, list(r.received.values()))
+        self.journal.forwarding(r.round, update, why)  # fails: the round stays open
+        self.region.results[update.round] = update
+        self.engine.abort_round()  # its result is the root's to commit now
+        return "forwarded"
 
     def rollback(self, to: str, tensors: Tensors) -> GlobalVersion:
         """Publish version ``to`` (whose stored tensors are ``tensors``) again as a new

@@ -96,7 +96,7 @@ class Round(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     number: Mapped[int]
-    status: Mapped[str] = mapped_column(String(16))  # open | closed | aborted
+    status: Mapped[str] = mapped_column(String(16))  # open | closed | aborted | forwarded
     base_version: Mapped[str] = mapped_column(ForeignKey("versions.id"))
     codec_seed: Mapped[int] = mapped_column(BigInteger)  # up to 2**62: 64-bit everywhere
     tasks: Mapped[list[Any]]  # the tasks as sent (participant, seeds, lr, ...)
@@ -105,6 +105,9 @@ class Round(Base):
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     result_version: Mapped[str | None] = mapped_column(ForeignKey("versions.id"))
     reason: Mapped[str | None] = mapped_column(String(500))
+    # A regional coordinator's round ends by forwarding (status "forwarded"): the blob of
+    # the update it sent the root.
+    forwarded_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class Update(Base):

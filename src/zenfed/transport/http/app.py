@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -71,15 +71,20 @@ def create_app(
     operator_token: str,
     tick_s: float = 0.5,
     max_concurrent_uploads: int = 16,
+    background: Callable[[ServiceContext], Awaitable[None]] | None = None,
 ) -> FastAPI:
-    """The service for ``fed``; ``operator_token`` guards the operator routes."""
+    """The service for ``fed``; ``operator_token`` guards the operator routes;
+    ``background(ctx)`` runs beside it (a regional coordinator's work for its root)."""
     ctx = ServiceContext(fed, operator_token, max_concurrent_uploads)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         ctx.ticker = asyncio.create_task(_ticker(ctx, tick_s))
+        side = asyncio.create_task(_logged(background(ctx))) if background else None
         yield
         ctx.ticker.cancel()
+        if side is not None:
+            side.cancel()
 
     app = FastAPI(title="zenfed coordinator", version="1", lifespan=lifespan)
     app.add_middleware(
@@ -101,6 +106,16 @@ def create_app(
     for router in (operator_routes(ctx), participant_routes(ctx), secagg_routes(ctx)):
         app.include_router(router)
     return app
+
+
+async def _logged(work: Awaitable[None]) -> None:
+    """``work``; if it fails, the failure is logged (it must not pass unnoticed)."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("background_task_failed")
 
 
 async def _ticker(ctx: ServiceContext, tick_s: float) -> None:
