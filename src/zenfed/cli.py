@@ -49,12 +49,20 @@ def simulate(
         typer.Option("--set", help="override a config key, e.g. --set train.lr=3e-4"),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help='run the participants on the Ray cluster there ("auto", host:port)'),
+    ] = None,
 ) -> None:
-    """Run N virtual participants in this process through the real round engine."""
+    """Run N virtual participants through the real round engine: in this process, or on
+    Ray actors (run.backend = "ray", or --ray-address)."""
     from zenfed.config import load_config
 
+    overrides = list(set_ or [])
+    if ray_address is not None:
+        overrides += ["run.backend=ray", f"ray.address={ray_address}"]
     try:
-        cfg = load_config(config, _parse_overrides(set_ or []))  # fails fast: no torch yet
+        cfg = load_config(config, _parse_overrides(overrides))  # fails fast: no torch yet
         from zenfed.sim.progress import Progress
         from zenfed.sim.runner import run_simulation
 

@@ -3,6 +3,7 @@
 import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -509,3 +510,25 @@ def test_a_restart_mid_buffer_keeps_its_updates_its_tasks_in_flight_and_past_ack
     fed.port.upload(_upload(fed, c, 7.0))
     v2 = fed.tick()
     assert v2 is not None and v2.participants == tuple(sorted((a, c)))
+
+
+def test_a_retry_after_its_round_closed_is_a_duplicate_not_a_refusal(tmp_path: Path) -> None:
+    """An agent whose acknowledgement was lost (a restart) may retry after the round has
+    closed: it hears "duplicate"; another payload for that round is still refused."""
+    clock = Clock()
+    fed = _fed(tmp_path, clock)
+    a, _ = _join(fed, "clinic", 30)
+    b, _ = _join(fed, "lab", 10)
+    fed.tick()
+    up_a, up_b = _upload(fed, a, 1.0, 30), _upload(fed, b, 5.0, 10)
+    fed.port.upload(up_a)
+    fed.port.upload(up_b)
+    assert fed.tick() is not None  # the round closed
+    fed.tick()  # and the next opened
+    fed.port.admit(a, up_a.round)  # let through: it may be a retry
+    assert fed.port.upload(up_a) == "duplicate"
+    other = _upload(fed, a, 2.0, 30)  # a task of the new round; sent to the old one
+    with pytest.raises(UpdateRejected):
+        fed.port.upload(replace(other, round=up_a.round, base_version=up_a.base_version))
+    with pytest.raises(UpdateRejected, match="not open"):  # nothing of b's in round 5
+        fed.port.admit(b, 5)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from zenfed.config.base import _Frozen
 from zenfed.config.scale import BufferedConfig as BufferedConfig
 from zenfed.config.scale import DevicesConfig as DevicesConfig
+from zenfed.config.scale import RayConfig as RayConfig
 from zenfed.config.trust import AttackConfig as AttackConfig
 from zenfed.config.trust import DetectConfig as DetectConfig
 from zenfed.config.trust import GateConfig as GateConfig
@@ -491,6 +492,8 @@ class RunConfig(_Frozen):
     # Simulation only: the chance that a sampled participant drops out of a round (at a
     # random stage of secure aggregation, or before uploading without it).
     dropout: float = 0.0
+    # Simulation only: participants in this process, or on Ray actors ([ray]).
+    backend: Literal["process", "ray"] = "process"
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -551,6 +554,7 @@ class FederationConfig(_Frozen):
     detect: DetectConfig = DetectConfig()
     buffered: BufferedConfig = BufferedConfig()
     devices: DevicesConfig = DevicesConfig()  # simulation only
+    ray: RayConfig = RayConfig()  # simulation only, with run.backend = "ray"
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:

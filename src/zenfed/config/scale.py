@@ -1,6 +1,6 @@
 """The sections of the config for training beyond synchronous rounds (issue 13): buffered
 asynchronous aggregation and, in the simulation, participants' devices on a simulated
-clock. Re-exported by ``zenfed.config``."""
+clock and Ray. Re-exported by ``zenfed.config``."""
 
 from __future__ import annotations
 
@@ -76,4 +76,27 @@ class DevicesConfig(_Frozen):
             )
         if not 0.0 < self.available <= 1.0 or self.period_s <= 0:
             raise ValueError("devices.available must be in (0, 1] and devices.period_s > 0")
+        return self
+
+
+class RayConfig(_Frozen):
+    """``[ray]``: where and how ``run.backend = "ray"`` runs the participants.
+
+    ``address``: an existing cluster ("auto", "ray://host:10001"); none starts a local Ray
+    instance for the run. ``actors``: how many (0: the cluster's CPUs over
+    ``cpus_per_actor``), each holding the model once and a share of the participants,
+    with ``cpus_per_actor`` CPUs (its torch threads) and ``gpus_per_actor`` GPUs.
+    """
+
+    address: str | None = None
+    actors: int = 0
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> RayConfig:
+        if self.actors < 0:
+            raise ValueError("ray.actors must be 0 (as many as the CPUs allow) or more")
+        if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
+            raise ValueError("ray.cpus_per_actor must be positive, ray.gpus_per_actor >= 0")
         return self

@@ -198,7 +198,10 @@ class CoordinatorPort(SecureStages):
 
     def admit(self, pid: str, server_round: int) -> None:
         """UpdateRejected unless ``pid`` may upload to ``server_round`` now (it is open
-        and ``pid`` is in its cohort): what a transport checks before reading a body."""
+        and ``pid`` is in its cohort, or ``pid``'s update to it was accepted and this may
+        be its retry): what a transport checks before reading a body."""
+        if (pid, server_round) in self.digests:  # a retry of an accepted upload (its ack
+            return  # was lost): its digest decides, "duplicate", even once the round closed
         r = self.engine.current
         open_no = r.round if r is not None else None
         if r is not None and self.engine.buffered:  # an update lands in the open buffer
@@ -291,8 +294,10 @@ class CoordinatorPort(SecureStages):
         except BaseException:
             engine.abort_round()
             raise
-        oldest = engine.state.round - engine.cfg.buffered.max_staleness - 1
-        self.digests = {k: d for k, d in self.digests.items() if engine.buffered and k[1] >= oldest}
+        # Kept for retries whose acknowledgement was lost: the last round's (or, buffered,
+        # those of the buffers an update may still be retried into).
+        lag = engine.cfg.buffered.max_staleness + 1 if engine.buffered else 1
+        self.digests = {k: d for k, d in self.digests.items() if k[1] >= engine.state.round - lag}
         self.stage_deadline = self.clock() + engine.cfg.secagg.stage_timeout_s
         return "opened"
 

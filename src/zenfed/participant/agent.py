@@ -27,6 +27,7 @@ import numpy as np
 import safetensors.numpy
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from peft import PeftModel
 
 from zenfed.compress import Pipeline
@@ -96,6 +97,11 @@ class Participant:
         self._secagg: SecAggClient | None = None
         # A simulated attack's hook on the delta (None: honest); see zenfed.sim.attacks.
         self.tamper: Tamper | None = None
+
+    @property
+    def public_key(self) -> bytes:
+        """The raw Ed25519 public key the coordinator knows this participant by."""
+        return self.signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
     def train(self, task: Task, download: Download) -> Update:
         """Train from the task's version on the private training split; return the delta."""

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from zenfed.errors import ZenfedError
-from zenfed.participant.agent import Participant
-from zenfed.protocol.messages import Task
+from zenfed.participant.agent import Download
+from zenfed.protocol.messages import EvalReport, Task, Update
 from zenfed.protocol.port import FederationFinished, NeighbourKeys, ParticipantPort, Shares
-from zenfed.protocol.secagg import UnmaskRequest
+from zenfed.protocol.secagg import AdvertiseKeys, UnmaskRequest
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,47 @@ class Failed:
 
 
 Event = Idle | Waiting | Done | Failed
+
+
+class Worker(Protocol):
+    """What the loop asks of a participant: ``Participant``, or a stand-in for one that
+    works elsewhere (``sim.ray_backend.RemoteParticipant``, on a Ray actor)."""
+
+    def train(self, task: Task, download: Download) -> Update:
+        """Train for ``task``; the update."""
+        ...
+
+    def evaluate(self, task: Task, download: Download) -> EvalReport:
+        """Evaluate ``task``'s version; the report."""
+        ...
+
+    def secagg_advertise(self, task: Task) -> AdvertiseKeys:
+        """Secure aggregation: this participant's public keys."""
+        ...
+
+    def secagg_share(
+        self, keys: dict[str, AdvertiseKeys], verify_keys: dict[str, bytes]
+    ) -> dict[str, bytes]:
+        """Secure aggregation: the shares for its neighbours."""
+        ...
+
+    def secagg_receive(self, inbox: dict[str, bytes]) -> None:
+        """Secure aggregation: the neighbours' shares."""
+        ...
+
+    def secagg_unmask(self, request: UnmaskRequest) -> dict[str, bytes]:
+        """Secure aggregation: what unmasks the survivors' sum."""
+        ...
+
+
+W = TypeVar("W", bound=Worker)
 IDLE = Idle()
 
 
 def run_participant(
     port: ParticipantPort,
-    participant: Participant,
-    on_result: Callable[[Participant], None] | None = None,
+    participant: W,
+    on_result: Callable[[W], None] | None = None,
 ) -> Iterator[Event]:
     """Work for the coordinator behind ``port`` until it says the federation has finished.
 
@@ -95,9 +129,9 @@ def run_participant(
 
 def run_task(
     port: ParticipantPort,
-    p: Participant,
+    p: W,
     task: Task,
-    on_result: Callable[[Participant], None] | None = None,
+    on_result: Callable[[W], None] | None = None,
 ) -> Generator[Event, None, Done]:
     """One task through ``port``: evaluate; or train and upload, inside the stages of
     secure aggregation when the task carries a setup."""

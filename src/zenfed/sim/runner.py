@@ -21,11 +21,11 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from zenfed.compress.downlink import full_payload, receive
 from zenfed.config import FederationConfig, parse_config
@@ -77,6 +77,31 @@ def run_simulation(
             "the simulation world was built for another model, adapter, data or seed",
             fix="build_world(cfg) for this config",
         )
+    run = _Run(cfg, out, resume, baselines, progress, stop_after, t_start)
+    if cfg.run.backend == "ray":  # the participants on Ray actors, the rest as here
+        from zenfed.sim.ray_backend import RayPool
+
+        with RayPool(cfg, world) as pool:
+            return _federate(run, pool.world, pool)
+    return _federate(run, world, None)
+
+
+@dataclass(frozen=True)
+class _Run:
+    cfg: FederationConfig
+    out: Path
+    resume: bool
+    baselines: Sequence[str]
+    progress: Progress
+    stop_after: int | None
+    t_start: float
+
+
+def _federate(run: _Run, world: World, pool: Any) -> dict[str, Any]:
+    """The rounds over ``world``'s participants: in this process, or on ``pool``'s Ray
+    actors (``sim.ray_backend``)."""
+    cfg, out, resume, baselines = run.cfg, run.out, run.resume, run.baselines
+    progress, stop_after, t_start = run.progress, run.stop_after, run.t_start
     # The coordinator checks the codec settings against the adapter's shapes: before writing.
     gate, screen = trust_parts(cfg, world.validation_loss(cfg))
     coord = Coordinator(
@@ -106,13 +131,15 @@ def run_simulation(
     devices = None
     if cfg.devices.enabled:  # work takes simulated time
         devices = Devices(cfg.devices, world.participants, cfg.run.seed)
-    transport = InMemoryTransport(
+    extra: dict[str, Any] = {} if pool is None else {"pool": pool}
+    transport = (InMemoryTransport if pool is None else _ray_transport())(
         port,
         world.participants,
         drop=_dropouts(cfg, coord),
         devices=devices,
         clock=clock,
         shuffle=cfg.run.seed if cfg.buffered.enabled else None,  # who comes free first
+        **extra,
     )
     if not history:
         history.append({"round": 0, **_evaluate(coord, transport, progress)})
@@ -140,6 +167,12 @@ def run_simulation(
     return _finish(
         cfg, out, world, coord, history, baselines, progress, time.perf_counter() - t_start
     )
+
+
+def _ray_transport() -> type[InMemoryTransport]:
+    from zenfed.sim.ray_backend import RayTransport
+
+    return RayTransport
 
 
 class SimClock:
@@ -258,7 +291,7 @@ def save_version(out: Path, coord: Coordinator) -> None:
 
 def identity_key(p: Participant) -> bytes:
     """A participant's raw Ed25519 public key (what the coordinator verifies it by)."""
-    return p.signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return p.public_key
 
 
 def _dropouts(cfg: FederationConfig, coord: Coordinator) -> Callable[[str, str], bool]:

@@ -28,14 +28,13 @@ arrives or a participant comes online.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
 from zenfed.coordinator.port import CoordinatorPort
 from zenfed.errors import ZenfedError
-from zenfed.participant.agent import Participant
-from zenfed.participant.loop import Done, Event, Failed, run_participant
+from zenfed.participant.loop import Done, Event, Failed, Worker, run_participant
 from zenfed.protocol.messages import EvalReport, Task, Update
 from zenfed.protocol.port import StageInput, StageMessage
 from zenfed.protocol.secagg import STAGES
@@ -130,7 +129,7 @@ class InMemoryTransport:
     def __init__(
         self,
         port: CoordinatorPort,
-        participants: dict[str, Participant],
+        participants: Mapping[str, Worker],
         drop: Drop | None = None,
         devices: Devices | None = None,
         clock: Callable[[], float] | None = None,
