@@ -1,12 +1,16 @@
-"""Engine scale benchmark: 1,000 virtual participants per round on a tiny Llama.
+"""Engine scale benchmark: 10,000 virtual participants per round on a tiny Llama, in
+process and on Ray.
 
-    python -m benchmarks.engine_scale [--participants 1000] [--rounds 3]
+    python -m benchmarks.engine_scale [--participants 10000] [--rounds 2]
 
 Each participant holds 16 random sequences of 32 tokens and takes one local AdamW step
 (batch 16) on a tiny Llama (hidden 64, 2 layers, vocabulary 2048) with LoRA r=8 on q/k/v/o.
 Compares seconds per round of the engine (Coordinator + InMemoryTransport + Participant,
 with the runner's per-round checkpoint) against a bare in-process loop doing the same
-steps, and reports ``scale_overhead`` = engine / bare (target <= 1.5).
+steps, and reports ``scale_overhead`` = engine / bare (target <= 1.5); then the same
+rounds with the participants on Ray actors (``run.backend = "ray"``: one actor per core,
+each holding the model once and a share of the participants, one torch thread each) and
+``ray_speedup`` = in-process engine / Ray engine on this machine's cores.
 
 Writes benchmarks/results/engine_scale.json and engine_scale.png.
 """
@@ -120,10 +124,51 @@ def bare_rounds(
     return times
 
 
+def bench_participants(n: int, cfg: FederationConfig) -> dict[str, Participant]:
+    """The benchmark's participants over one model: what each Ray actor builds."""
+    base, _ = load_base_model(cfg.model)
+    torch.manual_seed(0)
+    model = attach_lora(base, cfg.lora)
+    runtime = Runtime(model=model, pad_id=0, train=cfg.train)
+    return {d.name: Participant(d.name, d, runtime) for d in make_data(n)}
+
+
+def ray_rounds(
+    cfg: FederationConfig, model: Any, data: list[ParticipantData], rounds: int
+) -> list[float]:
+    """Seconds per round through the engine with the participants on Ray actors."""
+    import functools
+    import os
+
+    from zenfed.sim.ray_backend import RayPool, RayTransport
+
+    root = str(Path(__file__).resolve().parent.parent)  # the actors import this module
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"backend": "ray"})})
+    build = functools.partial(bench_participants, len(data))
+    coord = Coordinator(cfg, get_adapter_state(model), {d.name: len(d.train) for d in data})
+    clock = SimClock()
+    port = CoordinatorPort(coord, clock=clock)
+    times = []
+    with RayPool(cfg, [d.name for d in data], build) as pool, tempfile.TemporaryDirectory() as tmp:
+        transport = RayTransport(port, pool.participants, pool=pool)
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            history = [run_round(port, transport, clock, Progress(enabled=False))]
+            save_checkpoint(
+                Path(tmp) / "checkpoint.safetensors",
+                coord.state.to_bytes(),
+                pool.states(),
+                history,
+            )
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--participants", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--participants", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     cfg = make_config(args.rounds)
     base, _ = load_base_model(cfg.model)
@@ -132,21 +177,43 @@ def main() -> None:
     data = make_data(args.participants)
     bare = bare_rounds(cfg, model, data, args.rounds)
     engine = engine_rounds(cfg, model, data, args.rounds)
+    on_ray = ray_rounds(cfg, model, data, args.rounds)
     bare2 = bare_rounds(cfg, model, data, args.rounds)  # before and after: machine drift
     bare_s = statistics.median(bare + bare2)
-    engine_s = statistics.median(engine)
+    engine_s, ray_s = statistics.median(engine), statistics.median(on_ray)
+    n = args.participants
     result = {
-        "participants": args.participants,
+        "participants": n,
         "engine_s_per_round": engine_s,
         "bare_s_per_round": bare_s,
+        "ray_s_per_round": ray_s,
         "scale_overhead": engine_s / bare_s,
+        "ray_speedup": engine_s / ray_s,
+        "runs": [
+            {"participants": n, "backend": "bare", "s_per_round": bare_s},
+            {
+                "participants": n,
+                "backend": "process",
+                "s_per_round": engine_s,
+                "scale_overhead": engine_s / bare_s,
+            },
+            {
+                "participants": n,
+                "backend": "ray",
+                "s_per_round": ray_s,
+                "scale_overhead": ray_s / bare_s,
+                "speedup_over_process": engine_s / ray_s,
+            },
+        ],
         "engine_rounds": engine,
+        "ray_rounds": on_ray,
         "bare_rounds": bare + bare2,
+        "torch_threads_in_process": torch.get_num_threads(),
         "command": "python -m benchmarks.engine_scale",
     }
     print(
-        f"engine {engine_s:.2f} s/round, bare {bare_s:.2f} s/round, "
-        f"overhead {engine_s / bare_s:.3f}x"
+        f"engine {engine_s:.2f} s/round, bare {bare_s:.2f} s/round, ray {ray_s:.2f} s/round, "
+        f"overhead {engine_s / bare_s:.3f}x, ray speed-up {engine_s / ray_s:.2f}x"
     )
     print(write_json("engine_scale", result))
     plot(result, RESULTS / "engine_scale.png")
@@ -159,14 +226,17 @@ def plot(r: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
     ax.bar(
-        ["bare loop", "zenfed engine"],
-        [r["bare_s_per_round"], r["engine_s_per_round"]],
-        color=["grey", "tab:blue"],
+        ["bare loop", "engine, in process", "engine, Ray actors"],
+        [r["bare_s_per_round"], r["engine_s_per_round"], r["ray_s_per_round"]],
+        color=["grey", "tab:blue", "tab:orange"],
     )
     ax.set_ylabel("seconds per round")
-    ax.set_title(f"{r['participants']} participants x 1 step: overhead {r['scale_overhead']:.2f}x")
+    ax.set_title(
+        f"{r['participants']} participants x 1 step: overhead {r['scale_overhead']:.2f}x, "
+        f"Ray {r['ray_speedup']:.2f}x faster"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

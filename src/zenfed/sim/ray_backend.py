@@ -1,8 +1,7 @@
 """Ray for simulations that outgrow one process: ``run.backend = "ray"``.
 
-    with RayPool(cfg, world) as pool:                  # actors up; shut down after
-        world = pool.world                             # participants are proxies now
-        transport = RayTransport(port, world.participants, pool, ...)
+    with RayPool(cfg, names) as pool:                  # actors up; shut down after
+        transport = RayTransport(port, pool.participants, pool=pool, ...)
 
 Each actor (``ParticipantHost``, with ``[ray]`` cpus_per_actor and gpus_per_actor) builds
 the world once, one model and the data, and hosts a share of the participants: the same
@@ -25,34 +24,37 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 from zenfed.config import FederationConfig
 from zenfed.errors import ZenfedError
+from zenfed.participant.agent import Participant
 from zenfed.participant.state import ParticipantState
 from zenfed.protocol.messages import EvalReport, Task, Update
 from zenfed.protocol.secagg import AdvertiseKeys, UnmaskRequest
-from zenfed.sim.setup import World
 from zenfed.transport.inmemory import InMemoryTransport
 
 Download = Callable[[str, str | None], bytes]
+# Builds the participants an actor hosts from the config (None: ``build_world``'s); it
+# must pickle (a module-level function, or a partial of one).
+Build = Callable[[FederationConfig], Mapping[str, Participant]] | None
 
 
 class ParticipantHost:
     """A Ray actor's share of the participants, over one model (``ray.remote`` is applied
     by ``RayPool``, so importing this module does not import Ray)."""
 
-    def __init__(self, cfg: dict[str, Any], names: list[str], threads: int) -> None:
+    def __init__(self, cfg: dict[str, Any], names: list[str], threads: int, build: Build) -> None:
         import torch
 
         from zenfed.config import parse_config
         from zenfed.sim.setup import build_world
 
         torch.set_num_threads(threads)
-        world = build_world(parse_config(cfg))
-        self.parts = {n: world.participants[n] for n in names}
+        federation = parse_config(cfg)
+        everyone = build(federation) if build else build_world(federation).participants
+        self.parts = {n: everyone[n] for n in names}
 
     def public_keys(self) -> dict[str, bytes]:
         """Each hosted participant's Ed25519 identity."""
@@ -85,6 +87,10 @@ class ParticipantHost:
     def get_state(self, name: str) -> bytes:
         """A participant's state, as checkpoints hold it."""
         return self.parts[name].state.to_bytes()
+
+    def states(self) -> dict[str, bytes]:
+        """Every hosted participant's state (one call for a checkpoint)."""
+        return {n: p.state.to_bytes() for n, p in self.parts.items()}
 
     def set_state(self, name: str, data: bytes) -> None:
         """Restore (or reset) a participant's state."""
@@ -163,15 +169,16 @@ class RemoteParticipant:
 class RayPool:
     """The actors of one run, and the world with their participants' proxies."""
 
-    def __init__(self, cfg: FederationConfig, world: World) -> None:
+    def __init__(self, cfg: FederationConfig, names: list[str], build: Build = None) -> None:
         if cfg.attack.kind != "none":
             raise ZenfedError(
                 "a simulated [attack] with run.backend = 'ray' is not built (its hooks live in "
                 "the driver's participants)",
                 fix="run the attack with run.backend = 'process'",
             )
-        self.cfg, self.world, self.started_ray = cfg, world, False
+        self.cfg, self.names, self.build, self.started_ray = cfg, sorted(names), build, False
         self.hosts: list[Any] = []
+        self.participants: dict[str, RemoteParticipant] = {}
 
     def __enter__(self) -> RayPool:
         import ray
@@ -203,7 +210,7 @@ class RayPool:
     def _start_hosts(self) -> None:
         import ray
 
-        rc, names = self.cfg.ray, sorted(self.world.participants)
+        rc, names = self.cfg.ray, self.names
         cpus = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         n = rc.actors or max(1, int(cpus // rc.cpus_per_actor))
         n = min(n, len(names))
@@ -211,14 +218,13 @@ class RayPool:
         shares = [names[i::n] for i in range(n)]
         threads = max(1, int(rc.cpus_per_actor))
         raw = self.cfg.model_dump(mode="json")
-        self.hosts = [host.remote(raw, share, threads) for share in shares]
+        self.hosts = [host.remote(raw, share, threads, self.build) for share in shares]
         keys = ray.get([h.public_keys.remote() for h in self.hosts])
-        proxies = {
+        self.participants = {
             name: RemoteParticipant(name, h, keys[i][name])
             for i, (h, share) in enumerate(zip(self.hosts, shares, strict=True))
             for name in share
         }
-        self.world = replace(self.world, participants=proxies)  # type: ignore[arg-type]
 
     def held(self, names: list[str]) -> dict[str, str | None]:
         """The version each participant in ``names`` holds, asked of each actor once."""
@@ -226,11 +232,18 @@ class RayPool:
 
         by_host: dict[Any, list[str]] = {}
         for n in names:
-            proxy = self.world.participants[n]
-            assert isinstance(proxy, RemoteParticipant)
-            by_host.setdefault(proxy.host, []).append(n)
+            by_host.setdefault(self.participants[n].host, []).append(n)
         out: dict[str, str | None] = {}
         for part in ray.get([h.held.remote(ns) for h, ns in by_host.items()]):
+            out |= part
+        return out
+
+    def states(self) -> dict[str, bytes]:
+        """Every participant's state (``ParticipantState.to_bytes``), one call per actor."""
+        import ray
+
+        out: dict[str, bytes] = {}
+        for part in ray.get([h.states.remote() for h in self.hosts]):
             out |= part
         return out
 
@@ -270,8 +283,7 @@ class RayTransport(InMemoryTransport):
         ready: list[tuple[str, Task]] = []
         for pid in sorted(self.loops):
             task = self.ports[pid].task()  # what its loop's next ask will return
-            proxy = self.pool.world.participants[pid]
-            assert isinstance(proxy, RemoteParticipant)
+            proxy = self.pool.participants[pid]
             secure = task is not None and task.kind == "train" and task.secagg is not None
             if task is not None and not secure and task not in proxy.started:
                 ready.append((pid, task))
@@ -279,8 +291,7 @@ class RayTransport(InMemoryTransport):
             return
         held = self.pool.held([pid for pid, _ in ready])
         for pid, task in ready:
-            proxy = self.pool.world.participants[pid]
-            assert isinstance(proxy, RemoteParticipant)
+            proxy = self.pool.participants[pid]
             have = held[pid]
             payload = b"" if have == task.version else self.ports[pid].download(task.version, have)
             proxy.start(task, payload, have)

@@ -21,9 +21,9 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -81,8 +81,10 @@ def run_simulation(
     if cfg.run.backend == "ray":  # the participants on Ray actors, the rest as here
         from zenfed.sim.ray_backend import RayPool
 
-        with RayPool(cfg, world) as pool:
-            return _federate(run, pool.world, pool)
+        with RayPool(cfg, list(world.participants)) as pool:
+            # stand-ins with the surface of a Participant that the runner uses
+            stand_ins = cast(dict[str, Participant], pool.participants)
+            return _federate(run, replace(world, participants=stand_ins), pool)
     return _federate(run, world, None)
 
 
@@ -154,12 +156,9 @@ def _federate(run: _Run, world: World, pool: Any) -> dict[str, Any]:
             row["eval_seconds"] = time.perf_counter() - t_eval
         history.append(row)
         save_version(out, coord)
-        save_checkpoint(
-            out / "checkpoint.safetensors",
-            coord.state.to_bytes(),
-            {k: p.state.to_bytes() for k, p in world.participants.items()},
-            history,
-        )
+        parts = world.participants
+        kept = pool.states() if pool else {k: p.state.to_bytes() for k, p in parts.items()}
+        save_checkpoint(out / "checkpoint.safetensors", coord.state.to_bytes(), kept, history)
         _write_metrics(out / "metrics.jsonl", history)
         progress.round_done(history[-1])
         if stop_after is not None and r + 1 >= stop_after:
