@@ -2,6 +2,7 @@
 
     python -m benchmarks.coordinator_load                      # the suite below, ~15 min
     python -m benchmarks.coordinator_load --agents 200 --db postgresql --codec compressed
+    python -m benchmarks.coordinator_load --compare-regions    # 1,000 flat vs 4 x 250
 
 The coordinator (FastAPI under uvicorn, SQLite or PostgreSQL, blob store) runs in its own
 process with a 2 MB float32 "adapter"; N agents in this process (asyncio, one httpx client
@@ -12,7 +13,9 @@ benchmark measured (top-k 10 %, 4-bit, zstd). Reports per run: uploads per secon
 (from the last enrollment to the last answer), upload latency p50/p99, errors, the
 coordinator's peak RSS, and the CPU seconds of the coordinator and of the load generator:
 both share this machine's cores, so the load generator's share is capacity the
-coordinator did not have. Writes benchmarks/results/coordinator_load.json and .png.
+coordinator did not have. With regions, the agents join regional coordinators (``zenfed
+serve --upstream``'s code) of one root, and the root's CPU and the update bytes it
+received show its load. Writes benchmarks/results/coordinator_load.json and .png.
 """
 
 from __future__ import annotations
@@ -222,7 +225,7 @@ def _start(state: Path, s: Setup, db_url: str, minimum: int, *up: str) -> tuple[
             *(sys.executable, "-m", "benchmarks.coordinator_load", "--serve", str(state)),
             *("--port", str(port), "--agents", str(s.agents), "--rounds", str(s.rounds)),
             *("--codec", s.codec, "--db-url", db_url, "--min", str(minimum)),
-            *(("--up", *up) if up else ()),
+            *((f"--up-url={up[0]}", f"--up-name={up[1]}", f"--up-token={up[2]}") if up else ()),
         ]
     )
     url = f"http://127.0.0.1:{port}"
@@ -348,11 +351,22 @@ def main() -> None:
     ap.add_argument("--regions", type=int, default=0, help="agents join this many regions")
     ap.add_argument("--db-url", help=argparse.SUPPRESS)
     ap.add_argument("--min", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--up", nargs=3, default=[], help=argparse.SUPPRESS)
+    ap.add_argument("--up-url", help=argparse.SUPPRESS)
+    ap.add_argument("--up-name", help=argparse.SUPPRESS)
+    ap.add_argument("--up-token", help=argparse.SUPPRESS)  # an invite may begin with "-"
+    ap.add_argument(
+        "--compare-regions",
+        action="store_true",
+        help="only 1,000 agents flat and in 4 regions, added to the committed results",
+    )
     args = ap.parse_args()
     if args.serve:
         setup = Setup(args.agents[0], codec=args.codec, rounds=args.rounds)
-        serve(args.serve, args.port, setup, args.db_url, args.min, args.up)
+        up = [args.up_url, args.up_name, args.up_token] if args.up_url else []
+        serve(args.serve, args.port, setup, args.db_url, args.min, up)
+        return
+    if args.compare_regions:
+        compare_regions()
         return
     setups = (
         [Setup(n, args.db, args.codec, args.rounds, args.regions) for n in args.agents]
@@ -383,6 +397,27 @@ def main() -> None:
     }
     print(write_json("coordinator_load", result))
     plot(runs, RESULTS / "coordinator_load.png")
+
+
+def compare_regions() -> None:
+    """1,000 agents against one coordinator, then against 4 regional coordinators of one
+    root (250 each), in one run; added to the results as ``regions_comparison``."""
+    import json
+
+    rows = [run(Setup(1000)), run(Setup(1000, regions=4))]
+    for row in rows:
+        print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+    path = RESULTS / "coordinator_load.json"
+    result = json.loads(path.read_text())
+    flat, regional = rows
+    result["regions_comparison"] = {
+        "runs": rows,
+        "root_cpu_ratio": regional["server_cpu_s"] / flat["server_cpu_s"],
+        "root_mb_in_ratio": regional["root_mb_in"] / flat["root_mb_in"],
+        "command": "python -m benchmarks.coordinator_load --compare-regions",
+    }
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(path)
 
 
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
