@@ -1,7 +1,7 @@
 """Engine scale benchmark: 10,000 virtual participants per round on a tiny Llama, in
 process and on Ray.
 
-    python -m benchmarks.engine_scale [--participants 10000] [--rounds 2]
+    python -m benchmarks.engine_scale [--participants 10000] [--rounds 1]
 
 Each participant holds 16 random sequences of 32 tokens and takes one local AdamW step
 (batch 16) on a tiny Llama (hidden 64, 2 layers, vocabulary 2048) with LoRA r=8 on q/k/v/o.
@@ -168,7 +168,7 @@ def ray_rounds(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--participants", type=int, default=10_000)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
     cfg = make_config(args.rounds)
     base, _ = load_base_model(cfg.model)
