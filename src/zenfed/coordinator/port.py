@@ -340,7 +340,10 @@ class CoordinatorPort(SecureStages):
             return self._abort(e.problem)
         update = self.region.update(agg, list(r.received.values()))
         self.journal.forwarding(r.round, update, why)  # fails: the round stays open
-        self.region.results[update.round] = update
+        results = self.region.results
+        results[update.round] = update
+        for old in [k for k in results if k < update.round - 1]:  # sent long ago: let go
+            del results[old]
         self.engine.abort_round()  # its result is the root's to commit now
         return "forwarded"
 
