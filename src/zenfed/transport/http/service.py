@@ -123,6 +123,7 @@ class ServiceContext:
         under the lock and one commit for all of them (group commit). Its answer, or its
         refusal raised."""
         done: asyncio.Future[UploadResult] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieved)  # its client may hang up before the answer
         self._uploads.append((update, done))
         if self._draining is None or self._draining.done():
             self._draining = asyncio.create_task(self._drain())
@@ -196,6 +197,12 @@ class ServiceContext:
                 return self.refuse(400, "bad_request", e)
 
         return wrapped
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark ``future``'s exception as seen (asyncio warns of unseen ones)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def path_of(request: Request) -> str:
