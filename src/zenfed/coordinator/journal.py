@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from zenfed.compress.downlink import full_payload
 from zenfed.coordinator.port import Journal
@@ -38,6 +39,19 @@ from zenfed.store.records import bytes_tensor, pack_record, tensor_bytes, unpack
 
 log = logging.getLogger("zenfed.coordinator")
 FORWARDED_KIND = "zenfed-forwarded-update/1"
+# Every column that names a blob: a blob none of them names is an orphan.
+BLOB_COLUMNS = (
+    UpdateRow.payload_sha256,
+    Version.blob_sha256,
+    Version.server_state_sha256,
+    Version.broadcast_sha256,
+    Round.forwarded_sha256,
+)
+
+
+def named_blobs(s: Session) -> set[str]:
+    """The digests of every blob a row names."""
+    return {d for col in BLOB_COLUMNS for d in s.scalars(select(col)) if d}
 
 
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
@@ -98,10 +112,11 @@ class StoreJournal(Journal):
     def storing(self, updates: Sequence[Update]) -> None:
         """The payloads' blobs (a transport may have stored them already), then their
         rows and audit lines in one transaction; no blob without its row."""
-        made = [u.digest for u in updates if not self.blobs.has(u.digest)]
+        made = []
         for u in updates:
-            if u.digest in made:
+            if not self.blobs.has(u.digest):
                 self.blobs.put(u.payload, u.digest)
+                made.append(u.digest)
         try:
             with self.db.transaction() as s:
                 for u in updates:
@@ -119,15 +134,8 @@ class StoreJournal(Journal):
         """Remove the blob ``digest`` unless a row names it: a payload a transport stored
         before its update was refused."""
         with self.db.transaction() as s:
-            upload = s.scalar(select(UpdateRow.id).where(UpdateRow.payload_sha256 == digest))
-            version = s.scalar(
-                select(Version.id).where(
-                    (Version.blob_sha256 == digest)
-                    | (Version.server_state_sha256 == digest)
-                    | (Version.broadcast_sha256 == digest)
-                )
-            )
-        if upload is None and version is None:
+            named = any(s.scalar(select(col).where(col == digest)) for col in BLOB_COLUMNS)
+        if not named:
             self.blobs.delete(digest)
 
     def forwarding(self, server_round: int, update: Update, why: str) -> None:

@@ -40,6 +40,7 @@ from zenfed.coordinator.journal import (
     StoreJournal,
     forwarded_update,
     log_event,
+    named_blobs,
     update_from_row,
 )
 from zenfed.coordinator.membership import (
@@ -346,14 +347,7 @@ class PersistentCoordinator(Membership):
         """Remove blobs that no row names: an upload or version whose transaction never
         committed (a crash, a full disk). Nothing acknowledged is among them."""
         with self.db.transaction() as s:
-            named = set(s.scalars(select(UpdateRow.payload_sha256)))
-            named |= {d for d in s.scalars(select(Round.forwarded_sha256)) if d}
-            for row in s.scalars(select(Version)):
-                named |= {
-                    row.blob_sha256,
-                    row.server_state_sha256 or "",
-                    row.broadcast_sha256 or "",
-                }
+            named = named_blobs(s)
         orphans = [d for d in self.blobs.digests() if d not in named]
         for digest in orphans:
             self.blobs.delete(digest)
