@@ -21,6 +21,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,20 +77,27 @@ def engine_rounds(
     runtime = Runtime(model=model, pad_id=0, train=cfg.train)
     parts = {d.name: Participant(d.name, d, runtime) for d in data}
     coord = Coordinator(cfg, get_adapter_state(model), {d.name: len(d.train) for d in data})
-    clock = SimClock()
-    port = CoordinatorPort(coord, clock=clock)
+    port = CoordinatorPort(coord, clock=SimClock())
     transport = InMemoryTransport(port, parts)
+    return timed_rounds(
+        port, transport, rounds, lambda: {k: p.state.to_bytes() for k, p in parts.items()}
+    )
+
+
+def timed_rounds(
+    port: CoordinatorPort, transport: Any, rounds: int, states: Callable[[], dict[str, bytes]]
+) -> list[float]:
+    """Seconds per round as the simulation runner drives it: the round, then the
+    checkpoint of the coordinator and every participant's state (``states()``)."""
+    clock = port.clock
+    assert isinstance(clock, SimClock)
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(rounds):
             t0 = time.perf_counter()
             history = [run_round(port, transport, clock, Progress(enabled=False))]
-            save_checkpoint(
-                Path(tmp) / "checkpoint.safetensors",
-                coord.state.to_bytes(),
-                {k: p.state.to_bytes() for k, p in parts.items()},
-                history,
-            )
+            kept = port.engine.state.to_bytes()
+            save_checkpoint(Path(tmp) / "checkpoint.safetensors", kept, states(), history)
             times.append(time.perf_counter() - t0)
     return times
 
@@ -147,22 +155,10 @@ def ray_rounds(
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"backend": "ray"})})
     build = functools.partial(bench_participants, len(data))
     coord = Coordinator(cfg, get_adapter_state(model), {d.name: len(d.train) for d in data})
-    clock = SimClock()
-    port = CoordinatorPort(coord, clock=clock)
-    times = []
-    with RayPool(cfg, [d.name for d in data], build) as pool, tempfile.TemporaryDirectory() as tmp:
+    port = CoordinatorPort(coord, clock=SimClock())
+    with RayPool(cfg, [d.name for d in data], build) as pool:
         transport = RayTransport(port, pool.participants, pool=pool)
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            history = [run_round(port, transport, clock, Progress(enabled=False))]
-            save_checkpoint(
-                Path(tmp) / "checkpoint.safetensors",
-                coord.state.to_bytes(),
-                pool.states(),
-                history,
-            )
-            times.append(time.perf_counter() - t0)
-    return times
+        return timed_rounds(port, transport, rounds, pool.states)
 
 
 def main() -> None:
