@@ -105,15 +105,15 @@ class RegionLink:
 
 def regional_config(root: dict[str, Any], local: FederationConfig) -> FederationConfig:
     """The root's federation as a region runs it: the root's model, adapter, training and
-    codec; the region's own sampling, service and secure aggregation. What a region
-    cannot do yet is refused here, before anything starts."""
+    codec; the region's own sampling (under the root's [regions], at its rate), service
+    and secure aggregation. What a region cannot do yet is refused here, before anything
+    starts."""
     cfg = parse_config(root, origin="the root")
-    if cfg.privacy.enabled or cfg.privacy.clip_norm is not None:
+    if cfg.privacy.clip_norm is not None and not cfg.regions.enabled:
         raise ZenfedError(
-            "the root clips updates for differential privacy; DP over regional "
-            "coordinators (the root's noise calibrated to each participant, the accountant "
-            "at their sampling rate) is not built",
-            fix="run this federation without regions, or without [privacy]",
+            "the root clips updates (differential privacy) but has no [regions]: it would "
+            "clip each region's sum as if it were one participant's update",
+            fix="set [regions] enabled = true (and fraction) in the root's config",
         )
     if cfg.secagg.enabled:
         raise ZenfedError(
@@ -128,6 +128,9 @@ def regional_config(root: dict[str, Any], local: FederationConfig) -> Federation
     raw = cfg.model_dump(mode="json")
     for section in ("sampling", "service", "secagg"):
         raw[section] = getattr(local, section).model_dump(mode="json")
+    if cfg.regions.enabled:  # the root's sampling rate, which its accountant composes
+        raw["sampling"].update(fraction=cfg.regions.fraction, method="poisson")
+    raw["regions"]["enabled"] = False  # (its noise placement stays: the region reads it)
     return parse_config(raw, origin="the region")
 
 

@@ -38,10 +38,22 @@ TOML = FED_TOML.replace(
 )
 
 
-def _toml(tmp: Path, name: str, min_participants: int) -> Path:
+# DP-FedAvg whose noise is negligible (z = 1e-6 on a bound of 0.05), so the root's result
+# can be compared with the flat one (the unit tests check that each region clips).
+PRIVATE = """
+[privacy]
+clip_norm = 0.05
+noise_multiplier = 1e-6
+"""
+
+
+def _toml(tmp: Path, name: str, min_participants: int, extra: str = "") -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     p = tmp / f"{name}.toml"
-    p.write_text(TOML.replace("min_participants = 3", f"min_participants = {min_participants}"))
+    text = TOML.replace("min_participants = 3", f"min_participants = {min_participants}")
+    if extra:
+        text = text.replace("[sampling]", '[sampling]\nmethod = "poisson"') + extra
+    p.write_text(text)
     return p
 
 
@@ -91,14 +103,14 @@ def _finish(agents: list[subprocess.Popen[str]], timeout: float = 900) -> None:
         assert a.returncode == 0 and "federation finished; 2 updates accepted" in out, out
 
 
-def _flat(tmp: Path, procs: list) -> dict[str, torch.Tensor]:
-    flat = Node(tmp, "flat", _toml(tmp, "flat", 4), procs)
+def _flat(tmp: Path, procs: list, extra: str = "") -> dict[str, torch.Tensor]:
+    flat = Node(tmp, "flat", _toml(tmp, "flat", 4, extra), procs)
     _finish([flat.join(tmp, c) for members in REGIONS.values() for c in members])
     return flat.final()
 
 
-def _hierarchy(tmp: Path, procs: list) -> tuple[Node, dict[str, Node], list]:
-    root = Node(tmp, "root", _toml(tmp, "root", 2), procs)
+def _hierarchy(tmp: Path, procs: list, extra: str = "") -> tuple[Node, dict[str, Node], list]:
+    root = Node(tmp, "root", _toml(tmp, "root", 2, extra), procs)
     local = _toml(tmp, "region", 2)
     regions = {
         name: Node(
@@ -167,3 +179,21 @@ def test_a_region_killed_mid_round_loses_nothing(
     eu.serve()  # same state folder: no token needed, the region is enrolled at the root
     _finish(agents)
     _check(root, regions, flat)
+
+
+def test_dp_over_two_regions_equals_flat_dp_fedavg(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    flat = _flat(tmp_path / "one", procs, PRIVATE)
+    root_dp = PRIVATE + "[regions]\nenabled = true\n"
+    root, regions, agents = _hierarchy(tmp_path / "two", procs, root_dp)
+    _finish(agents)
+    # each region clipped its agents' updates (the root's bound, over HTTP) and reported
+    # its pool; the root divided their sum by q * N = 4 and accounted each round once
+    _check(root, regions, flat)
+    db = root.db()
+    with db.transaction() as s:
+        versions = s.scalars(select(Version).where(Version.round >= 0)).all()
+        assert [v.metrics["sampling_rate"] for v in versions] == [1.0, 1.0]
+        assert all(v.metrics["clip_norm"] == 0.05 for v in versions)
+    db.close()

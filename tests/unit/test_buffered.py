@@ -214,7 +214,9 @@ def test_each_buffer_is_one_dp_release_accounted_without_subsampling() -> None:
     # the sum of two clipped updates over k = 2, plus noise of std z * C / k = 1
     mean = torch.cat([c.state.params[k].flatten() - INITIAL[k].flatten() for k in INITIAL])
     clipped = 5.0 / (5.0**2 * mean.numel()) ** 0.5
-    assert float((mean - clipped).std()) == pytest.approx(1.0, rel=0.6)
+    # (a sample std of 10 values: within [0.2, 2.5] but for odds below 1e-4; the
+    # noise's exact stddev is tested on large tensors in test_privacy / test_regions)
+    assert 0.2 < float((mean - clipped).std()) < 2.5
     assert c.epsilon() > 0
 
 

@@ -21,6 +21,7 @@ from zenfed.config.base import _Frozen
 from zenfed.config.scale import BufferedConfig as BufferedConfig
 from zenfed.config.scale import DevicesConfig as DevicesConfig
 from zenfed.config.scale import RayConfig as RayConfig
+from zenfed.config.scale import RegionsConfig as RegionsConfig
 from zenfed.config.trust import AttackConfig as AttackConfig
 from zenfed.config.trust import DetectConfig as DetectConfig
 from zenfed.config.trust import GateConfig as GateConfig
@@ -555,6 +556,7 @@ class FederationConfig(_Frozen):
     buffered: BufferedConfig = BufferedConfig()
     devices: DevicesConfig = DevicesConfig()  # simulation only
     ray: RayConfig = RayConfig()  # simulation only, with run.backend = "ray"
+    regions: RegionsConfig = RegionsConfig()  # a root over regional coordinators
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
@@ -585,12 +587,36 @@ class FederationConfig(_Frozen):
                 "buffered asynchronous aggregation with secure aggregation is not built: a "
                 "secure sum needs its members to train together (turn one of them off)"
             )
+        if self.regions.enabled:
+            self._check_regions()
         if self.detect.validation and self.gate.source == "none":
             raise ValueError(
                 "detect.validation scores each update on the gate's validation set: set "
                 "gate.source (or detect.validation = false)"
             )
         return self
+
+    def _check_regions(self) -> None:
+        why = ""
+        if self.sampling.fraction != 1.0:
+            why = (
+                "a root over regions hands every region the round's task (sampling.fraction "
+                "= 1.0); each region samples its participants with regions.fraction"
+            )
+        elif self.buffered.enabled or self.secagg.enabled:
+            why = (
+                "buffered aggregation and secure aggregation at a root over regions are not "
+                "built: turn them off at the root (each region runs its own [secagg])"
+            )
+        elif self.privacy.adaptive_clipping or (
+            self.privacy.enabled and self.privacy.noise == "distributed"
+        ):
+            why = (
+                "adaptive clipping and privacy.noise = 'distributed' over regions are not "
+                "built: use a fixed privacy.clip_norm, and regions.noise to place the noise"
+            )
+        if why:
+            raise ValueError(why)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> FederationConfig:

@@ -100,3 +100,30 @@ class RayConfig(_Frozen):
         if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
             raise ValueError("ray.cpus_per_actor must be positive, ray.gpus_per_actor >= 0")
         return self
+
+
+class RegionsConfig(_Frozen):
+    """``[regions]`` at a root whose participants are regional coordinators
+    (``zenfed serve --upstream``): each region gets the root's task every round and
+    Poisson-samples its own participants with ``fraction``, the rate the privacy
+    accountant composes (a participant belongs to one region).
+
+    Under ``[privacy]`` each region clips its participants' updates to the root's bound
+    and sends their sum with their count; the root divides by the fixed denominator
+    ``fraction`` x the participants the regions report. The Gaussian noise is added where
+    ``noise`` says: ``"root"`` (one draw on the sum over every region: the flat
+    federation's noise; the regions see their participants' clipped updates, the root
+    only sums), or ``"region"`` (each region noises its own sum before it leaves, so the
+    root never sees an un-noised sum; the total noise variance is the number of regions
+    times higher). Either way each round is one (``fraction``, z) release per participant.
+    """
+
+    enabled: bool = False
+    fraction: float = 1.0
+    noise: Literal["root", "region"] = "root"
+
+    @model_validator(mode="after")
+    def _check(self) -> RegionsConfig:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError("regions.fraction (each region's sampling rate) must be in (0, 1]")
+        return self

@@ -56,6 +56,7 @@ from zenfed.coordinator.validate import (
     UpdateRejected,
     check_finite,
     check_metadata,
+    check_region,
     check_round,
 )
 from zenfed.errors import ZenfedError
@@ -273,6 +274,8 @@ class Coordinator:
             open_no, base = update.round, task.version if task else ""
         check_round(update, open_no, cohort, received, base)
         check_metadata(update, self.examples.get(update.participant, 0))
+        if self.cfg.regions.enabled:
+            check_region(update, self.privacy.accounted)
         assert r is not None and task is not None
         if r.secure is not None:
             return r.secure.check(update)
@@ -449,9 +452,14 @@ class Coordinator:
 
     @property
     def expected_cohort(self) -> float:
-        """q * N under Poisson sampling (buffered: k): the fixed denominator of DP-FedAvg."""
+        """q * N under Poisson sampling (buffered: k; a root over regions: N the pools
+        its regions reported in the open round): the fixed denominator of DP-FedAvg."""
         if self.buffered:
             return float(self.cfg.buffered.k)
+        if self.cfg.regions.enabled:  # the participants the regions sample from
+            r = self.current
+            pools = (u.pool_size or 0 for u in (r.received.values() if r else ()))
+            return self.cfg.regions.fraction * sum(pools)
         return self.cfg.sampling.fraction * len(self.pool)
 
     @property

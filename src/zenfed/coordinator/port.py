@@ -338,7 +338,8 @@ class CoordinatorPort(SecureStages):
             agg, _ = self.engine.combined()
         except RoundAborted as e:
             return self._abort(e.problem)
-        update = self.region.update(agg, list(r.received.values()))
+        agg = self.engine.privacy.forwarded(agg, self.engine.state.privacy)
+        update = self.region.update(agg, list(r.received.values()), len(self.engine.pool))
         self.journal.forwarding(r.round, update, why)  # fails: the round stays open
         results = self.region.results
         results[update.round] = update

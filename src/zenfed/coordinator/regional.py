@@ -18,10 +18,16 @@ weight, encoded with the federation's codec: the root's weighted mean over its r
 then the weighted mean over every participant, up to floating-point rounding. The region
 commits no version of its own; the root's next version opens its next round.
 
-Not built: the root's DP noise over regions (the sensitivity and the sampling rate the
-accountant needs are the participants', not the regions'), secure aggregation among the
-regions at the root, and error feedback of the region's own re-encoding (a lossy codec
-loses at the region what it drops). The service refuses the first two.
+Differential privacy over regions (``[regions]`` at the root, ``config.RegionsConfig``):
+the region clips each participant's update to the root's bound and weighs each 1, so its
+update is the mean of ``num_examples`` clipped updates; it reports its ``pool_size``; the
+noise is added at the root on the total (``regions.noise = "root"``) or by each region on
+its own sum before it leaves (``"region"``, ``PrivacyPolicy.forwarded``), and the root
+accounts one (regions.fraction, z) release per round.
+
+Not built: secure aggregation among the regions at the root, adaptive clipping over
+regions, and error feedback of the region's own re-encoding (a lossy codec loses at the
+region what it drops). The config refuses the first two.
 """
 
 from __future__ import annotations
@@ -57,9 +63,10 @@ class Region:
             and t.version == version
         )
 
-    def update(self, agg: Aggregate, updates: list[Update]) -> Update:
+    def update(self, agg: Aggregate, updates: list[Update], pool: int) -> Update:
         """The root's update for the held task: the region's weighted mean, weighted by
-        its total weight, with its participants' statistics summed."""
+        its total weight (under DP: the count of clipped updates), with its participants'
+        statistics summed and the ``pool`` it samples from."""
         t = self.task
         if t is None:
             raise ValueError("no root task is held")
@@ -76,6 +83,7 @@ class Region:
             seconds=max((u.seconds for u in updates), default=0.0),
             train_loss=sum(u.train_loss * u.num_examples for u in updates) / total,
             steps=max((u.steps for u in updates), default=0),
+            pool_size=max(1, pool),
         )
 
 

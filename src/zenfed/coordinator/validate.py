@@ -72,7 +72,12 @@ def check_metadata(u: Update, enrolled: int) -> None:
     """Every metadata field in range: a finite loss and time, 32-bit counts, and a weight
     (``num_examples``) of at least 1 and at most the ``enrolled`` examples the participant
     declared when it joined."""
-    counts = {"examples_seen": u.examples_seen, "num_tokens": u.num_tokens, "steps": u.steps}
+    counts = {
+        "examples_seen": u.examples_seen,
+        "num_tokens": u.num_tokens,
+        "steps": u.steps,
+        "pool_size": 1 if u.pool_size is None else u.pool_size,
+    }
     for name, value in counts.items():
         if not 0 <= value <= MAX_COUNT:
             raise UpdateRejected(
@@ -99,6 +104,26 @@ def check_metadata(u: Update, enrolled: int) -> None:
             f"update from '{u.participant}' declares num_examples {u.num_examples}, but it "
             f"enrolled with {enrolled} examples (its aggregation weight is bounded by them)",
             fix=f"report the training examples used, between 1 and {enrolled}",
+            reason="weight",
+        )
+
+
+def check_region(u: Update, private: bool) -> None:
+    """A root over regional coordinators ([regions]) takes updates from regions only: each
+    reports its participant pool, and under DP (``private``) its weight is the count of
+    clipped updates in its sum, at most that pool."""
+    if u.pool_size is None:
+        raise UpdateRejected(
+            f"update from '{u.participant}' reports no pool_size: this root's participants "
+            "are regional coordinators ([regions])",
+            fix="join through a regional coordinator (zenfed serve --upstream)",
+            reason="metadata",
+        )
+    if private and u.num_examples > u.pool_size:
+        raise UpdateRejected(
+            f"update from '{u.participant}' sums {u.num_examples} clipped updates from a pool "
+            f"of {u.pool_size}",
+            fix="report the count of participants in the region's sum as num_examples",
             reason="weight",
         )
 

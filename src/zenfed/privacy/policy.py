@@ -37,7 +37,14 @@ class PrivacyPolicy:
         self.pc, self.sc = cfg.privacy, cfg.secagg
         # Buffered asynchronous aggregation samples nobody (whoever is free trains), so
         # each release is accounted without amplification by subsampling: q = 1.
+        # A root over regions ([regions]): each region samples its participants with
+        # regions.fraction, and a region's config (``regions.regional_config``) has it as
+        # its own sampling.fraction.
         self.sampling_rate = 1.0 if cfg.buffered.enabled else cfg.sampling.fraction
+        if cfg.regions.enabled:
+            self.sampling_rate = cfg.regions.fraction
+        self.over_regions = cfg.regions.enabled  # this root's participants are regions
+        self.noise_at_regions = cfg.regions.noise == "region"
         pc = self.pc
         # DP: the noise multiplier, calibrated to the target epsilon over the whole run.
         self.noise_multiplier: float | None = pc.noise_multiplier
@@ -124,8 +131,15 @@ class PrivacyPolicy:
         """A plaintext update as it enters the sum: (tensors, weight, centred clip bit).
 
         The coordinator sees plaintext updates, so it clips them itself (it does not
-        trust the participant to have); under DP every update weighs 1."""
+        trust the participant to have); under DP every update weighs 1. A root over
+        regions gets each region's mean of ``num_examples`` clipped updates, which weighs
+        ``num_examples`` and, as a mean of updates within the bound, is within it too
+        (clipped again unless the region noised it: clipping noise would bias it)."""
         if task.clip_norm is None:
+            return tensors, float(num_examples), 0.0
+        if self.over_regions:
+            if not (self.accounted and self.noise_at_regions):
+                tensors, _ = dp.clip_l2(tensors, task.clip_norm)
             return tensors, float(num_examples), 0.0
         clipped, norm = dp.clip_l2(tensors, task.clip_norm)
         below = float(norm <= task.clip_norm) - 0.5  # centred, as the accounting assumes
@@ -145,6 +159,8 @@ class PrivacyPolicy:
         update_std, count_std = self.noise(ledger, expected_cohort)
         metrics: dict[str, float] = {"clip_norm": float(ledger.clip_norm)}
         central = self.accounted and (self.pc.noise == "central" or not secure)
+        if self.over_regions and self.noise_at_regions:
+            central = False  # each region noised its own sum (``forwarded``)
         below, count = agg.below, float(agg.count)
         if central:  # where the clip bound holds: on the sum as it travelled
             agg = agg.with_total(_noised(agg.total, update_std))
@@ -166,6 +182,16 @@ class PrivacyPolicy:
         if new.clip_norm is not None:
             metrics["next_clip_norm"] = new.clip_norm
         return agg, metrics, new
+
+    def forwarded(self, agg: Aggregate, ledger: dp.PrivacyLedger) -> Aggregate:
+        """A regional coordinator's aggregate as it leaves for the root: under DP with
+        ``regions.noise = "region"``, its sum of clipped updates noised (stddev z * C) here,
+        so the root never sees it bare; otherwise unchanged (the root noises the total).
+        The release is accounted once, at the root."""
+        if not (self.accounted and self.noise_at_regions) or ledger.clip_norm is None:
+            return agg
+        z = self.noise_multiplier or 0.0
+        return agg.with_total(_noised(agg.total, z * ledger.clip_norm))
 
     def _ledger_after(self, old: dp.PrivacyLedger, metrics: dict[str, float]) -> dp.PrivacyLedger:
         rounds = list(old.rounds)

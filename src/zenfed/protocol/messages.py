@@ -90,6 +90,9 @@ class Update:
     train_loss: float
     steps: int
     record_epsilon: float | None = None  # DP-SGD: epsilon spent on this holder's records
+    # A regional coordinator's update: how many participants it samples from (a root
+    # under [regions] divides by regions.fraction times their total).
+    pool_size: int | None = None
 
     @property
     def digest(self) -> str:

@@ -34,6 +34,12 @@ class UpdateMeta(_Strict):
     train_loss: float = Field(ge=-MAX_LOSS, le=MAX_LOSS, allow_inf_nan=False)
     steps: int = Field(ge=0, le=MAX_COUNT)
     record_epsilon: float | None = Field(default=None, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
+    pool_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_COUNT,
+        description="a regional coordinator's update: the participants it samples from",
+    )
 
 
 class InviteRequest(_Strict):

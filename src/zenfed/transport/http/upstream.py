@@ -64,7 +64,7 @@ async def work_for_root(ctx: ServiceContext, link: Link) -> None:
             continue
         if task is None or (task.round, task.deadline) in refused:
             continue
-        why = _cannot(task)
+        why = _cannot(task, fed.engine.state.privacy.clip_norm)
         if why:
             refused.add((task.round, task.deadline))
             _event("root_task_refused", logging.ERROR, round=task.round, reason=why)
@@ -72,8 +72,9 @@ async def work_for_root(ctx: ServiceContext, link: Link) -> None:
         await _do(ctx, link, task)
 
 
-def _cannot(task: Task) -> str:
-    """Why the region cannot do ``task`` ("" if it can)."""
+def _cannot(task: Task, clip_norm: float | None) -> str:
+    """Why the region cannot do ``task`` ("" if it can): the region clips with its own
+    copy of the root's bound (``clip_norm``)."""
     if task.kind != "train":
         return f"a regional coordinator does not run '{task.kind}' tasks"
     if task.secagg is not None:
@@ -81,8 +82,11 @@ def _cannot(task: Task) -> str:
             "secure aggregation among regional coordinators at the root is not built: "
             "run secure aggregation within each region (its own [secagg]) instead"
         )
-    if task.clip_norm is not None:
-        return "the root clips updates (DP); DP over regional coordinators is not built"
+    if task.clip_norm != clip_norm:
+        return (
+            f"the root's task clips at {task.clip_norm} and this region at {clip_norm}: "
+            "restart the region so it takes the root's [privacy] again"
+        )
     return ""
 
 
