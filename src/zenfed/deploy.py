@@ -203,6 +203,7 @@ def join(
     (``participant.agent.Tamper``; Python only, not on the command line) changes each
     update after training: how tests run a misbehaving agent over real HTTP."""
     from zenfed.data.federated import build_participants
+    from zenfed.model.adapter import get_adapter_state
     from zenfed.model.build import adapter_model
     from zenfed.participant.agent import Participant, Runtime
     from zenfed.participant.loop import drive, run_participant
@@ -215,6 +216,7 @@ def join(
     try:
         cfg = parse_config(client.federation(), origin=url)
         model, tok = adapter_model(cfg)
+        origin = get_adapter_state(model)  # the root version, as this agent built it
         mine = local_data(cfg, data, chatterbot)
         (pdata,) = build_participants(mine, tok, cfg.run.seed)
         if not record.is_file():
@@ -251,7 +253,7 @@ def join(
         )
         state_file = identity_path.with_suffix(".state.safetensors")
         kept = load_participant_state(state_file, identity_path.with_suffix(".state.pt"))
-        me_p = Participant(name, pdata, runtime, kept, signing_key=me.key)
+        me_p = Participant(name, pdata, runtime, kept, signing_key=me.key, origin=origin)
         me_p.tamper = tamper
         loop = run_participant(client, me_p, lambda p: save_participant_state(p, state_file))
         accepted = drive(loop, log=_say)

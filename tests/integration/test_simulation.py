@@ -144,8 +144,10 @@ def test_downlink_sends_differences_to_holders_and_they_match_the_version(
     s = run_simulation(cfg, tmp_path, world=world)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     full = len(safetensors.torch.save(dict(world.initial), {"format": "zenfed-version/1"}))
-    # Round 1 starts from the version every participant got in full for the first
-    # evaluation: no download. Later rounds: one 8-bit broadcast each, never the full one.
+    # Every participant built the root version itself (the seeded adapter) and holds it:
+    # the first evaluation and round 1 download nothing. Later rounds: one 8-bit
+    # broadcast each, never the full version.
+    assert rows[0]["round"] == 0 and rows[0]["eval_bytes_down"] == 0
     assert all(t["down"] == 0 for t in rows[1]["traffic"].values())
     downs = [t["down"] for r in rows[2:] for t in r["traffic"].values()]
     assert downs and all(0 < d * 3 < full for d in downs), (downs, full)
@@ -164,4 +166,4 @@ def test_downlink_sends_differences_to_holders_and_they_match_the_version(
     done = run_simulation(cfg, tmp_path / "r", world=world, resume=True)
     assert (
         done["version"] == s["version"]
-    )  # restart: held copies are gone, full download, same result
+    )  # restart: held copies are gone, the broadcasts since the root, same result

@@ -61,8 +61,8 @@ from zenfed.coordinator.validate import (
 )
 from zenfed.errors import ZenfedError
 from zenfed.privacy.policy import PrivacyPolicy
-from zenfed.protocol.messages import GlobalVersion, Task, Update, version_id
-from zenfed.tensors import Tensors, tensors_hash
+from zenfed.protocol.messages import GlobalVersion, Task, Update, root_version
+from zenfed.tensors import Tensors
 
 
 class Coordinator:
@@ -112,8 +112,7 @@ class Coordinator:
                 fix="use fedavg under [privacy] noise, or turn the noise off",
             )
         if state is None:
-            content = tensors_hash(initial)
-            root = GlobalVersion(version_id(None, -1, content), -1, None, content=content)
+            root = root_version(initial)
             ledger = self.privacy.initial_ledger()
             state = CoordinatorState(0, dict(initial), ServerOptState(), [root], privacy=ledger)
         self.state = state

@@ -39,7 +39,7 @@ from zenfed.model.adapter import adapter_parameters, set_adapter_state
 from zenfed.participant.state import ParticipantState
 from zenfed.privacy import dp
 from zenfed.privacy.secagg import AdvertiseKeys, SecAggClient, UnmaskRequest
-from zenfed.protocol.messages import EvalReport, Task, Update
+from zenfed.protocol.messages import EvalReport, Task, Update, root_version
 from zenfed.tensors import Tensors
 from zenfed.train.dp_sgd import RecordDP, sampling_rate
 from zenfed.train.evaluate import evaluate
@@ -86,8 +86,14 @@ class Participant:
         runtime: Runtime,
         state: ParticipantState | None = None,
         signing_key: Ed25519PrivateKey | None = None,
+        origin: Tensors | None = None,
     ) -> None:
         self.name = name
+        # The federation's initial adapter as this participant built it (the seeded
+        # model's): the root version, held from the start, so with a downlink codec even
+        # the first download is the broadcasts since the root (a participant that built
+        # another adapter names another root, and the coordinator sends it in full).
+        self.origin = None if origin is None else (root_version(origin).id, origin)
         self.data = data
         self.runtime = runtime
         self.state = state or ParticipantState()
@@ -229,11 +235,11 @@ class Participant:
 
     def receive(self, version: str, download: Download) -> Tensors:
         """The tensors of ``version``: downloaded (as a difference when possible), checked."""
-        held = self.state.held
+        downlink = self.runtime.codecs()[1]
+        held = self.state.held or (self.origin if downlink is not None else None)
         if held is not None and held[0] == version:
             return held[1]  # already here: nothing to download
         payload = download(version, held[0] if held else None)
-        downlink = self.runtime.codecs()[1]
         tensors = receive(payload, held[1] if held else None, downlink, version)
         if downlink is not None:
             self.state.held = (version, tensors)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from zenfed.protocol.secagg import SecAggSetup
+from zenfed.tensors import Tensors, tensors_hash
 
 
 @dataclass(frozen=True)
@@ -156,3 +157,10 @@ def version_id(parent: str | None, server_round: int, content: str) -> str:
     git commit names its tree and parent), unique along a lineage."""
     text = f"zenfed-version/1\n{parent or ''}\n{server_round}\n{content}"
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def root_version(initial: Tensors) -> GlobalVersion:
+    """The version a federation starts from: its initial adapter, no parent, round -1.
+    Every party that builds the federation's model (seeded) can compute it itself."""
+    content = tensors_hash(initial)
+    return GlobalVersion(version_id(None, -1, content), -1, None, content=content)

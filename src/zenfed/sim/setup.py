@@ -67,8 +67,9 @@ def build_world(cfg: FederationConfig) -> World:
     runtime = Runtime(
         model=model, pad_id=int(tok.pad_token_id), train=cfg.train, compress=cfg.compress
     )
-    parts = {d.name: Participant(d.name, d, runtime) for d in data}
-    return World(model, tok, get_adapter_state(model), runtime, data, parts, cfg)
+    initial = get_adapter_state(model)  # one copy, the root every participant holds
+    parts = {d.name: Participant(d.name, d, runtime, origin=initial) for d in data}
+    return World(model, tok, initial, runtime, data, parts, cfg)
 
 
 def _poisoned(cfg: FederationConfig) -> AttackConfig | None:
