@@ -23,8 +23,44 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "packages": _versions(),
+            "commit": _commit(),
         },
     }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+# What a run's numbers depend on besides the code (constraints.txt pins them all).
+PACKAGES = ("transformers", "peft", "tokenizers", "safetensors", "numpy", "gguf", "accelerate")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _commit() -> str:
+    """The code's git commit ("+changes" if the tree differs from it; "" outside git)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+changes" if dirty else "")
