@@ -167,3 +167,25 @@ def test_downlink_sends_differences_to_holders_and_they_match_the_version(
     assert (
         done["version"] == s["version"]
     )  # restart: held copies are gone, the broadcasts since the root, same result
+
+
+def test_participants_that_miss_rounds_catch_up_to_the_exact_published_version(
+    world: Any, tmp_path: Path
+) -> None:
+    raw = CFG.model_dump(mode="json")  # half of the participants per round
+    raw["compress"] = {"downlink": [{"codec": "topk", "fraction": 0.3}, {"codec": "quantize"}]}
+    raw["run"].update(rounds=4, eval_every=100)
+    cfg = parse_config(raw)
+    s = run_simulation(cfg, tmp_path, world=world)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    cohorts = [set(r["traffic"]) for r in rows[1:]]
+    names = set(world.participants)
+    assert any(names - c for c in cohorts[:-1])  # someone missed a round, then caught up
+    ckpt, _, _ = load_run(tmp_path)
+    assert ckpt.public is not None
+    for p in world.participants.values():  # the last evaluation brought everyone up to date
+        assert p.state.held is not None and p.state.held[0] == s["version"]
+        for k in ckpt.public:
+            torch.testing.assert_close(p.state.held[1][k], ckpt.public[k], rtol=0, atol=0)
+    full = len(safetensors.torch.save(dict(world.initial), {"format": "zenfed-version/1"}))
+    assert 0 < rows[-1]["eval_bytes_down"] < len(names) * full  # differences, not versions

@@ -62,7 +62,7 @@ class ParticipantHost:
 
     def held(self, names: list[str]) -> dict[str, str | None]:
         """The version each of ``names`` holds (what it would download a difference from)."""
-        return {n: h[0] if (h := self.parts[n].state.held) else None for n in names}
+        return {n: self.parts[n].holding() for n in names}
 
     def work(self, name: str, task: Task, payload: bytes, held: str | None) -> Any:
         """``name``'s training or evaluation of ``task`` (``payload``: the version as the
