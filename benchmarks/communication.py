@@ -111,6 +111,14 @@ PIPELINES.update(
             **_UP60,
             "compress.downlink": [{"codec": "topk", "fraction": 0.1}, *_SIGN],
         },
+        "ffa-lora+randk60%+sign@lr2e-2+down-topk2%+sign": {
+            **_UP60,
+            "compress.downlink": [{"codec": "topk", "fraction": 0.02}, *_SIGN],
+        },
+        "ffa-lora+randk60%+sign@lr2e-2+down-topk1%+sign": {
+            **_UP60,
+            "compress.downlink": [{"codec": "topk", "fraction": 0.01}, *_SIGN],
+        },
         "ffa-lora+randk5%+sign@lr5e-2": {
             "lora.freeze_a": True,
             "train.lr": 5e-2,
@@ -119,15 +127,17 @@ PIPELINES.update(
     }
 )
 # What runs without --only/--all: the reference, the best upload-only row of the single-
-# seed sweep, and the candidates for the two targets.
+# seed sweep, and the two candidates for 100x less total traffic (single-seed probes:
+# a random-k 10 % downlink lost 31 % of loss, a top-k 10 % one cost 46 KB a broadcast).
 DEFAULT = (
     "dense",
     "ffa-lora+randk60%+sign@lr2e-2",
-    "ffa-lora+randk60%+sign@lr2e-2+down-randk10%+sign",
-    "ffa-lora+randk5%+sign@lr5e-2",
+    "ffa-lora+randk60%+sign@lr2e-2+down-topk2%+sign",
+    "ffa-lora+randk60%+sign@lr2e-2+down-topk1%+sign",
 )
 SEEDS = (0, 1, 2)
 WITHIN = 2.0  # percent: the issue's "within 2 %" of dense's mean loss
+MIN_SEEDS = 3  # a row counts toward the headline figures only over this many seeds
 
 
 def run_one(name: str, seed: int, world: World | None) -> tuple[dict[str, Any], World]:
@@ -191,7 +201,8 @@ def summarize(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
         r["total_ratio"] = dense["total_bytes"] / r["total_bytes"]
         r["loss_vs_dense_pct"] = 100.0 * (r["loss_mean"] / dense["loss_mean"] - 1.0)
         r["within_2pct"] = r["loss_vs_dense_pct"] <= WITHIN
-    ok = [r for r in rows if r["within_2pct"]]
+    # a row of fewer seeds (an exploration) is reported, never counted as within 2 %
+    ok = [r for r in rows if r["within_2pct"] and len(r["seeds"]) >= MIN_SEEDS]
     best_total = max(ok, key=lambda r: r["total_ratio"])
     best_up = max(ok, key=lambda r: r["upload_ratio"])
     return {
@@ -206,12 +217,12 @@ def summarize(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
 
 
 def _reference(path: Path, seeds: list[int]) -> dict[str, Any] | None:
-    """The dense row of the last results, if it was measured over ``seeds``."""
+    """The dense row of the last results, if it was measured over ``seeds`` (at least)."""
     if not path.is_file():
         return None
     rows = json.loads(path.read_text()).get("rows", [])
     dense = next((r for r in rows if r.get("pipeline") == "dense"), None)
-    return dense if dense is not None and dense.get("seeds") == seeds else None
+    return dense if dense is not None and set(seeds) <= set(dense.get("seeds", ())) else None
 
 
 def main() -> None:
@@ -228,9 +239,9 @@ def main() -> None:
     seeds = [int(x) for x in args.seeds.split(",") if x]
     path = RESULTS / "communication.json"
     rows: dict[str, dict[str, Any]] = {}
-    if args.keep and path.is_file():
+    if args.keep and path.is_file():  # rows measured over other seeds stay as they are
         old = json.loads(path.read_text())["rows"]
-        rows = {r["pipeline"]: r for r in old if r.get("seeds") == seeds}
+        rows = {r["pipeline"]: r for r in old if "seeds" in r}
     if "dense" not in names:  # the reference every ratio needs
         dense = _reference(path, seeds)
         if dense is not None:
