@@ -1,6 +1,7 @@
 """The zenfed command line.
 
     zenfed simulate --config examples/demo.toml --baseline centralized
+    zenfed plan --config examples/private.toml --holders 100   # what DP will cost, before
     zenfed export --run runs/demo --out exported --merged
     zenfed serve --config federation.toml --state state/        # the coordinator service
     zenfed invite --url http://127.0.0.1:8000 --state state/    # an enrollment token
@@ -74,6 +75,57 @@ def simulate(
         _fail(e)
         return
     _print_summary(summary, Path(out or cfg.run.out_dir))
+
+
+@app.command()
+def plan(
+    config: Annotated[Path, typer.Option(help="federation TOML file")],
+    holders: Annotated[
+        int | None,
+        typer.Option(help="participants (default: the simulation's, from [data])"),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a config key, e.g. --set run.rounds=100"),
+    ] = None,
+) -> None:
+    """Before training: the epsilon a run will spend, its noise per coordinate against the
+    largest possible update's, and the holders per round that keep it below the bound."""
+    from zenfed.config import load_config
+
+    try:
+        cfg = load_config(config, _parse_overrides(list(set_ or [])))
+        n = holders or cfg.data.num_participants
+        if n is None and cfg.data.partition == "natural" and not cfg.data.sources:
+            n = len(cfg.data.categories)  # one participant per chatterbot category
+        if n is None:
+            raise ZenfedError("how many participants will take part?", fix="pass --holders N")
+        from zenfed.model.adapter import adapter_parameters
+        from zenfed.model.build import adapter_model
+        from zenfed.privacy.planner import noised_dimensions, swamping_warning
+        from zenfed.privacy.planner import plan as make_plan
+
+        model, _ = adapter_model(cfg)
+        shapes = {k: tuple(v.shape) for k, v in adapter_parameters(model).items()}
+        p = make_plan(cfg, n, noised_dimensions(cfg, shapes))
+    except ZenfedError as e:
+        _fail(e)
+        return
+    table = Table(title=f"privacy plan: {config}", show_header=False)
+    for label, value in (
+        ("epsilon over run.rounds", f"{p.epsilon:.3f} at delta {p.delta:g} ({p.rounds} rounds)"),
+        ("noise multiplier z, sampling rate q", f"{p.noise_multiplier:.4g}, {p.sampling_rate:g}"),
+        ("holders N, per round q*N", f"{p.holders:,}, {p.expected_cohort:.1f}"),
+        ("noised values d", f"{p.dimensions:,}"),
+        ("noise per coordinate (x C)", f"{p.noise_per_coordinate:.3g}"),
+        ("largest update per coordinate (x C)", f"{p.update_per_coordinate:.3g}"),
+        ("noise / update", f"{p.ratio:.2f} (bound {p.bound:g})"),
+        ("holders per round for the bound", f"{p.holders_per_round_needed:,.0f}"),
+    ):
+        table.add_row(label, value)
+    console.print(table)
+    warning = swamping_warning(p)
+    console.print(f"[bold yellow]warning:[/] {warning}" if warning else "noise within the bound")
 
 
 @app.command()

@@ -416,6 +416,9 @@ class PrivacyConfig(_Frozen):
     target_quantile: float = 0.5
     clip_lr: float = 0.2
     clip_count_stddev: float | None = None  # None: max(expected cohort / 20, z)
+    # Warn (zenfed plan, and the coordinator before round 1) when the noise per coordinate
+    # exceeds this multiple of the largest possible mean update's (privacy.planner).
+    warn_noise_ratio: float = 1.0
     # Record-level DP-SGD in every participant's local training (per-example clipping to
     # record_clip_norm, Gaussian noise of multiplier record_noise_multiplier, Poisson-
     # sampled batches); each participant accounts the epsilon of its own records.
@@ -437,6 +440,8 @@ class PrivacyConfig(_Frozen):
             raise ValueError("privacy.noise_multiplier must be positive")
         if self.target_epsilon is not None and self.target_epsilon <= 0:
             raise ValueError("privacy.target_epsilon must be positive")
+        if self.warn_noise_ratio <= 0:
+            raise ValueError("privacy.warn_noise_ratio must be positive")
         if not 0.0 < self.target_delta < 1.0:
             raise ValueError("privacy.target_delta must be in (0, 1)")
         if not 0.0 < self.target_quantile < 1.0 or self.clip_lr <= 0:

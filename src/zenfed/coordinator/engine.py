@@ -60,6 +60,7 @@ from zenfed.coordinator.validate import (
     check_round,
 )
 from zenfed.errors import ZenfedError
+from zenfed.privacy.planner import warn_if_swamped
 from zenfed.privacy.policy import PrivacyPolicy
 from zenfed.protocol.messages import GlobalVersion, Task, Update, root_version
 from zenfed.tensors import Tensors
@@ -126,6 +127,8 @@ class Coordinator:
                 )
             if self.buffered:
                 check_pool(cfg.buffered, len(self.pool))
+        self.shapes = shapes
+        self.warned = False  # the swamping warning is given once, before the first round
         self.current: OpenRound | None = None
         self.evaluation: FederatedEvaluation | None = None
         self.last_traffic: dict[str, dict[str, int]] = {}
@@ -160,6 +163,10 @@ class Coordinator:
         if self.current is not None:
             raise ZenfedError(f"round {self.current.round} is still open", fix="close it first")
         self.privacy.check_budget(self.state.privacy, self.state.round)
+        if not self.warned:  # a DP that will swamp the update: said, not refused
+            self.warned = True
+            holders = self.cfg.buffered.k if self.buffered else len(self.pool)
+            warn_if_swamped(self.cfg, self.shapes, holders)
         if self.buffered:  # an empty buffer; tasks are handed out as participants come free
             self._start(list(self.inflight.tasks.values()), None)
             return []

@@ -1,0 +1,155 @@
+"""The privacy planner: what a federation's participant-level DP will cost and whether its
+noise leaves the update visible, before anything trains (``zenfed plan``).
+
+    p = plan(cfg, holders=100, dimensions=921_600)
+    p.epsilon, p.ratio, p.holders_per_round_needed
+    if p.swamped: print(swamping_warning(p))
+
+DP-FedAvg releases, each round, the mean of the cohort's clipped updates with Gaussian
+noise of stddev z * C on the sum, over the fixed denominator q * N. Per coordinate of the
+``dimensions`` values the noise goes on, the released mean carries noise of stddev
+z * C / (q * N). The largest mean update the clip bound allows (every update at norm C,
+all pointing the same way) has norm C, so C / sqrt(d) per coordinate on average: the
+best case for the signal. Their ratio,
+
+    ratio = z * sqrt(d) / (q * N),
+
+does not depend on C; a ratio above ``privacy.warn_noise_ratio`` means that even in the
+best case every round's step is mostly noise. Keeping it below the bound takes
+q * N >= z * sqrt(d) / bound holders per round: more holders, fewer noised dimensions
+(FFA-LoRA, a lower rank, the shared random subspace of a linear codec under secure
+aggregation) or less noise (a larger epsilon, fewer rounds). z is the configured noise
+multiplier or the one calibrated to the target epsilon at rate q over ``run.rounds``, and
+epsilon is dp-accounting's over exactly the releases a run makes (``dp.epsilon``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+from zenfed.compress import Pipeline
+from zenfed.compress.base import Shape
+from zenfed.config import FederationConfig
+from zenfed.errors import ZenfedError
+from zenfed.privacy import dp
+from zenfed.privacy.policy import PrivacyPolicy
+
+
+class PrivacyWarning(UserWarning):
+    """The configured differential privacy will swamp the update (a warning, not a
+    refusal: the run is private, only its model may be useless)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a federation's participant-level DP costs and does to each round's update."""
+
+    epsilon: float  # spent after run.rounds releases, at delta
+    delta: float
+    noise_multiplier: float  # z (after adaptive clipping's share, if any)
+    sampling_rate: float  # q
+    rounds: int
+    holders: int  # N
+    dimensions: int  # d: values the noise is added to
+    bound: float  # privacy.warn_noise_ratio
+
+    @property
+    def expected_cohort(self) -> float:
+        """q * N: the fixed denominator."""
+        return self.sampling_rate * self.holders
+
+    @property
+    def noise_per_coordinate(self) -> float:
+        """Stddev of the noise on one coordinate of the released mean, per unit of C."""
+        return self.noise_multiplier / self.expected_cohort
+
+    @property
+    def update_per_coordinate(self) -> float:
+        """RMS per coordinate of the largest mean update (norm C), per unit of C."""
+        return 1.0 / math.sqrt(self.dimensions)
+
+    @property
+    def ratio(self) -> float:
+        """Noise over update per coordinate: z * sqrt(d) / (q * N)."""
+        return self.noise_per_coordinate / self.update_per_coordinate
+
+    @property
+    def swamped(self) -> bool:
+        """Whether the noise exceeds the bound even for the best-case update."""
+        return self.ratio > self.bound
+
+    @property
+    def holders_per_round_needed(self) -> float:
+        """The expected cohort q * N that brings the ratio down to the bound."""
+        return self.noise_multiplier * math.sqrt(self.dimensions) / self.bound
+
+    @property
+    def holders_needed(self) -> int:
+        """The holders N that give that cohort at this sampling rate (and this z)."""
+        return math.ceil(self.holders_per_round_needed / self.sampling_rate)
+
+
+def plan(cfg: FederationConfig, holders: int, dimensions: int) -> Plan:
+    """The plan of ``cfg`` over ``holders`` participants whose noise goes on ``dimensions``
+    values; ZenfedError without participant-level DP."""
+    if not cfg.privacy.enabled:
+        raise ZenfedError(
+            "this federation has no participant-level DP to plan",
+            fix="set privacy.clip_norm and privacy.target_epsilon (or noise_multiplier)",
+        )
+    if holders < 1 or dimensions < 1:
+        raise ZenfedError(
+            f"cannot plan over {holders} holders and {dimensions} noised values",
+            fix="give at least one holder (--holders)",
+        )
+    policy = PrivacyPolicy(cfg)  # z calibrated as a run calibrates it
+    z, q = policy.noise_multiplier, policy.sampling_rate
+    assert z is not None
+    rounds = cfg.run.rounds
+    spent = dp.epsilon([(q, z)] * rounds, cfg.privacy.target_delta, cfg.privacy.accountant)
+    z_update = dp.update_noise_multiplier(cfg.privacy, z, q * holders)
+    return Plan(
+        epsilon=spent,
+        delta=cfg.privacy.target_delta,
+        noise_multiplier=z_update,
+        sampling_rate=q,
+        rounds=rounds,
+        holders=holders,
+        dimensions=dimensions,
+        bound=cfg.privacy.warn_noise_ratio,
+    )
+
+
+def noised_dimensions(cfg: FederationConfig, shapes: dict[str, Shape]) -> int:
+    """How many values the noise goes on: the adapter's trained values, or under secure
+    aggregation the (linear) codec's flat vector, where the clip bound holds."""
+    if cfg.secagg.enabled:
+        return Pipeline(cfg.compress, shapes).flat_length()
+    return sum(math.prod(s) for s in shapes.values())
+
+
+def swamping_warning(p: Plan) -> str | None:
+    """The warning a swamped plan deserves (None if the ratio is within the bound)."""
+    if not p.swamped:
+        return None
+    return (
+        f"differential privacy will swamp the update: the noise per coordinate is "
+        f"{p.ratio:.1f}x the largest possible mean update's (z {p.noise_multiplier:.3g}, "
+        f"{p.dimensions:,} noised values, {p.expected_cohort:.1f} holders per round), above "
+        f"privacy.warn_noise_ratio = {p.bound:g}. Keeping it below takes about "
+        f"{p.holders_per_round_needed:,.0f} holders per round ({p.holders_needed:,} at "
+        f"sampling rate {p.sampling_rate:g}), fewer noised values (lora.freeze_a, a lower "
+        "lora.r) or a larger privacy.target_epsilon"
+    )
+
+
+def warn_if_swamped(cfg: FederationConfig, shapes: dict[str, Shape], holders: int) -> None:
+    """Warn (PrivacyWarning) if ``cfg``'s DP over ``holders`` will swamp the update; what
+    the coordinator does before its first round."""
+    if not cfg.privacy.enabled or holders < 1 or cfg.regions.enabled:
+        return
+    message = swamping_warning(plan(cfg, holders, noised_dimensions(cfg, shapes)))
+    if message:
+        warnings.warn(message, PrivacyWarning, stacklevel=2)

@@ -1,0 +1,122 @@
+"""The privacy planner (``zenfed plan``): its epsilon is the accountant's over the run's
+releases, its noise per coordinate is the noise a release carries, and the swamping
+warning appears exactly when the ratio is above the bound."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import pytest
+import torch
+
+from zenfed.aggregate import Aggregate
+from zenfed.config import FederationConfig, parse_config
+from zenfed.errors import ZenfedError
+from zenfed.privacy import dp
+from zenfed.privacy.planner import (
+    PrivacyWarning,
+    noised_dimensions,
+    plan,
+    swamping_warning,
+    warn_if_swamped,
+)
+from zenfed.privacy.policy import PrivacyPolicy
+
+
+def _cfg(privacy: dict[str, Any], fraction: float = 0.1, rounds: int = 40) -> FederationConfig:
+    return parse_config(
+        {
+            "data": {"categories": ["ai"]},
+            "sampling": {"method": "poisson", "fraction": fraction},
+            "run": {"rounds": rounds},
+            "privacy": {"clip_norm": 0.5, **privacy},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("accountant", "noise"),
+    [("rdp", {"target_epsilon": 3.0}), ("pld", {"noise_multiplier": 1.2})],
+)
+def test_the_plans_epsilon_is_what_the_runs_releases_spend(
+    accountant: str, noise: dict[str, float]
+) -> None:
+    cfg = _cfg({**noise, "accountant": accountant})
+    p = plan(cfg, holders=100, dimensions=1000)
+    policy = PrivacyPolicy(cfg)  # the coordinator's own: release every round of the run
+    ledger = policy.initial_ledger()
+    zero = Aggregate({"x": torch.zeros(10, dtype=torch.float64)}, weight=10.0, count=10)
+    for _ in range(cfg.run.rounds):
+        _, _, ledger = policy.release(zero, ledger, expected_cohort=10.0, secure=False)
+    assert p.epsilon == pytest.approx(policy.epsilon(ledger), rel=1e-12)
+    if "target_epsilon" in noise:  # calibrated to the target
+        assert 2.9 < p.epsilon <= 3.0 * (1 + 1e-6)
+    assert p.epsilon == dp.epsilon([(0.1, p.noise_multiplier)] * 40, 1e-6, accountant)
+
+
+def test_the_noise_per_coordinate_is_the_released_means() -> None:
+    cfg = _cfg({"noise_multiplier": 1.5})
+    holders, d = 50, 200_000
+    p = plan(cfg, holders, d)
+    policy = PrivacyPolicy(cfg)
+    zero = Aggregate({"x": torch.zeros(d, dtype=torch.float64)}, weight=5.0, count=5)
+    released, _, _ = policy.release(
+        zero, policy.initial_ledger(), expected_cohort=p.expected_cohort, secure=False
+    )
+    measured = float(released.mean()["x"].double().std())
+    assert measured == pytest.approx(p.noise_per_coordinate * 0.5, rel=0.02)  # x C
+    # and the ratio is z sqrt(d) / (q N), free of C
+    assert p.ratio == pytest.approx(1.5 * math.sqrt(d) / (0.1 * holders))
+
+
+def _warnings(cfg: FederationConfig, holders: int) -> list[str]:
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warn_if_swamped(cfg, {"x": (100, 100)}, holders)  # d = 10,000: sqrt(d) = 100
+    return [str(w.message) for w in seen if issubclass(w.category, PrivacyWarning)]
+
+
+def test_the_swamping_warning_appears_exactly_when_the_ratio_is_above_the_bound() -> None:
+    cfg = _cfg({"noise_multiplier": 1.0}, fraction=1.0)  # ratio = 1 * 100 / N
+    assert plan(cfg, 100, 10_000).ratio == pytest.approx(1.0)
+    assert _warnings(cfg, 100) == []  # at the bound: not above it
+    assert _warnings(cfg, 101) == []
+    [message] = _warnings(cfg, 99)
+    assert "swamp the update" in message and "100 holders per round" in message
+    looser = _cfg({"noise_multiplier": 1.0, "warn_noise_ratio": 2.0}, fraction=1.0)
+    assert _warnings(looser, 51) == [] and len(_warnings(looser, 49)) == 1
+    assert _warnings(_cfg({}), 1) == []  # clipping without noise: nothing to warn of
+
+
+def test_the_coordinator_warns_once_before_its_first_round() -> None:
+    from zenfed.coordinator.engine import Coordinator
+
+    cfg = _cfg({"noise_multiplier": 1.0}, fraction=1.0)
+    initial = {"x": torch.zeros(100, 100)}
+    coord = Coordinator(cfg, initial, {"a": 10, "b": 10})  # ratio 100 / 2
+    with pytest.warns(PrivacyWarning, match="50.0x"):
+        coord.open_round()
+    coord.abort_round()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrivacyWarning)
+        coord.open_round()  # said once
+
+
+def test_noise_under_secure_aggregation_goes_on_the_codecs_flat_vector() -> None:
+    raw = _cfg({"noise_multiplier": 1.0}).model_dump(mode="json")
+    raw["secagg"] = {"enabled": True}
+    raw["compress"] = {"pipeline": [{"codec": "randk", "fraction": 0.25}]}
+    secure = parse_config(raw)
+    shapes = {"x": (100, 100)}
+    assert noised_dimensions(_cfg({"noise_multiplier": 1.0}), shapes) == 10_000
+    assert noised_dimensions(secure, shapes) == 2_500  # the shared random subspace
+
+
+def test_a_plan_needs_dp_and_holders() -> None:
+    with pytest.raises(ZenfedError, match="no participant-level DP"):
+        plan(_cfg({}), 10, 10)
+    with pytest.raises(ZenfedError, match="--holders"):
+        plan(_cfg({"noise_multiplier": 1.0}), 0, 10)
+    assert swamping_warning(plan(_cfg({"noise_multiplier": 0.1}, 1.0), 1000, 100)) is None
