@@ -189,3 +189,27 @@ def test_participants_that_miss_rounds_catch_up_to_the_exact_published_version(
             torch.testing.assert_close(p.state.held[1][k], ckpt.public[k], rtol=0, atol=0)
     full = len(safetensors.torch.save(dict(world.initial), {"format": "zenfed-version/1"}))
     assert 0 < rows[-1]["eval_bytes_down"] < len(names) * full  # differences, not versions
+
+
+def test_dp_ftrl_runs_every_participant_once_a_pass_and_spends_the_trees_epsilon(
+    world: Any, tmp_path: Path
+) -> None:
+    from zenfed.privacy import tree
+    from zenfed.privacy.dp import tree_sizes
+
+    raw = CFG.model_dump(mode="json")
+    raw["sampling"] = {"method": "epochs", "fraction": 0.5}  # 3 holders, passes of 2 rounds
+    raw["privacy"] = {"clip_norm": 1.0, "target_epsilon": 30.0, "mechanism": "tree"}
+    raw["run"].update(rounds=4)
+    cfg = parse_config(raw)
+    s = run_simulation(cfg, tmp_path, world=world)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for p in range(2):  # each pass: every participant trained in exactly one of its rounds
+        trained = [n for r in rows[1 + 2 * p : 3 + 2 * p] for n in r.get("traffic", {})]
+        assert sorted(trained) == sorted(world.participants)
+    z = s["privacy"]["noise_multiplier"]
+    ckpt, _, _ = load_run(tmp_path)  # the releases (a round nobody's turn fell on has none)
+    leaves = ckpt.privacy.tree
+    assert leaves and {p for p, _ in leaves} <= {0, 1} and all(1 <= t <= 2 for _, t in leaves)
+    assert s["epsilon"] == pytest.approx(tree.epsilon(z, tree_sizes(leaves), 1e-6), rel=1e-9)
+    assert s["epsilon"] <= 30.0 * (1 + 1e-6)

@@ -11,6 +11,7 @@ silently different experiment.
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -383,9 +384,13 @@ class SamplingConfig(_Frozen):
     ``fixed``: a cohort of ``ceil(fraction * n)``, never fewer than ``min_participants``.
     ``poisson``: each participant independently with probability ``fraction`` (what the
     differential-privacy accountant assumes; the cohort size varies, may be small).
+    ``epochs``: passes of ``ceil(1 / fraction)`` rounds; in each pass every participant
+    trains in exactly one round, drawn from the run's seed, the pass and its name (a
+    participant that joins mid-pass takes part at most once in it): what DP-FTRL's tree
+    (``privacy.mechanism = "tree"``) assumes, with no sampling to amplify privacy.
     """
 
-    method: Literal["fixed", "poisson"] = "fixed"
+    method: Literal["fixed", "poisson", "epochs"] = "fixed"
     fraction: float = 1.0
     min_participants: int = 1
 
@@ -394,6 +399,11 @@ class SamplingConfig(_Frozen):
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError("sampling.fraction must be in (0, 1]")
         return self
+
+    @property
+    def pass_rounds(self) -> int:
+        """``epochs``: the rounds of one pass over the participants."""
+        return math.ceil(1.0 / self.fraction - 1e-9)
 
 
 class PrivacyConfig(_Frozen):
@@ -404,6 +414,11 @@ class PrivacyConfig(_Frozen):
     budget: a round that would exceed it is not run. ``noise = "distributed"`` has each
     participant add its share of the noise under secure aggregation, so no party sees the
     un-noised sum; ``"central"`` has the coordinator add it.
+
+    ``mechanism``: ``"gaussian"`` (DP-FedAvg: independent noise every round, Poisson
+    sampling amplifies it) or ``"tree"`` (DP-FTRL, Kairouz et al. 2021: tree-aggregated
+    noise on the prefix sums of each pass of ``sampling.method = "epochs"``, no sampling;
+    every participant takes part once per pass, as in a cross-silo federation).
     """
 
     clip_norm: float | None = None  # participant-level L2 bound C (also without noise)
@@ -412,6 +427,7 @@ class PrivacyConfig(_Frozen):
     target_delta: float = 1e-6
     accountant: Literal["rdp", "pld"] = "rdp"
     noise: Literal["central", "distributed"] = "central"
+    mechanism: Literal["gaussian", "tree"] = "gaussian"
     adaptive_clipping: bool = False  # Andrew et al. 2021: C tracks a quantile of norms
     target_quantile: float = 0.5
     clip_lr: float = 0.2
@@ -566,10 +582,13 @@ class FederationConfig(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
         poisson = self.sampling.method == "poisson" or self.buffered.enabled  # (q = 1)
-        if self.privacy.enabled and not poisson:
+        if self.privacy.mechanism == "tree":
+            self._check_tree()
+        elif self.privacy.enabled and not poisson:
             raise ValueError(
                 "differential privacy is accounted for Poisson sampling of participants: "
-                "set sampling.method = 'poisson'"
+                "set sampling.method = 'poisson' (or privacy.mechanism = 'tree' with "
+                "sampling.method = 'epochs')"
             )
         if self.privacy.noise == "distributed" and self.privacy.enabled and not self.secagg.enabled:
             raise ValueError(
@@ -600,6 +619,20 @@ class FederationConfig(_Frozen):
                 "gate.source (or detect.validation = false)"
             )
         return self
+
+    def _check_tree(self) -> None:
+        pc, why = self.privacy, ""
+        if self.sampling.method != "epochs":
+            why = "takes every participant once per pass: set sampling.method = 'epochs'"
+        elif pc.adaptive_clipping or pc.accountant != "rdp" or pc.noise != "central":
+            why = (
+                "is built with a fixed clip_norm, central noise and the rdp accountant "
+                "(dp-accounting's tree event): drop adaptive_clipping, noise, accountant"
+            )
+        elif self.buffered.enabled or self.regions.enabled:
+            why = "with buffered aggregation or regions is not built"
+        if why:
+            raise ValueError(f"privacy.mechanism = 'tree' (DP-FTRL) {why}")
 
     def _check_regions(self) -> None:
         why = ""

@@ -176,7 +176,8 @@ class Coordinator:
         tasks = [replace(t, deadline=deadline) for t in tasks]
         if not tasks:
             raise RoundAborted(
-                f"round {self.state.round + 1}: the Poisson sample drew no participant",
+                f"round {self.state.round + 1}: no participant was drawn (Poisson "
+                "sampling, or nobody's turn in this pass)",
                 fix="the round is skipped (raise sampling.fraction to make this rarer)",
             )
         secure = self.cfg.secagg.enabled
@@ -332,7 +333,7 @@ class Coordinator:
         assert r is not None
         st = self.state
         agg, privacy_metrics, ledger = self.privacy.release(
-            combined, self.state.privacy, self.expected_cohort, r.secure is not None
+            combined, self.state.privacy, self.expected_cohort, r.secure is not None, r.round
         )
         step = server_step(self.cfg.server, st.params, agg.mean(), st.server_state)
         published = self.publisher.publish(step[0], st.published, r.round)
@@ -462,6 +463,8 @@ class Coordinator:
         its regions reported in the open round): the fixed denominator of DP-FedAvg."""
         if self.buffered:
             return float(self.cfg.buffered.k)
+        if self.cfg.sampling.method == "epochs":  # N over the rounds of a pass
+            return len(self.pool) / self.cfg.sampling.pass_rounds
         if self.cfg.regions.enabled:  # the participants the regions sample from
             r = self.current
             pools = (u.pool_size or 0 for u in (r.received.values() if r else ()))

@@ -68,7 +68,12 @@ class CoordinatorState:
             "versions": [asdict(v) for v in self.versions],
             "has_public": self.public is not None,
             "broadcasts": [[b.version, b.parent, b.seed] for b in self.broadcasts],
-            "privacy": {"rounds": self.privacy.rounds, "clip_norm": self.privacy.clip_norm},
+            "privacy": {
+                "rounds": self.privacy.rounds,
+                "clip_norm": self.privacy.clip_norm,
+                "tree": self.privacy.tree,
+                "seed": self.privacy.seed,
+            },
             "reputation": self.reputation,
             "quarantined": self.quarantined,
         }
@@ -89,8 +94,12 @@ class CoordinatorState:
             Broadcast(version, parent, int(seed), tensor_bytes(parts["broadcast"][str(i)]))
             for i, (version, parent, seed) in enumerate(f["broadcasts"])
         ]
+        pf = f["privacy"]
         ledger = PrivacyLedger(
-            [(float(q), float(z)) for q, z in f["privacy"]["rounds"]], f["privacy"]["clip_norm"]
+            [(float(q), float(z)) for q, z in pf["rounds"]],
+            pf["clip_norm"],
+            tree=[(int(p), int(leaf)) for p, leaf in pf.get("tree", [])],
+            seed=int(pf.get("seed", 0)),
         )
         return cls(
             round=int(f["round"]),

@@ -4,7 +4,8 @@
 
 Client sampling takes ``ceil(fraction * n)`` participants, never fewer than
 ``min_participants`` (nor more than there are), or, with ``sampling.method = "poisson"``,
-each participant independently with probability ``fraction`` (the cohort may be empty);
+each participant independently with probability ``fraction`` (the cohort may be empty),
+or, with ``"epochs"``, each participant in one round of each pass of ceil(1 / fraction);
 drawn by a generator seeded with the run's seed and the round, over the participants in
 the order of their names, so a resumed run samples the same cohorts and a simulation and
 a deployment of the same participants (their ids differ, their names do not) sample and
@@ -54,6 +55,8 @@ class Strategy:
         sc = self.cfg.sampling
         if sc.method == "poisson":
             return sc.fraction * n
+        if sc.method == "epochs":
+            return n / sc.pass_rounds
         return float(fixed_cohort_size(n, sc.fraction, sc.min_participants))
 
     def configure(self, server_round: int, members: Mapping[str, str], version: str) -> list[Task]:
@@ -71,6 +74,8 @@ class Strategy:
             draw = np.random.default_rng(secrets.randbits(128)) if self.cfg.privacy.enabled else rng
             chosen = draw.random(len(participants)) < sc.fraction
             cohort = [p for p, c in zip(participants, chosen, strict=True) if c]
+        elif sc.method == "epochs":
+            cohort = [p for p in participants if self.turn(server_round, members[p])]
         else:
             cohort = sample_participants(participants, sc.fraction, sc.min_participants, rng)
         codec_seed = int(np.random.default_rng([run.seed, server_round, 1]).integers(2**62))
@@ -78,6 +83,15 @@ class Strategy:
             self.task(server_round, pid, version, self.seed(server_round, members[pid]), codec_seed)
             for pid in cohort
         ]
+
+    def turn(self, server_round: int, name: str) -> bool:
+        """``sampling.method = "epochs"``: whether ``server_round`` is participant
+        ``name``'s round of its pass (one per pass, from the run's seed, the pass and the
+        name alone, so whoever else joins or leaves it trains at most once a pass)."""
+        e = self.cfg.sampling.pass_rounds
+        key = zlib.crc32(name.encode())
+        mine = np.random.default_rng([self.cfg.run.seed, server_round // e, 4, key]).integers(e)
+        return int(mine) == server_round % e
 
     def seed(self, server_round: int, name: str) -> int:
         """The training seed of participant ``name`` in ``server_round``: its own, whoever

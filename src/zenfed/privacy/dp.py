@@ -68,10 +68,26 @@ class PrivacyLedger:
 
     rounds: list[tuple[float, float]] = field(default_factory=list)
     clip_norm: float | None = None  # the current (possibly adapted) clipping bound
+    # DP-FTRL (privacy.mechanism = "tree"): the (pass, leaf) of each release, and the
+    # secret seed of the trees' noise (one tree per pass).
+    tree: list[tuple[int, int]] = field(default_factory=list)
+    seed: int = 0
 
     def spent(self, delta: float, accountant: str = "rdp") -> float:
         """Epsilon spent so far at ``delta``."""
+        if self.tree:
+            from zenfed.privacy.tree import epsilon as tree_epsilon
+
+            return tree_epsilon(self.rounds[0][1], tree_sizes(self.tree), delta)
         return epsilon(self.rounds, delta, accountant)
+
+
+def tree_sizes(leaves: list[tuple[int, int]]) -> list[int]:
+    """The leaves of each pass's tree (its last leaf released), from (pass, leaf) pairs."""
+    sizes: dict[int, int] = {}
+    for p, leaf in leaves:
+        sizes[p] = max(sizes.get(p, 0), leaf)
+    return [sizes[p] for p in sorted(sizes)]
 
 
 def _event(rounds: list[tuple[float, float]]) -> dp_accounting.DpEvent:

@@ -21,6 +21,11 @@ q * N >= z * sqrt(d) / bound holders per round: more holders, fewer noised dimen
 aggregation) or less noise (a larger epsilon, fewer rounds). z is the configured noise
 multiplier or the one calibrated to the target epsilon at rate q over ``run.rounds``, and
 epsilon is dp-accounting's over exactly the releases a run makes (``dp.epsilon``).
+
+Under DP-FTRL (``privacy.mechanism = "tree"``) q is the share of holders per round (one
+pass of ceil(1 / fraction) rounds takes each once), epsilon is the trees' and z the noise
+of one tree node: a round's increment carries between one node's noise and about
+log2(rounds per pass) of them, so the ratio is that of the least-noised round.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from zenfed.compress import Pipeline
 from zenfed.compress.base import Shape
 from zenfed.config import FederationConfig
 from zenfed.errors import ZenfedError
-from zenfed.privacy import dp
+from zenfed.privacy import dp, tree
 from zenfed.privacy.policy import PrivacyPolicy
 
 
@@ -108,7 +113,12 @@ def plan(cfg: FederationConfig, holders: int, dimensions: int) -> Plan:
     z, q = policy.noise_multiplier, policy.sampling_rate
     assert z is not None
     rounds = cfg.run.rounds
-    spent = dp.epsilon([(q, z)] * rounds, cfg.privacy.target_delta, cfg.privacy.accountant)
+    if policy.tree:  # DP-FTRL: a tree per pass, each holder once a pass
+        q = 1.0 / policy.pass_rounds
+        trees = tree.passes(rounds, policy.pass_rounds)
+        spent = tree.epsilon(z, trees, cfg.privacy.target_delta)
+    else:
+        spent = dp.epsilon([(q, z)] * rounds, cfg.privacy.target_delta, cfg.privacy.accountant)
     z_update = dp.update_noise_multiplier(cfg.privacy, z, q * holders)
     return Plan(
         epsilon=spent,

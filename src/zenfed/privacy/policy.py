@@ -18,6 +18,7 @@ are in ``zenfed.privacy.dp``; this only composes them.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import replace
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 
 from zenfed.aggregate.accumulate import Aggregate
 from zenfed.config import FederationConfig
-from zenfed.privacy import dp
+from zenfed.privacy import dp, tree
 from zenfed.protocol.messages import Task
 from zenfed.tensors import Tensors
 
@@ -46,9 +47,18 @@ class PrivacyPolicy:
         self.over_regions = cfg.regions.enabled  # this root's participants are regions
         self.noise_at_regions = cfg.regions.noise == "region"
         pc = self.pc
+        # DP-FTRL: one tree per pass of sampling.method = "epochs" (no sampling: q = 1)
+        self.pass_rounds = cfg.sampling.pass_rounds
+        self.tree = pc.mechanism == "tree"
+        if self.tree:
+            self.sampling_rate = 1.0
         # DP: the noise multiplier, calibrated to the target epsilon over the whole run.
         self.noise_multiplier: float | None = pc.noise_multiplier
-        if pc.enabled and self.noise_multiplier is None:
+        if pc.enabled and self.noise_multiplier is None and self.tree:
+            assert pc.target_epsilon is not None
+            trees = tree.passes(cfg.run.rounds, self.pass_rounds)
+            self.noise_multiplier = tree.calibrate(pc.target_epsilon, pc.target_delta, trees)
+        elif pc.enabled and self.noise_multiplier is None:
             assert pc.target_epsilon is not None
             self.noise_multiplier = dp.calibrate_noise(
                 pc.target_epsilon,
@@ -65,7 +75,8 @@ class PrivacyPolicy:
 
     def initial_ledger(self) -> dp.PrivacyLedger:
         """The ledger of a new federation: nothing spent, the configured clip bound."""
-        return dp.PrivacyLedger([], self.pc.clip_norm or self.sc.clip_norm)
+        seed = secrets.randbits(62) if self.tree else 0  # the trees' noise: kept secret
+        return dp.PrivacyLedger([], self.pc.clip_norm or self.sc.clip_norm, seed=seed)
 
     def epsilon(self, ledger: dp.PrivacyLedger) -> float:
         """Epsilon spent by ``ledger`` at the federation's delta (0 without DP)."""
@@ -77,13 +88,28 @@ class PrivacyPolicy:
         z, pc = self.noise_multiplier, self.pc
         if z is None or pc.target_epsilon is None:
             return
-        eps = dp.epsilon([*ledger.rounds, (self.sampling_rate, z)], pc.target_delta, pc.accountant)
+        if self.tree:
+            after = replace(
+                ledger,
+                rounds=[*ledger.rounds, (1.0, z)],
+                tree=[*ledger.tree, self.leaf(server_round)],
+            )
+            eps = after.spent(pc.target_delta)
+        else:
+            eps = dp.epsilon(
+                [*ledger.rounds, (self.sampling_rate, z)], pc.target_delta, pc.accountant
+            )
         if eps > pc.target_epsilon * (1 + 1e-9):
             raise dp.PrivacyBudgetExceeded(
                 f"round {server_round + 1} would spend epsilon {eps:.3f} > the budget "
                 f"{pc.target_epsilon:g} (delta {pc.target_delta:g}); training stops here",
                 fix="release the current version, or start a new federation with a new budget",
             )
+
+    def leaf(self, server_round: int) -> tuple[int, int]:
+        """DP-FTRL: (pass, leaf) of ``server_round`` (0-based; leaves count from 1)."""
+        p, i = divmod(server_round, self.pass_rounds)
+        return p, i + 1
 
     def noise(self, ledger: dp.PrivacyLedger, expected_cohort: float) -> tuple[float, float]:
         """(stddev of the update sum's noise, stddev of the clip count's noise)."""
@@ -151,11 +177,14 @@ class PrivacyPolicy:
         ledger: dp.PrivacyLedger,
         expected_cohort: float,
         secure: bool,
+        server_round: int = 0,
     ) -> tuple[Aggregate, dict[str, float], dp.PrivacyLedger]:
-        """The aggregate as released (noised; the fixed denominator q * N under DP), its
-        privacy metrics, and the ledger after the release."""
+        """The aggregate of ``server_round`` as released (noised; the fixed denominator
+        q * N under DP), its privacy metrics, and the ledger after the release."""
         if ledger.clip_norm is None:
             return agg, {}, ledger
+        if self.tree and self.accounted:
+            return self._release_leaf(agg, ledger, expected_cohort, server_round)
         update_std, count_std = self.noise(ledger, expected_cohort)
         metrics: dict[str, float] = {"clip_norm": float(ledger.clip_norm)}
         central = self.accounted and (self.pc.noise == "central" or not secure)
@@ -182,6 +211,35 @@ class PrivacyPolicy:
         if new.clip_norm is not None:
             metrics["next_clip_norm"] = new.clip_norm
         return agg, metrics, new
+
+    def _release_leaf(
+        self, agg: Aggregate, ledger: dp.PrivacyLedger, expected_cohort: float, server_round: int
+    ) -> tuple[Aggregate, dict[str, float], dp.PrivacyLedger]:
+        """DP-FTRL: the round's sum gets its pass tree's noise increment since the pass's
+        last release, so the released sums add up to noisy prefix sums."""
+        assert ledger.clip_norm is not None and self.noise_multiplier is not None
+        p, leaf = self.leaf(server_round)
+        before = max((t for q, t in ledger.tree if q == p), default=0)
+        std = self.noise_multiplier * ledger.clip_norm
+        shapes = {k: tuple(v.shape) for k, v in agg.total.items()}
+        noise = tree.TreeNoise(shapes, std, tree.pass_seed(ledger.seed, p))
+        now, then = noise.prefix(leaf), noise.prefix(before)
+        total = {k: v.to(torch.float64) + now[k] - then[k] for k, v in agg.total.items()}
+        new = replace(
+            ledger,
+            rounds=[*ledger.rounds, (1.0, self.noise_multiplier)],
+            tree=[*ledger.tree, (p, leaf)],
+        )
+        metrics = {
+            "clip_norm": float(ledger.clip_norm),
+            "noise_std": std,
+            "epsilon": self.epsilon(new),
+            "noise_multiplier": float(self.noise_multiplier),
+            "sampling_rate": 1.0,
+            "tree_pass": float(p),
+            "tree_leaf": float(leaf),
+        }
+        return agg.with_total(total, weight=expected_cohort), metrics, new
 
     def forwarded(self, agg: Aggregate, ledger: dp.PrivacyLedger) -> Aggregate:
         """A regional coordinator's aggregate as it leaves for the root: under DP with

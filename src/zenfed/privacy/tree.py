@@ -92,3 +92,40 @@ def epsilon(z: float, trees: list[int], delta: float) -> float:
     acc = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_SPECIAL)
     acc.compose(tree_event(z, trees))
     return float(acc.get_epsilon(delta))
+
+
+def passes(rounds: int, pass_rounds: int) -> list[int]:
+    """The trees of a run of ``rounds`` rounds in passes of ``pass_rounds``: their leaves."""
+    full, rest = divmod(rounds, pass_rounds)
+    return [pass_rounds] * full + ([rest] if rest else [])
+
+
+def calibrate(target_epsilon: float, delta: float, trees: list[int]) -> float:
+    """The smallest node noise multiplier whose ``trees`` cost at most ``target_epsilon``
+    at ``delta`` (dp-accounting's calibration)."""
+    from zenfed.errors import ZenfedError
+
+    try:
+        return float(
+            dp_accounting.calibrate_dp_mechanism(
+                lambda: rdp.RdpAccountant(
+                    neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_SPECIAL
+                ),
+                lambda z: tree_event(z, trees),
+                target_epsilon,
+                delta,
+                bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, 1e3),
+            )
+        )
+    except Exception as e:
+        raise ZenfedError(
+            f"epsilon {target_epsilon} at delta {delta} over trees of {trees} leaves is out "
+            f"of reach for noise multipliers up to 1000 ({e})",
+            fix="raise privacy.target_epsilon or lower run.rounds",
+        ) from e
+
+
+def pass_seed(secret: int, p: int) -> int:
+    """The seed of pass ``p``'s tree, from the federation's secret seed."""
+    digest = hashlib.sha256(f"zenfed-tree/{secret}/{p}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

@@ -389,7 +389,8 @@ def _privacy_summary(cfg: FederationConfig, coord: Coordinator) -> dict[str, Any
             "delta": pc.target_delta,
             "accountant": f"dp-accounting {pc.accountant}",
             "noise_multiplier": z,
-            "sampling_rate": cfg.sampling.fraction,
+            "sampling_rate": coord.privacy.sampling_rate,  # (1 for DP-FTRL's trees)
+            "mechanism": pc.mechanism,
             "rounds_released": len(coord.state.privacy.rounds),
             "clip_norm": coord.state.privacy.clip_norm,
             "adaptive_clipping": pc.adaptive_clipping,
