@@ -5,7 +5,8 @@
 
 Each step samples every local example independently with probability q = batch / N
 (Poisson sampling, what the accountant assumes), computes each sampled example's gradient
-on its own, clips it to L2 norm C, sums, adds N(0, (z C)^2) to every coordinate and
+(Opacus' per-sample gradient hooks: one batched forward and backward pass), clips it to
+L2 norm C, sums, adds N(0, (z C)^2) to every coordinate and
 divides by the expected batch size q N. The participant composes one
 ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` per step it ran into its own ledger
 (``zenfed.privacy.dp``); the epsilon is per record of that participant's data.
@@ -13,15 +14,14 @@ divides by the expected batch size q N. The participant composes one
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from zenfed.data.examples import TokenizedExample
+from zenfed.data.examples import IGNORE_INDEX, TokenizedExample
 from zenfed.train.batching import Batch, collate
-from zenfed.train.loss import loss_sum
 
 
 @dataclass(frozen=True)
@@ -60,23 +60,57 @@ def private_gradients(
 
     Returns the batch's token-summed loss, its labelled tokens and its example count.
     """
-    names = list(params)
     total = {k: torch.zeros_like(p) for k, p in params.items()}
     loss_total, tokens, count = 0.0, 0, 0
     if batch is not None:
+        grads, loss_total, tokens = per_example_gradients(model, params, batch)
         count = int(batch["input_ids"].shape[0])
-        for i in range(count):
-            one = {k: v[i : i + 1] for k, v in batch.items()}
-            s, n = loss_sum(model, one)
-            grads = torch.autograd.grad(s / max(1, n), [params[k] for k in names])
-            norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
-            scale = min(1.0, dp.clip_norm / norm) if norm > 0 else 1.0
-            for k, g in zip(names, grads, strict=True):
-                total[k].add_(g, alpha=scale)
-            loss_total += float(s.detach())
-            tokens += n
+        squares = [g.double().flatten(1).pow(2).sum(1) for g in grads.values()]
+        norms = torch.stack(squares).sum(0).sqrt()
+        scale = torch.clamp(dp.clip_norm / norms.clamp(min=1e-30), max=1.0)
+        for k, g in grads.items():
+            total[k] = torch.einsum("b,b...->...", scale.to(g.dtype), g)
     std = dp.noise_multiplier * dp.clip_norm
     for k, p in params.items():
         noise = torch.randn(p.shape, generator=gen, dtype=p.dtype) * std
         p.grad = (total[k] + noise) / expected
     return loss_total, tokens, count
+
+
+def per_example_gradients(
+    model: torch.nn.Module, params: dict[str, torch.nn.Parameter], batch: Batch
+) -> tuple[dict[str, torch.Tensor], float, int]:
+    """Each example's gradient of its own mean token loss, for every parameter of
+    ``params`` (shape [examples, *parameter]), from one batched forward and backward
+    pass through Opacus' per-sample gradient hooks; and the batch's summed loss and
+    labelled tokens."""
+    from opacus.grad_sample import GradSampleModule
+
+    wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=False)
+    try:
+        logits = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        sums, counts = _per_example_loss(logits.logits, batch["labels"])
+        (sums / counts.clamp(min=1)).sum().backward()
+        grads = {}
+        for k, p in params.items():
+            sample = getattr(p, "grad_sample", None)
+            if sample is None:
+                raise RuntimeError(f"Opacus computed no per-example gradient for {k}")
+            grads[k] = sample.detach()
+    finally:
+        wrapped.remove_hooks()
+        for p in params.values():
+            vars(p).pop("grad_sample", None)  # Opacus' attribute, gone with its hooks
+            p.grad = None
+    return grads, float(sums.detach().sum()), int(counts.sum())
+
+
+def _per_example_loss(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's summed next-token cross-entropy over its labelled positions, and their
+    count (``loss.loss_sum``'s, row by row)."""
+    targets = labels[:, 1:]
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    each = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+    return each.view(targets.shape).sum(1), (targets != IGNORE_INDEX).sum(1)
