@@ -188,3 +188,23 @@ def test_two_runs_of_one_config_and_seed_commit_the_same_version(tmp_path: Path)
         assert done.returncode == 0, done.stderr
         versions.append(json.loads((out / "summary.json").read_text())["version"])
     assert versions[0] == versions[1]
+
+
+def test_plan_prints_the_epsilon_and_warns_when_the_noise_swamps_the_update(
+    tmp_path: Path,
+) -> None:
+    p = tmp_path / "private.toml"
+    p.write_text(
+        TINY_TOML.replace("[run]", '[sampling]\nmethod = "poisson"\nfraction = 0.5\n[run]')
+        + "[privacy]\nclip_norm = 1.0\ntarget_epsilon = 8.0\n"
+    )
+    done = _zenfed("plan", "--config", str(p), "--holders", "10")
+    assert done.returncode == 0, done.stderr
+    out = " ".join(done.stdout.split())
+    assert "8.000 at delta 1e-06 (8 rounds)" in out and "swamp the update" in out
+    many = _zenfed("plan", "--config", str(p), "--holders", "10000000")
+    assert many.returncode == 0 and "noise within the bound" in many.stdout
+    plain = tmp_path / "plain.toml"
+    plain.write_text(TINY_TOML)
+    refused = _zenfed("plan", "--config", str(plain))
+    assert refused.returncode == 2 and "no participant-level DP" in refused.stderr
