@@ -95,7 +95,7 @@ def plan(
 
     try:
         cfg = load_config(config, _parse_overrides(list(set_ or [])))
-        n = holders or cfg.data.num_participants
+        n = holders if holders is not None else cfg.data.num_participants
         if n is None and cfg.data.partition == "natural" and not cfg.data.sources:
             n = len(cfg.data.categories)  # one participant per chatterbot category
         if n is None:

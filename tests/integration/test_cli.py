@@ -204,6 +204,8 @@ def test_plan_prints_the_epsilon_and_warns_when_the_noise_swamps_the_update(
     assert "8.000 at delta 1e-06 (8 rounds)" in out and "swamp the update" in out
     many = _zenfed("plan", "--config", str(p), "--holders", "10000000")
     assert many.returncode == 0 and "noise within the bound" in many.stdout
+    none = _zenfed("plan", "--config", str(p), "--holders", "0")
+    assert none.returncode == 2 and "0 holders" in none.stderr
     plain = tmp_path / "plain.toml"
     plain.write_text(TINY_TOML)
     refused = _zenfed("plan", "--config", str(plain))

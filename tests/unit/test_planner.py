@@ -74,7 +74,7 @@ def test_the_noise_per_coordinate_is_the_released_means() -> None:
 def _warnings(cfg: FederationConfig, holders: int) -> list[str]:
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        warn_if_swamped(cfg, {"x": (100, 100)}, holders)  # d = 10,000: sqrt(d) = 100
+        warn_if_swamped(cfg, {"x": (100, 100)}, holders, PrivacyPolicy(cfg))  # sqrt(d) = 100
     return [str(w.message) for w in seen if issubclass(w.category, PrivacyWarning)]
 
 

@@ -39,6 +39,11 @@ def test_the_prefix_noise_is_its_nodes_noise_and_the_increments_sum_to_it() -> N
             running[k] += v
         for k in running:  # round by round, the released sums carry prefix(t)
             torch.testing.assert_close(running[k], tree.prefix(t)[k], rtol=1e-12, atol=1e-12)
+    for t, since in ((5, 2), (8, 3), (7, 0), (12, 9)):  # after skipped leaves
+        step = tree.increment(t, since=since)
+        for k in step:
+            expected = tree.prefix(t)[k] - tree.prefix(since)[k]
+            torch.testing.assert_close(step[k], expected, rtol=1e-12, atol=1e-12)
     # the same seed draws the same nodes; another seed, others
     again = TreeNoise({"a": (2, 2), "b": (5,)}, std=0.3, seed=11)
     assert torch.equal(again.node(1, 2)["b"], tree.node(1, 2)["b"])

@@ -166,7 +166,7 @@ class Coordinator:
         if not self.warned:  # a DP that will swamp the update: said, not refused
             self.warned = True
             holders = self.cfg.buffered.k if self.buffered else len(self.pool)
-            warn_if_swamped(self.cfg, self.shapes, holders)
+            warn_if_swamped(self.cfg, self.shapes, holders, self.privacy)
         if self.buffered:  # an empty buffer; tasks are handed out as participants come free
             self._start(list(self.inflight.tasks.values()), None)
             return []
@@ -464,7 +464,7 @@ class Coordinator:
         if self.buffered:
             return float(self.cfg.buffered.k)
         if self.cfg.sampling.method == "epochs":  # N over the rounds of a pass
-            return len(self.pool) / self.cfg.sampling.pass_rounds
+            return self.strategy.cohort_size(len(self.pool))
         if self.cfg.regions.enabled:  # the participants the regions sample from
             r = self.current
             pools = (u.pool_size or 0 for u in (r.received.values() if r else ()))

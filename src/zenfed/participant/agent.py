@@ -235,17 +235,16 @@ class Participant:
 
     def holding(self) -> str | None:
         """The version this participant would download a difference from (None: none)."""
-        held = self._holding()
+        held = self._holding(self.runtime.codecs()[1] is not None)
         return None if held is None else held[0]
 
-    def _holding(self) -> tuple[str, Tensors] | None:
-        with_downlink = self.runtime.codecs()[1] is not None
+    def _holding(self, with_downlink: bool) -> tuple[str, Tensors] | None:
         return self.state.held or (self.origin if with_downlink else None)
 
     def receive(self, version: str, download: Download) -> Tensors:
         """The tensors of ``version``: downloaded (as a difference when possible), checked."""
         downlink = self.runtime.codecs()[1]
-        held = self._holding()
+        held = self._holding(downlink is not None)
         if held is not None and held[0] == version:
             return held[1]  # already here: nothing to download
         payload = download(version, held[0] if held else None)

@@ -38,7 +38,7 @@ from zenfed.compress import Pipeline
 from zenfed.compress.base import Shape
 from zenfed.config import FederationConfig
 from zenfed.errors import ZenfedError
-from zenfed.privacy import dp, tree
+from zenfed.privacy import dp
 from zenfed.privacy.policy import PrivacyPolicy
 
 
@@ -96,9 +96,12 @@ class Plan:
         return math.ceil(self.holders_per_round_needed / self.sampling_rate)
 
 
-def plan(cfg: FederationConfig, holders: int, dimensions: int) -> Plan:
+def plan(
+    cfg: FederationConfig, holders: int, dimensions: int, policy: PrivacyPolicy | None = None
+) -> Plan:
     """The plan of ``cfg`` over ``holders`` participants whose noise goes on ``dimensions``
-    values; ZenfedError without participant-level DP."""
+    values (``policy``: the run's own, whose noise is calibrated already; default: a new
+    one); ZenfedError without participant-level DP."""
     if not cfg.privacy.enabled:
         raise ZenfedError(
             "this federation has no participant-level DP to plan",
@@ -109,23 +112,18 @@ def plan(cfg: FederationConfig, holders: int, dimensions: int) -> Plan:
             f"cannot plan over {holders} holders and {dimensions} noised values",
             fix="give at least one holder (--holders)",
         )
-    policy = PrivacyPolicy(cfg)  # z calibrated as a run calibrates it
+    policy = policy or PrivacyPolicy(cfg)  # z calibrated as a run calibrates it
     z, q = policy.noise_multiplier, policy.sampling_rate
     assert z is not None
-    rounds = cfg.run.rounds
-    if policy.tree:  # DP-FTRL: a tree per pass, each holder once a pass
+    if policy.tree:  # DP-FTRL: each holder once a pass, a share 1 / pass of them a round
         q = 1.0 / policy.pass_rounds
-        trees = tree.passes(rounds, policy.pass_rounds)
-        spent = tree.epsilon(z, trees, cfg.privacy.target_delta)
-    else:
-        spent = dp.epsilon([(q, z)] * rounds, cfg.privacy.target_delta, cfg.privacy.accountant)
     z_update = dp.update_noise_multiplier(cfg.privacy, z, q * holders)
     return Plan(
-        epsilon=spent,
+        epsilon=policy.epsilon(policy.ledger_after_run()),  # over exactly the run's releases
         delta=cfg.privacy.target_delta,
         noise_multiplier=z_update,
         sampling_rate=q,
-        rounds=rounds,
+        rounds=cfg.run.rounds,
         holders=holders,
         dimensions=dimensions,
         bound=cfg.privacy.warn_noise_ratio,
@@ -155,11 +153,13 @@ def swamping_warning(p: Plan) -> str | None:
     )
 
 
-def warn_if_swamped(cfg: FederationConfig, shapes: dict[str, Shape], holders: int) -> None:
+def warn_if_swamped(
+    cfg: FederationConfig, shapes: dict[str, Shape], holders: int, policy: PrivacyPolicy
+) -> None:
     """Warn (PrivacyWarning) if ``cfg``'s DP over ``holders`` will swamp the update; what
-    the coordinator does before its first round."""
+    the coordinator does, with its ``policy``, before its first round."""
     if not cfg.privacy.enabled or holders < 1 or cfg.regions.enabled:
         return
-    message = swamping_warning(plan(cfg, holders, noised_dimensions(cfg, shapes)))
+    message = swamping_warning(plan(cfg, holders, noised_dimensions(cfg, shapes), policy))
     if message:
         warnings.warn(message, PrivacyWarning, stacklevel=2)

@@ -36,37 +36,38 @@ class PrivacyPolicy:
 
     def __init__(self, cfg: FederationConfig) -> None:
         self.pc, self.sc = cfg.privacy, cfg.secagg
-        # Buffered asynchronous aggregation samples nobody (whoever is free trains), so
-        # each release is accounted without amplification by subsampling: q = 1.
-        # A root over regions ([regions]): each region samples its participants with
-        # regions.fraction, and a region's config (``regions.regional_config``) has it as
-        # its own sampling.fraction.
-        self.sampling_rate = 1.0 if cfg.buffered.enabled else cfg.sampling.fraction
-        if cfg.regions.enabled:
-            self.sampling_rate = cfg.regions.fraction
+        pc = self.pc
+        self.rounds = cfg.run.rounds
         self.over_regions = cfg.regions.enabled  # this root's participants are regions
         self.noise_at_regions = cfg.regions.noise == "region"
-        pc = self.pc
-        # DP-FTRL: one tree per pass of sampling.method = "epochs" (no sampling: q = 1)
+        # DP-FTRL: one tree per pass of sampling.method = "epochs"
         self.pass_rounds = cfg.sampling.pass_rounds
         self.tree = pc.mechanism == "tree"
-        if self.tree:
+        # The rate the accountant composes. 1 (no amplification) for DP-FTRL and for
+        # buffered aggregation (nobody is sampled: whoever is free trains); at a root over
+        # regions each region's rate (a region's own config has it as sampling.fraction,
+        # ``regions.regional_config``).
+        if self.tree or cfg.buffered.enabled:
             self.sampling_rate = 1.0
+        elif cfg.regions.enabled:
+            self.sampling_rate = cfg.regions.fraction
+        else:
+            self.sampling_rate = cfg.sampling.fraction
         # DP: the noise multiplier, calibrated to the target epsilon over the whole run.
         self.noise_multiplier: float | None = pc.noise_multiplier
-        if pc.enabled and self.noise_multiplier is None and self.tree:
+        if pc.enabled and self.noise_multiplier is None:
             assert pc.target_epsilon is not None
-            trees = tree.passes(cfg.run.rounds, self.pass_rounds)
-            self.noise_multiplier = tree.calibrate(pc.target_epsilon, pc.target_delta, trees)
-        elif pc.enabled and self.noise_multiplier is None:
-            assert pc.target_epsilon is not None
-            self.noise_multiplier = dp.calibrate_noise(
-                pc.target_epsilon,
-                pc.target_delta,
-                self.sampling_rate,
-                cfg.run.rounds,
-                pc.accountant,
-            )
+            if self.tree:
+                trees = tree.passes(self.rounds, self.pass_rounds)
+                self.noise_multiplier = tree.calibrate(pc.target_epsilon, pc.target_delta, trees)
+            else:
+                self.noise_multiplier = dp.calibrate_noise(
+                    pc.target_epsilon,
+                    pc.target_delta,
+                    self.sampling_rate,
+                    self.rounds,
+                    pc.accountant,
+                )
 
     @property
     def accounted(self) -> bool:
@@ -88,23 +89,30 @@ class PrivacyPolicy:
         z, pc = self.noise_multiplier, self.pc
         if z is None or pc.target_epsilon is None:
             return
-        if self.tree:
-            after = replace(
-                ledger,
-                rounds=[*ledger.rounds, (1.0, z)],
-                tree=[*ledger.tree, self.leaf(server_round)],
-            )
-            eps = after.spent(pc.target_delta)
-        else:
-            eps = dp.epsilon(
-                [*ledger.rounds, (self.sampling_rate, z)], pc.target_delta, pc.accountant
-            )
+        eps = self.epsilon(self.released(ledger, server_round))
         if eps > pc.target_epsilon * (1 + 1e-9):
             raise dp.PrivacyBudgetExceeded(
                 f"round {server_round + 1} would spend epsilon {eps:.3f} > the budget "
                 f"{pc.target_epsilon:g} (delta {pc.target_delta:g}); training stops here",
                 fix="release the current version, or start a new federation with a new budget",
             )
+
+    def released(self, ledger: dp.PrivacyLedger, server_round: int) -> dp.PrivacyLedger:
+        """``ledger`` with the release of ``server_round`` (0-based) added: one
+        (q, z) entry, and under DP-FTRL the round's leaf of its pass's tree."""
+        z = self.noise_multiplier
+        if z is None:
+            return ledger
+        leaves = [*ledger.tree, self.leaf(server_round)] if self.tree else ledger.tree
+        return replace(ledger, rounds=[*ledger.rounds, (self.sampling_rate, z)], tree=leaves)
+
+    def ledger_after_run(self) -> dp.PrivacyLedger:
+        """The ledger once every one of ``run.rounds`` rounds is released (what a plan
+        spends)."""
+        ledger = self.initial_ledger()
+        for r in range(self.rounds):
+            ledger = self.released(ledger, r)
+        return ledger
 
     def leaf(self, server_round: int) -> tuple[int, int]:
         """DP-FTRL: (pass, leaf) of ``server_round`` (0-based; leaves count from 1)."""
@@ -202,7 +210,7 @@ class PrivacyPolicy:
             metrics["noise_std"] = update_std
         if self.pc.adaptive_clipping:
             metrics["below_clip_fraction"] = below / max(count, 1e-12) + 0.5
-        new = self._ledger_after(ledger, metrics)
+        new = self._ledger_after(ledger, metrics, server_round)
         if self.accounted:
             metrics["epsilon"] = self.epsilon(new)
             # the ledger entry itself, so a reader of the versions can rebuild the ledger
@@ -223,13 +231,9 @@ class PrivacyPolicy:
         std = self.noise_multiplier * ledger.clip_norm
         shapes = {k: tuple(v.shape) for k, v in agg.total.items()}
         noise = tree.TreeNoise(shapes, std, tree.pass_seed(ledger.seed, p))
-        now, then = noise.prefix(leaf), noise.prefix(before)
-        total = {k: v.to(torch.float64) + now[k] - then[k] for k, v in agg.total.items()}
-        new = replace(
-            ledger,
-            rounds=[*ledger.rounds, (1.0, self.noise_multiplier)],
-            tree=[*ledger.tree, (p, leaf)],
-        )
+        step = noise.increment(leaf, since=before)
+        total = {k: v.to(torch.float64) + step[k] for k, v in agg.total.items()}
+        new = self.released(ledger, server_round)
         metrics = {
             "clip_norm": float(ledger.clip_norm),
             "noise_std": std,
@@ -251,14 +255,13 @@ class PrivacyPolicy:
         z = self.noise_multiplier or 0.0
         return agg.with_total(_noised(agg.total, z * ledger.clip_norm))
 
-    def _ledger_after(self, old: dp.PrivacyLedger, metrics: dict[str, float]) -> dp.PrivacyLedger:
-        rounds = list(old.rounds)
-        if self.noise_multiplier is not None:
-            rounds.append((self.sampling_rate, self.noise_multiplier))
+    def _ledger_after(
+        self, old: dp.PrivacyLedger, metrics: dict[str, float], server_round: int
+    ) -> dp.PrivacyLedger:
         clip = old.clip_norm
         if clip is not None and "below_clip_fraction" in metrics:
             clip = dp.next_clip_norm(self.pc, clip, metrics["below_clip_fraction"])
-        return dp.PrivacyLedger(rounds, clip)
+        return replace(self.released(old, server_round), clip_norm=clip)
 
 
 def _noised(total: Tensors, std: float) -> Tensors:

@@ -4,6 +4,7 @@ Learning without Sampling or Shuffling"): noise on prefix sums instead of on eac
     tree = TreeNoise(shapes, std=z * C, seed=secret)
     tree.prefix(t)       # the noise on the sum of leaves 1..t
     tree.increment(t)    # prefix(t) - prefix(t - 1): what round t's sum gets
+    tree.increment(t, since=s)   # after a gap: prefix(t) - prefix(s)
 
 Leaf t is round t's sum of clipped updates (t = 1, 2, ... within one tree). Every node of
 the binary tree over the leaves holds independent Gaussian noise of stddev ``std``; the
@@ -64,15 +65,22 @@ class TreeNoise:
                 total[k] += v
         return total
 
-    def increment(self, t: int) -> Tensors:
-        """What leaf t's sum gets: prefix(t) - prefix(t - 1)."""
-        now, before = self.prefix(t), self.prefix(t - 1)
-        return {k: now[k] - before[k] for k in now}
+    def increment(self, t: int, since: int | None = None) -> Tensors:
+        """prefix(t) - prefix(``since``, default t - 1): what leaf t's sum gets when the
+        tree's last release was leaf ``since``. Nodes both prefixes hold cancel, so only
+        the others are drawn."""
+        now, before = set(self.nodes(t)), set(self.nodes(t - 1 if since is None else since))
+        out = {k: torch.zeros(s, dtype=torch.float64) for k, s in self.shapes.items()}
+        for sign, nodes in ((1.0, now - before), (-1.0, before - now)):
+            for level, index in sorted(nodes):
+                for k, v in self.node(level, index).items():
+                    out[k].add_(v, alpha=sign)
+        return out
 
 
 def depth(leaves: int) -> int:
     """The nodes a leaf is in, at most, in a tree of ``leaves`` leaves: ceil(log2(T + 1))."""
-    return (leaves).bit_length() if leaves > 0 else 0
+    return leaves.bit_length() if leaves > 0 else 0
 
 
 def tree_event(z: float, trees: list[int]) -> dp_accounting.DpEvent:
