@@ -18,10 +18,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from zenfed.data.examples import IGNORE_INDEX, TokenizedExample
+from zenfed.data.examples import TokenizedExample
 from zenfed.train.batching import Batch, collate
+from zenfed.train.loss import loss_per_example
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def per_example_gradients(
     wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=False)
     try:
         logits = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        sums, counts = _per_example_loss(logits.logits, batch["labels"])
+        sums, counts = loss_per_example(logits.logits, batch["labels"])
         (sums / counts.clamp(min=1)).sum().backward()
         grads = {}
         for k, p in params.items():
@@ -103,14 +103,3 @@ def per_example_gradients(
             vars(p).pop("grad_sample", None)  # Opacus' attribute, gone with its hooks
             p.grad = None
     return grads, float(sums.detach().sum()), int(counts.sum())
-
-
-def _per_example_loss(
-    logits: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's summed next-token cross-entropy over its labelled positions, and their
-    count (``loss.loss_sum``'s, row by row)."""
-    targets = labels[:, 1:]
-    flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    each = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
-    return each.view(targets.shape).sum(1), (targets != IGNORE_INDEX).sum(1)
