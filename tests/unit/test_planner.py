@@ -120,3 +120,6 @@ def test_a_plan_needs_dp_and_holders() -> None:
     with pytest.raises(ZenfedError, match="--holders"):
         plan(_cfg({"noise_multiplier": 1.0}), 0, 10)
     assert swamping_warning(plan(_cfg({"noise_multiplier": 0.1}, 1.0), 1000, 100)) is None
+    for bad in (0.0, -1.0):  # a bound the ratio cannot be compared with
+        with pytest.raises(ZenfedError, match="warn_noise_ratio must be positive"):
+            _cfg({"noise_multiplier": 1.0, "warn_noise_ratio": bad})
