@@ -74,3 +74,27 @@ def test_every_example_config_is_valid() -> None:
     assert len(examples) >= 4
     for path in examples:
         load_config(path)  # raises on any unknown key or bad value
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"record_clip_norm": 1.0},  # no noise
+        {"record_noise_multiplier": 1.0},  # no bound
+        {"record_target_epsilon": 3.0},  # no bound
+        {"record_clip_norm": 1.0, "record_noise_multiplier": 1.0, "record_target_epsilon": 3.0},
+    ],
+)
+def test_record_level_dp_needs_a_bound_and_one_way_to_set_its_noise(
+    record: dict[str, float],
+) -> None:
+    with pytest.raises(ZenfedError, match="record_clip_norm and one of"):
+        parse_config({"privacy": record})
+
+
+def test_record_level_dp_values_must_be_positive() -> None:
+    for key in ("record_noise_multiplier", "record_target_epsilon"):
+        with pytest.raises(ZenfedError, match="must be > 0"):
+            parse_config({"privacy": {"record_clip_norm": 1.0, key: 0.0}})
+    cfg = parse_config({"privacy": {"record_clip_norm": 1.0, "record_target_epsilon": 3.0}})
+    assert cfg.privacy.record_target_epsilon == 3.0 and not cfg.privacy.enabled

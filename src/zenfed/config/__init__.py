@@ -437,9 +437,13 @@ class PrivacyConfig(_Frozen):
     warn_noise_ratio: float = 1.0
     # Record-level DP-SGD in every participant's local training (per-example clipping to
     # record_clip_norm, Gaussian noise of multiplier record_noise_multiplier, Poisson-
-    # sampled batches); each participant accounts the epsilon of its own records.
+    # sampled batches); each participant accounts the epsilon of its own records. Or
+    # record_target_epsilon: each participant calibrates its own multiplier so that the
+    # most local steps the run can give it (every round) spend at most that epsilon (at
+    # target_delta) on its records, and refuses to train past it.
     record_clip_norm: float | None = None
     record_noise_multiplier: float | None = None
+    record_target_epsilon: float | None = None
 
     @property
     def enabled(self) -> bool:
@@ -462,13 +466,17 @@ class PrivacyConfig(_Frozen):
             raise ValueError("privacy.target_delta must be in (0, 1)")
         if not 0.0 < self.target_quantile < 1.0 or self.clip_lr <= 0:
             raise ValueError("privacy.target_quantile must be in (0, 1), clip_lr positive")
-        if (self.record_clip_norm is None) != (self.record_noise_multiplier is None):
+        noise = (self.record_noise_multiplier, self.record_target_epsilon)
+        if (self.record_clip_norm is None) != (noise == (None, None)) or None not in noise:
             raise ValueError(
-                "record-level DP-SGD needs both privacy.record_clip_norm and "
-                "privacy.record_noise_multiplier"
+                "record-level DP-SGD needs privacy.record_clip_norm and one of "
+                "privacy.record_noise_multiplier or privacy.record_target_epsilon"
             )
-        if (self.record_clip_norm or 1) <= 0 or (self.record_noise_multiplier or 1) <= 0:
-            raise ValueError("privacy.record_clip_norm and record_noise_multiplier must be > 0")
+        if any(x is not None and x <= 0 for x in (self.record_clip_norm, *noise)):
+            raise ValueError(
+                "privacy.record_clip_norm, record_noise_multiplier and record_target_epsilon "
+                "must be > 0"
+            )
         return self
 
 

@@ -117,6 +117,8 @@ class Strategy:
             codec_seed=codec_seed,
             record_clip_norm=self.cfg.privacy.record_clip_norm,
             record_noise_multiplier=self.cfg.privacy.record_noise_multiplier or 0.0,
+            record_target_epsilon=self.cfg.privacy.record_target_epsilon,
+            record_rounds=run.rounds,
             privacy_delta=self.cfg.privacy.target_delta,
         )
 

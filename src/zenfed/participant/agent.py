@@ -20,6 +20,7 @@ runs DP-SGD and the participant keeps its own ledger.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -111,9 +112,7 @@ class Participant:
 
     def train(self, task: Task, download: Download) -> Update:
         """Train from the task's version on the private training split; return the delta."""
-        record_dp = None
-        if task.record_clip_norm is not None:
-            record_dp = RecordDP(task.record_clip_norm, task.record_noise_multiplier)
+        record_dp = self._record_dp(task)
         result = self._train_local(task, download, self.state.optimizer, record_dp)
         delta, below = result.delta, None
         if task.clip_norm is not None:
@@ -152,6 +151,30 @@ class Participant:
             steps=result.steps,
             record_epsilon=record_epsilon,
         )
+
+    def _record_dp(self, task: Task) -> RecordDP | None:
+        """DP-SGD's bound and noise multiplier for ``task`` (None: no record-level DP).
+        With a target epsilon: the multiplier that spends it over the most local steps
+        the run can give this holder (all its rounds), refused once the ledger of its
+        records cannot take this round's steps within the target."""
+        if task.record_clip_norm is None:
+            return None
+        if task.record_target_epsilon is None:
+            return RecordDP(task.record_clip_norm, task.record_noise_multiplier)
+        rt, n = self.runtime, len(self.data.train)
+        steps = plan_steps(rt.train, n)
+        q = sampling_rate(rt.train.batch_size, n)
+        target, delta = task.record_target_epsilon, task.privacy_delta
+        z = _record_multiplier(target, delta, q, max(1, task.record_rounds) * steps)
+        spent = dp.epsilon(self.state.record_privacy + [(q, z)] * steps, delta)
+        if spent > target * (1 + 1e-9):
+            raise dp.PrivacyBudgetExceeded(
+                f"{self.name}: {steps} more DP-SGD steps would spend epsilon {spent:.4g} on "
+                f"its records, above privacy.record_target_epsilon {target:g}",
+                fix="this holder has spent its budget: end the run, or start a new "
+                "federation with a larger record_target_epsilon",
+            )
+        return RecordDP(task.record_clip_norm, z)
 
     def honest_delta(self, task: Task, download: Download) -> Tensors:
         """The delta an honest run of ``task`` would send, unclipped; changes no state
@@ -282,3 +305,9 @@ def masked_update(
         noise = rng.normal(0.0, task.count_noise_std) if task.count_noise_std else 0.0
         values = np.append(values, float(below) - 0.5 + noise)  # centred: sensitivity 1/2
     return safetensors.numpy.save({"masked": client.mask(values)}), new_residual
+
+
+@functools.lru_cache(maxsize=64)
+def _record_multiplier(target: float, delta: float, q: float, steps: int) -> float:
+    """The DP-SGD multiplier whose ``steps`` steps at sampling rate q spend ``target``."""
+    return dp.calibrate_noise(target, delta, q, steps)

@@ -43,9 +43,13 @@ class Task:
     count_noise_std: float = 0.0
     weight: float = 1.0
     secagg: SecAggSetup | None = None  # set when the round runs secure aggregation
-    # Record-level DP-SGD in local training (None: off), accounted at privacy_delta.
+    # Record-level DP-SGD in local training (None: off), accounted at privacy_delta; with
+    # record_target_epsilon the participant calibrates its own multiplier to spend at most
+    # that over record_rounds rounds of its local steps.
     record_clip_norm: float | None = None
     record_noise_multiplier: float = 0.0
+    record_target_epsilon: float | None = None
+    record_rounds: int = 0
     privacy_delta: float = 1e-6
 
     def to_dict(self) -> dict[str, Any]:
