@@ -130,11 +130,12 @@ def test_dp_sgd_clips_each_example_and_adds_the_stated_noise(setup: Any) -> None
     private_gradients(model, params, batch, RecordDP(1e-3, 0.0), 1.0, gen)
     norm = sum(float(p.grad.pow(2).sum()) for p in params.values()) ** 0.5
     assert norm <= 4 * 1e-3 * (1 + 1e-5)
-    # an empty Poisson batch: only noise, of stddev z C / expected
-    private_gradients(model, params, None, RecordDP(2.0, 1.5), 8.0, gen)
-    flat = torch.cat([p.grad.reshape(-1) for p in params.values()])
-    assert float(flat.std()) == pytest.approx(1.5 * 2.0 / 8.0, rel=0.05)
-    model.zero_grad(set_to_none=True)
+    # an empty Poisson batch: only noise, of stddev z C / expected (from either source)
+    for secure in (False, True):
+        private_gradients(model, params, None, RecordDP(2.0, 1.5, secure), 8.0, gen)
+        flat = torch.cat([p.grad.reshape(-1) for p in params.values()])
+        assert float(flat.std()) == pytest.approx(1.5 * 2.0 / 8.0, rel=0.05)
+        model.zero_grad(set_to_none=True)
 
 
 def test_dp_sgd_training_runs_and_poisson_batches_vary(setup: Any) -> None:

@@ -435,6 +435,10 @@ class PrivacyConfig(_Frozen):
     # Warn (zenfed plan, and the coordinator before round 1) when the noise per coordinate
     # exceeds this multiple of the largest possible mean update's (privacy.planner).
     warn_noise_ratio: float = 1.0
+    # Every noise draw (central, distributed, the clip count, DP-SGD) from a
+    # cryptographically secure stream, hardened against floating-point attacks
+    # (zenfed.noise); default: NumPy's / PyTorch's generators seeded by OS entropy.
+    secure_noise: bool = False
     # Record-level DP-SGD in every participant's local training (per-example clipping to
     # record_clip_norm, Gaussian noise of multiplier record_noise_multiplier, Poisson-
     # sampled batches); each participant accounts the epsilon of its own records. Or
@@ -639,6 +643,11 @@ class FederationConfig(_Frozen):
             )
         elif self.buffered.enabled or self.regions.enabled:
             why = "with buffered aggregation or regions is not built"
+        elif pc.secure_noise:
+            why = (
+                "draws its tree's node noise again from a seed kept in the checkpoint, not "
+                "from the secure stream: drop privacy.secure_noise"
+            )
         if why:
             raise ValueError(f"privacy.mechanism = 'tree' (DP-FTRL) {why}")
 

@@ -119,6 +119,7 @@ class Strategy:
             record_noise_multiplier=self.cfg.privacy.record_noise_multiplier or 0.0,
             record_target_epsilon=self.cfg.privacy.record_target_epsilon,
             record_rounds=run.rounds,
+            secure_noise=self.cfg.privacy.secure_noise,
             privacy_delta=self.cfg.privacy.target_delta,
         )
 

@@ -37,6 +37,7 @@ from zenfed.config import CompressConfig, TrainConfig
 from zenfed.data.examples import ParticipantData
 from zenfed.errors import ZenfedError
 from zenfed.model.adapter import adapter_parameters, set_adapter_state
+from zenfed.noise import gaussian
 from zenfed.participant.state import ParticipantState
 from zenfed.privacy import dp
 from zenfed.privacy.secagg import AdvertiseKeys, SecAggClient, UnmaskRequest
@@ -160,7 +161,7 @@ class Participant:
         if task.record_clip_norm is None:
             return None
         if task.record_target_epsilon is None:
-            return RecordDP(task.record_clip_norm, task.record_noise_multiplier)
+            return RecordDP(task.record_clip_norm, task.record_noise_multiplier, task.secure_noise)
         rt, n = self.runtime, len(self.data.train)
         steps = plan_steps(rt.train, n)
         q = sampling_rate(rt.train.batch_size, n)
@@ -174,7 +175,7 @@ class Participant:
                 fix="this holder has spent its budget: end the run, or start a new "
                 "federation with a larger record_target_epsilon",
             )
-        return RecordDP(task.record_clip_norm, z)
+        return RecordDP(task.record_clip_norm, z, task.secure_noise)
 
     def honest_delta(self, task: Task, download: Download) -> Tensors:
         """The delta an honest run of ``task`` would send, unclipped; changes no state
@@ -297,13 +298,13 @@ def masked_update(
         private_seed=task.seed,
         clip_norm=task.clip_norm,
     )
-    rng = np.random.default_rng()  # OS entropy: the noise share must not be guessable
+    # OS entropy (or a secure stream): the noise share must not be guessable
     values = flat.astype(np.float64) * task.weight
     if task.noise_std:
-        values += rng.normal(0.0, task.noise_std, values.shape)
+        values += gaussian(values.shape, task.noise_std, secure=task.secure_noise)
     if task.report_clip:
-        noise = rng.normal(0.0, task.count_noise_std) if task.count_noise_std else 0.0
-        values = np.append(values, float(below) - 0.5 + noise)  # centred: sensitivity 1/2
+        noise = gaussian((), task.count_noise_std, secure=task.secure_noise)
+        values = np.append(values, float(below) - 0.5 + float(noise))  # centred: sensitivity 1/2
     return safetensors.numpy.save({"masked": client.mask(values)}), new_residual
 
 

@@ -17,15 +17,14 @@ are in ``zenfed.privacy.dp``; this only composes them.
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import replace
 
-import numpy as np
 import torch
 
 from zenfed.aggregate.accumulate import Aggregate
 from zenfed.config import FederationConfig
+from zenfed.noise import gaussian
 from zenfed.privacy import dp, tree
 from zenfed.protocol.messages import Task
 from zenfed.tensors import Tensors
@@ -200,11 +199,10 @@ class PrivacyPolicy:
             central = False  # each region noised its own sum (``forwarded``)
         below, count = agg.below, float(agg.count)
         if central:  # where the clip bound holds: on the sum as it travelled
-            agg = agg.with_total(_noised(agg.total, update_std))
+            agg = agg.with_total(_noised(agg.total, update_std, self.pc.secure_noise))
         if self.accounted:
             if central:
-                gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
-                below += float(torch.randn((), generator=gen)) * count_std
+                below += float(gaussian((), count_std, secure=self.pc.secure_noise))
             agg = agg.with_total(agg.total, weight=expected_cohort)
             count = expected_cohort  # the fixed denominator q * N
             metrics["noise_std"] = update_std
@@ -253,7 +251,7 @@ class PrivacyPolicy:
         if not (self.accounted and self.noise_at_regions) or ledger.clip_norm is None:
             return agg
         z = self.noise_multiplier or 0.0
-        return agg.with_total(_noised(agg.total, z * ledger.clip_norm))
+        return agg.with_total(_noised(agg.total, z * ledger.clip_norm, self.pc.secure_noise))
 
     def _ledger_after(
         self, old: dp.PrivacyLedger, metrics: dict[str, float], server_round: int
@@ -264,10 +262,9 @@ class PrivacyPolicy:
         return replace(self.released(old, server_round), clip_norm=clip)
 
 
-def _noised(total: Tensors, std: float) -> Tensors:
-    """``total`` plus independent N(0, std^2) noise drawn from OS entropy (float64)."""
-    rng = np.random.default_rng()
+def _noised(total: Tensors, std: float, secure: bool) -> Tensors:
+    """``total`` plus independent N(0, std^2) noise (float64; zenfed.noise)."""
     return {
-        k: v.to(torch.float64) + torch.from_numpy(rng.normal(0.0, std, tuple(v.shape)))
+        k: v.to(torch.float64) + torch.from_numpy(gaussian(tuple(v.shape), std, secure=secure))
         for k, v in total.items()
     }

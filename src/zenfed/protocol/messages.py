@@ -50,6 +50,7 @@ class Task:
     record_noise_multiplier: float = 0.0
     record_target_epsilon: float | None = None
     record_rounds: int = 0
+    secure_noise: bool = False  # draw noise shares and DP-SGD noise from a secure stream
     privacy_delta: float = 1e-6
 
     def to_dict(self) -> dict[str, Any]:

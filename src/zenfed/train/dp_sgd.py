@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from zenfed.data.examples import TokenizedExample
+from zenfed.noise import gaussian
 from zenfed.train.batching import Batch, collate
 from zenfed.train.loss import loss_per_example
 
@@ -30,6 +31,7 @@ class RecordDP:
 
     clip_norm: float
     noise_multiplier: float
+    secure: bool = False  # noise from zenfed.noise's secure stream, not ``gen``
 
 
 def poisson_batches(
@@ -72,7 +74,10 @@ def private_gradients(
             total[k] = torch.einsum("b,b...->...", scale.to(g.dtype), g)
     std = dp.noise_multiplier * dp.clip_norm
     for k, p in params.items():
-        noise = torch.randn(p.shape, generator=gen, dtype=p.dtype) * std
+        if dp.secure:
+            noise = torch.from_numpy(gaussian(tuple(p.shape), std, secure=True)).to(p.dtype)
+        else:
+            noise = torch.randn(p.shape, generator=gen, dtype=p.dtype) * std
         p.grad = (total[k] + noise) / expected
     return loss_total, tokens, count
 
