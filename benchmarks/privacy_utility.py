@@ -1,132 +1,369 @@
-"""Privacy-utility benchmark: centralized efficiency of participant-level DP-FedAvg at
-epsilon = 8 and 3 (delta = 1e-6), against the same federation without privacy.
+"""Privacy-utility benchmark: centralized efficiency of record-level DP-SGD and of
+participant-level DP-FedAvg with each technique that fights its noise, over seeds, with
+the privacy planner's prediction beside every private row.
 
-    python -m benchmarks.privacy_utility            # about 25 minutes here
+    python -m benchmarks.privacy_utility                 # the default rows x 3 seeds
+    python -m benchmarks.privacy_utility --only NAME,NAME --seeds 0 --keep
+    python -m benchmarks.privacy_utility --slowdown-only # the DP-SGD step timing alone
 
-Workload (issue #5): the quality benchmark's model, adapter, data and local training
-(built-in SmolLM2-135M-Instruct, LoRA r=8 on q/k/v/o, the 8 chatterbot English
-categories, 1 local AdamW step at lr 3e-3), split into 100 participants by a Dirichlet
-(alpha = 1) draw over categories. Each round samples participants independently with
-probability 0.1 (Poisson, what the accountant assumes): about 10 per round, 12 rounds,
-about 120 local steps in all, the quality benchmark's budget. Private runs clip every
-update to L2 norm C (``--clip``, about the norm of one local step's update) and add
-Gaussian noise to the sum, its multiplier calibrated by dp-accounting (RDP) so the 12
-rounds spend exactly the target epsilon; the sum is divided by the expected cohort size.
-The centralized baseline trains on the pooled data for the same number of steps.
-Efficiency = (L0 - L_fed) / (L0 - L_central) on the union of held-out splits.
+Model, adapter, data and local training are the quality benchmark's (built-in
+SmolLM2-135M-Instruct, LoRA r=8 on q/k/v/o, the 8 chatterbot English categories, 1 local
+AdamW step of batch 8 at lr 3e-3, sequences of 64 tokens). Every private row is calibrated
+by dp-accounting (RDP) at delta 1e-6. Three federations:
+
+- ``record``: the 8 categories are the 8 holders (hospitals, firms: few holders, many
+  records each), all 8 train every round, 15 rounds (120 local steps). DP-SGD clips each
+  example's gradient to 1.0 and adds noise; every holder calibrates its own multiplier
+  (``privacy.record_target_epsilon``) so its 15 steps at its own sampling rate
+  (8 / its examples) spend exactly the target on its records.
+- ``p100`` / ``p1000``: the same data split into 100 or 1,000 holders by a Dirichlet
+  (alpha 1) draw over categories; each round samples holders with probability 0.1
+  (Poisson), 12 rounds. DP-FedAvg clips each holder's update to C = 3.0 and calibrates the
+  noise on the sum to spend epsilon 8 over the 12 rounds; the guarantee covers all of one
+  holder's data.
+- ``p100:noise-of-K``: the p100 federation with the noise per coordinate that epsilon 8
+  leaves at K holders per round (z_8 x 10 / K). Not a private run at epsilon 8 itself: the
+  measured trend of efficiency against holders per round that the planner's prediction is
+  checked against.
+
+Efficiency = (L0 - L_fed) / (L0 - L_central) on the union of held-out splits, L_central
+from training plain LoRA on the pooled data for 120 steps, per federation and seed.
+``dp_step_slowdown`` times local steps of the largest holder with and without DP-SGD.
 Writes benchmarks/results/privacy_utility.json and privacy_utility.png.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import json
+import math
+import statistics
+import time
 from typing import Any
 
 from benchmarks.common import RESULTS, write_json
+from benchmarks.privacy_plot import plot
 from benchmarks.quality import make_config
+from zenfed.config import FederationConfig
+from zenfed.privacy import dp
+from zenfed.privacy.planner import noised_dimensions, plan
+from zenfed.sim.baselines import centralized
 from zenfed.sim.runner import efficiency, run_simulation
 from zenfed.sim.setup import World, build_world
+from zenfed.train.dp_sgd import RecordDP
+from zenfed.train.trainer import StepPlan, train_local
 
 DELTA = 1e-6
-EPSILONS = (8.0, 3.0)
-SPLIT: dict[str, Any] = {
-    "data.partition": "dirichlet",
-    "data.num_participants": 100,
-    "data.dirichlet_alpha": 1.0,
-    "sampling.method": "poisson",
-    "sampling.fraction": 0.1,
-    "run.rounds": 12,
+CLIP = 3.0  # participant level: about the norm of one local step's update
+RECORD_CLIP = 1.0  # record level: below every example's gradient norm (about 2 at start)
+CENTRAL_STEPS = 120
+Q, ROUNDS = 0.1, 12
+FEDERATIONS: dict[str, dict[str, Any]] = {
+    "record": {"sampling.fraction": 1.0, "run.rounds": 15},
+    **{
+        f"p{n}": {
+            "data.partition": "dirichlet",
+            "data.num_participants": n,
+            "data.dirichlet_alpha": 1.0,
+            "sampling.method": "poisson",
+            "sampling.fraction": Q,
+            "run.rounds": ROUNDS,
+        }
+        for n in (100, 1000)
+    },
+}
+HOLDERS = {"record": 8, "p100": 100, "p1000": 1000}
+EPS8 = {"privacy.clip_norm": CLIP, "privacy.target_epsilon": 8.0, "privacy.target_delta": DELTA}
+TECHNIQUES: dict[str, dict[str, Any]] = {
+    "": {},
+    "+ffa": {"lora.freeze_a": True},  # FFA-LoRA: B alone is trained and noised
+    "+r2": {"lora.r": 2, "lora.alpha": 4},  # a quarter of the values (same scale alpha / r)
+    "+ffa+r2": {"lora.freeze_a": True, "lora.r": 2, "lora.alpha": 4},
+    "+adaptive": {"privacy.adaptive_clipping": True},  # C tracks the median update norm
+    # DP-FTRL: each holder once a pass of 10 rounds, tree noise, no sampling amplification
+    "+ftrl": {"privacy.mechanism": "tree", "sampling.method": "epochs"},
+    # the shared-seed random 10 % subspace under secure aggregation: noise on 10 % of values
+    "+subspace10%": {
+        "secagg.enabled": True,
+        "secagg.min_survivors": 2,
+        "compress.pipeline": [{"codec": "randk", "fraction": 0.1}],
+    },
 }
 
 
-def run(name: str, overrides: dict[str, Any], world: World | None, **kw: Any) -> dict[str, Any]:
-    """One federated run of the split workload; its summary."""
-    cfg = make_config({**SPLIT, **overrides, "run.out_dir": f"runs/bench-privacy/{name}"})
-    return run_simulation(cfg, cfg.run.out_dir, fresh=True, world=world or build_world(cfg), **kw)
+def _z8() -> float:
+    """The multiplier epsilon 8 takes at rate 0.1 over 12 rounds."""
+    return dp.calibrate_noise(8.0, DELTA, Q, ROUNDS)
+
+
+NOISE_OF = (100, 1000, 10_000)  # holders per round whose epsilon-8 noise a p100 row carries
+NOISE_OF_KEY = "noise_of"  # not a config key: config() turns it into the multiplier
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "record:none": ("record", {}),
+    **{
+        f"record:eps{e:g}": (
+            "record",
+            {
+                "privacy.record_clip_norm": RECORD_CLIP,
+                "privacy.record_target_epsilon": e,
+                "privacy.target_delta": DELTA,
+            },
+        )
+        for e in (8.0, 3.0)
+    },
+    **{f"p{n}:none": (f"p{n}", {}) for n in (100, 1000)},
+    **{
+        f"p{n}:eps8{t}": (f"p{n}", {**EPS8, **o})
+        for n in (100, 1000)
+        for t, o in TECHNIQUES.items()
+    },
+    **{
+        f"p100:noise-of-{k}": ("p100", {"privacy.clip_norm": CLIP, NOISE_OF_KEY: k})
+        for k in NOISE_OF
+    },
+}
+DEFAULT = (
+    "record:none",
+    "record:eps8",
+    "record:eps3",
+    "p100:none",
+    *(f"p100:eps8{t}" for t in TECHNIQUES),
+    *(f"p100:noise-of-{k}" for k in NOISE_OF),
+)
+SEEDS = (0, 1, 2)
+
+
+def config(name: str, seed: int) -> FederationConfig:
+    """The config of row ``name`` at ``seed``."""
+    fed, overrides = ROWS[name]
+    o = dict(overrides)
+    if NOISE_OF_KEY in o:  # epsilon 8's noise per coordinate at K holders per round
+        o["privacy.noise_multiplier"] = _z8() * Q * HOLDERS[fed] / o.pop(NOISE_OF_KEY)
+    out = f"runs/bench-privacy/{name.replace(':', '/')}/seed{seed}"
+    return make_config({**FEDERATIONS[fed], **o, "run.seed": seed, "run.out_dir": out})
+
+
+def prediction(cfg: FederationConfig, world: World, holders: int) -> dict[str, Any] | None:
+    """The planner's figures for a participant-level row (None without them)."""
+    if not cfg.privacy.enabled:
+        return None
+    shapes = {k: tuple(v.shape) for k, v in world.initial.items()}
+    p = plan(cfg, holders, noised_dimensions(cfg, shapes))
+    return {
+        "epsilon": p.epsilon,
+        "noise_multiplier": p.noise_multiplier,
+        "noised_dimensions": p.dimensions,
+        "expected_cohort": p.expected_cohort,
+        "ratio": p.ratio,
+        "holders_per_round_needed": p.holders_per_round_needed,
+    }
+
+
+def run_one(name: str, seed: int, world: World | None) -> tuple[dict[str, Any], World]:
+    """One federated run of row ``name``: its loss, its epsilon and what it cost."""
+    cfg = config(name, seed)
+    if world is None or not world.fits(cfg):
+        world = build_world(cfg)
+    t0 = time.perf_counter()
+    s = run_simulation(cfg, cfg.run.out_dir, fresh=True, world=world)
+    run: dict[str, Any] = {
+        "seed": seed,
+        "fed_loss": s["fed_loss"],
+        "initial_loss": s["initial_loss"],
+        "fed_steps": s["fed_steps"],
+        "version": s["version"],
+        "seconds": time.perf_counter() - t0,
+    }
+    if "privacy" in s:
+        run["epsilon"] = s["epsilon"]
+        run["noise_multiplier"] = s["privacy"]["noise_multiplier"]
+        run["clip_norm_final"] = s["privacy"]["clip_norm"]
+    if cfg.privacy.record_clip_norm is not None:  # each holder's own multiplier and epsilon
+        ledgers = {p.name: p.state.record_privacy for p in world.participants.values()}
+        run["record_noise_multipliers"] = {n: led[0][1] for n, led in ledgers.items() if led}
+        run["record_epsilon"] = {n: dp.epsilon(led, DELTA) for n, led in ledgers.items()}
+        run["epsilon"] = max(run["record_epsilon"].values())
+    run["planner"] = prediction(cfg, world, HOLDERS[ROWS[name][0]])
+    return run, world
+
+
+def central_loss(fed: str, seed: int, world: World | None) -> tuple[float, World]:
+    """Plain LoRA on federation ``fed``'s pooled data for 120 steps: its held-out loss."""
+    cfg = config(f"{fed}:none", seed)
+    if world is None or not world.fits(cfg):
+        world = build_world(cfg)
+    return float(centralized(world, cfg, total_steps=CENTRAL_STEPS)["loss"]), world
+
+
+def step_slowdown(steps: int = 8, repeats: int = 2) -> dict[str, float]:
+    """Seconds per local step of the largest record-level holder with and without DP-SGD
+    (the same data, model and optimizer; DP-SGD's batches are Poisson of mean 8)."""
+    cfg = config("record:none", 0)
+    world = build_world(cfg)
+    data = max(world.data, key=lambda d: len(d.train)).train
+    times: dict[str, list[float]] = {"plain": [], "dp_sgd": []}
+    for r in range(repeats + 1):  # the first pass warms up and is not counted
+        for kind, record in (("plain", None), ("dp_sgd", RecordDP(RECORD_CLIP, 1.0))):
+            plan_ = StepPlan(seed=r, steps=steps, total_steps=steps)
+            t0 = time.perf_counter()
+            train_local(
+                world.model,
+                data,
+                cfg.train,
+                world.initial,
+                plan_,
+                world.runtime.pad_id,
+                record_dp=record,
+            )
+            if r:
+                times[kind].append((time.perf_counter() - t0) / steps)
+    plain, private = statistics.median(times["plain"]), statistics.median(times["dp_sgd"])
+    return {
+        "plain_step_seconds": plain,
+        "dp_sgd_step_seconds": private,
+        "dp_step_slowdown": private / plain,
+    }
+
+
+def _spread(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def row_of(name: str, runs: list[dict[str, Any]], central: dict[str, float]) -> dict[str, Any]:
+    """Row ``name``: its runs with their efficiencies, and their means and spreads."""
+    fed = ROWS[name][0]
+    for r in runs:
+        c = central.get(f"{fed}/{r['seed']}")
+        r["efficiency"] = math.nan if c is None else efficiency(r["initial_loss"], r["fed_loss"], c)
+    effs, losses = [r["efficiency"] for r in runs], [r["fed_loss"] for r in runs]
+    row: dict[str, Any] = {
+        "row": name,
+        "federation": fed,
+        "holders": HOLDERS[fed],
+        "overrides": ROWS[name][1],
+        "seeds": [r["seed"] for r in runs],
+        "loss_mean": statistics.fmean(losses),
+        "loss_spread": _spread(losses),
+        "efficiency_mean": statistics.fmean(effs),
+        "efficiency_spread": _spread(effs),
+        "runs": runs,
+    }
+    if "epsilon" in runs[0]:
+        row["epsilon_max"] = max(r["epsilon"] for r in runs)
+    if runs[0].get("planner"):
+        row["planner"] = runs[0]["planner"]
+    return row
+
+
+def headline(rows: dict[str, dict[str, Any]], timing: dict[str, float]) -> dict[str, Any]:
+    """The issue's top-level figures (None where the row is not measured yet)."""
+
+    def eff(name: str) -> float | None:
+        return rows[name]["efficiency_mean"] if name in rows else None
+
+    part = [r for n, r in rows.items() if ":eps8" in n and r["federation"] != "record"]
+    best = max(part, key=lambda r: r["efficiency_mean"], default=None)
+    base = rows.get("p100:eps8")
+    return {
+        "record_eps8_efficiency": eff("record:eps8"),
+        "record_eps3_efficiency": eff("record:eps3"),
+        "record_nonprivate_efficiency": eff("record:none"),
+        "dp_step_slowdown": timing.get("dp_step_slowdown"),
+        "participant_eps8_best_efficiency": best and best["efficiency_mean"],
+        "participant_eps8_best_row": best and best["row"],
+        "planner_holders_for_0_8": base and base["planner"]["holders_per_round_needed"],
+        "measured_holders_for_0_8": crossing(trend(rows), 0.8),
+        "seeds": sorted({s for r in rows.values() for s in r["seeds"]}),
+    }
+
+
+def trend(rows: dict[str, dict[str, Any]]) -> list[tuple[float, float]]:
+    """(holders per round, mean efficiency) at epsilon 8's noise: the p100 row itself (10
+    per round) and the noise-of-K rows."""
+    points = [(Q * 100, rows["p100:eps8"]["efficiency_mean"])] if "p100:eps8" in rows else []
+    for n, r in rows.items():
+        if n.startswith("p100:noise-of-"):
+            points.append((float(ROWS[n][1][NOISE_OF_KEY]), r["efficiency_mean"]))
+    return sorted(points)
+
+
+def crossing(trend: list[tuple[float, float]], target: float) -> float | None:
+    """Holders per round where the measured efficiency first reaches ``target``,
+    interpolated in log(holders) between the two measured points around it."""
+    prev: tuple[float, float] | None = None
+    for k, e in trend:
+        if e >= target:
+            if prev is None or prev[1] >= target:
+                return k
+            k0, f = prev[0], (target - prev[1]) / (e - prev[1])
+            return float(math.exp(math.log(k0) + f * (math.log(k) - math.log(k0))))
+        prev = (k, e)
+    return None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clip", type=float, default=3.0, help="clipping bound C")
+    ap.add_argument("--only", default="", help="comma-separated row names")
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated")
+    ap.add_argument("--keep", action="store_true", help="reuse runs of the last JSON")
+    ap.add_argument("--slowdown-only", action="store_true", help="time DP-SGD steps only")
     args = ap.parse_args()
-    cfg = make_config({**SPLIT, "run.out_dir": "runs/bench-privacy/none"})
-    world = build_world(cfg)
-    base = run("none", {}, world, baselines=("centralized",))
-    l0, central = base["initial_loss"], base["central_loss"]
-    rows: list[dict[str, Any]] = [
-        {
-            "epsilon": None,
-            "delta": None,
-            "fed_loss": base["fed_loss"],
-            "centralized_efficiency": base["centralized_efficiency"],
-            "fed_steps": base["fed_steps"],
-        }
-    ]
-    print(f"non-private: loss {base['fed_loss']:.4f}, eff {rows[0]['centralized_efficiency']:.3f}")
-    for eps in EPSILONS:
-        s = run(
-            f"eps{eps:g}",
-            {
-                "privacy.clip_norm": args.clip,
-                "privacy.target_epsilon": eps,
-                "privacy.target_delta": DELTA,
-            },
-            world,
-        )
-        rows.append(
-            {
-                "epsilon": eps,
-                "delta": DELTA,
-                "epsilon_spent": s["epsilon"],
-                "noise_multiplier": s["privacy"]["noise_multiplier"],
-                "clip_norm": args.clip,
-                "fed_loss": s["fed_loss"],
-                "centralized_efficiency": efficiency(l0, s["fed_loss"], central),
-                "fed_steps": s["fed_steps"],
-            }
-        )
-        r = rows[-1]
-        print(
-            f"epsilon {eps:g}: z {r['noise_multiplier']:.3f}, loss {r['fed_loss']:.4f}, "
-            f"eff {r['centralized_efficiency']:.3f}",
-            flush=True,
-        )
-    result = {
-        "rows": rows,
-        "initial_loss": l0,
-        "central_loss": central,
-        "participants": 100,
-        "sampling_rate": SPLIT["sampling.fraction"],
-        "rounds": SPLIT["run.rounds"],
+    names = [n for n in args.only.split(",") if n] or list(DEFAULT)
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown row {unknown[0]!r}; known: {', '.join(ROWS)}")
+    seeds = [int(x) for x in args.seeds.split(",") if x]
+    path = RESULTS / "privacy_utility.json"
+    last = json.loads(path.read_text()) if args.keep and path.is_file() else {}
+    result: dict[str, Any] = {
+        "central": dict(last.get("central", {})),
+        "timing": dict(last.get("timing", {})),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {
+        r["row"]: r["runs"] for r in last.get("rows", []) if "row" in r
+    }
+    if args.slowdown_only or not result["timing"]:
+        result["timing"] = step_slowdown()
+        print(f"DP-SGD step timing: {result['timing']}", flush=True)
+    world: World | None = None
+    for seed in seeds if not args.slowdown_only else ():
+        for name in sorted(names, key=lambda n: (ROWS[n][0], json.dumps(ROWS[n][1]))):
+            key = f"{ROWS[name][0]}/{seed}"
+            if key not in result["central"]:
+                result["central"][key], world = central_loss(ROWS[name][0], seed, world)
+                print(f"centralized {key}: {result['central'][key]:.4f}", flush=True)
+            if any(r["seed"] == seed for r in runs.get(name, [])):
+                continue
+            run, world = run_one(name, seed, world)
+            runs.setdefault(name, []).append(run)
+            print(f"{name} seed {seed}: loss {run['fed_loss']:.4f}", flush=True)
+            save(runs, result)
+    save(runs, result, final=True)
+
+
+def save(
+    runs: dict[str, list[dict[str, Any]]], result: dict[str, Any], final: bool = False
+) -> None:
+    """Write the JSON (and, at the end, the PNG) from every run measured so far."""
+    rows = {
+        n: row_of(n, sorted(rs, key=lambda r: r["seed"]), result["central"])
+        for n, rs in runs.items()
+        if rs and n in ROWS
+    }
+    ordered = [rows[n] for n in ROWS if n in rows]
+    out = {
+        **headline(rows, result["timing"]),
+        "complete": all(n in rows and len(rows[n]["seeds"]) >= len(SEEDS) for n in DEFAULT),
+        "rows": ordered,
+        "central": result["central"],
+        "timing": result["timing"],
+        "delta": DELTA,
         "command": "python -m benchmarks.privacy_utility",
     }
-    print(write_json("privacy_utility", result))
-    plot(result, RESULTS / "privacy_utility.png")
-
-
-def plot(result: dict[str, Any], path: Path) -> None:
-    """Centralized efficiency for no privacy, epsilon 8 and epsilon 3."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = result["rows"]
-    labels = ["no DP" if r["epsilon"] is None else f"eps={r['epsilon']:g}" for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(labels, [r["centralized_efficiency"] for r in rows], color="tab:blue")
-    ax.axhline(0, color="k", linewidth=0.8)
-    ax.set_ylabel("centralized efficiency")
-    ax.set_title(
-        f"DP-FedAvg, {result['participants']} participants, q={result['sampling_rate']}, "
-        f"{result['rounds']} rounds (delta 1e-6)",
-        fontsize=9,
-    )
-    for i, r in enumerate(rows):
-        ax.annotate(f"loss {r['fed_loss']:.2f}", (i, r["centralized_efficiency"]), ha="center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    path = write_json("privacy_utility", out)
+    if final:
+        print(path)
+        plot(out, RESULTS / "privacy_utility.png")
 
 
 if __name__ == "__main__":
