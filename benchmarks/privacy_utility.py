@@ -143,11 +143,8 @@ def config(name: str, seed: int) -> FederationConfig:
     return make_config({**FEDERATIONS[fed], **o, "run.seed": seed, "run.out_dir": out})
 
 
-def prediction(cfg: FederationConfig, world: World, holders: int) -> dict[str, Any] | None:
-    """The planner's figures for a participant-level row (None without them)."""
-    if not cfg.privacy.enabled:
-        return None
-    shapes = {k: tuple(v.shape) for k, v in world.initial.items()}
+def prediction(cfg: FederationConfig, shapes: dict[str, Any], holders: int) -> dict[str, Any]:
+    """The planner's figures for participant-level ``cfg`` over an adapter of ``shapes``."""
     p = plan(cfg, holders, noised_dimensions(cfg, shapes))
     return {
         "epsilon": p.epsilon,
@@ -157,6 +154,26 @@ def prediction(cfg: FederationConfig, world: World, holders: int) -> dict[str, A
         "ratio": p.ratio,
         "holders_per_round_needed": p.holders_per_round_needed,
     }
+
+
+def planned() -> dict[str, dict[str, Any]]:
+    """The planner's figures for every participant-level row, measured or not (the model
+    is built once per adapter shape; nothing trains)."""
+    from zenfed.model.adapter import get_adapter_state
+    from zenfed.model.build import adapter_model
+
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    out = {}
+    for name, (fed, _) in ROWS.items():
+        cfg = config(name, 0)
+        if not cfg.privacy.enabled:
+            continue
+        key = cfg.lora.model_dump_json()
+        if key not in shapes:
+            state = get_adapter_state(adapter_model(cfg)[0])
+            shapes[key] = {k: tuple(v.shape) for k, v in state.items()}
+        out[name] = prediction(cfg, shapes[key], HOLDERS[fed])
+    return out
 
 
 def run_one(name: str, seed: int, world: World | None) -> tuple[dict[str, Any], World]:
@@ -183,7 +200,9 @@ def run_one(name: str, seed: int, world: World | None) -> tuple[dict[str, Any], 
         run["record_noise_multipliers"] = {n: led[0][1] for n, led in ledgers.items() if led}
         run["record_epsilon"] = {n: dp.epsilon(led, DELTA) for n, led in ledgers.items()}
         run["epsilon"] = max(run["record_epsilon"].values())
-    run["planner"] = prediction(cfg, world, HOLDERS[ROWS[name][0]])
+    if cfg.privacy.enabled:
+        shapes = {k: tuple(v.shape) for k, v in world.initial.items()}
+        run["planner"] = prediction(cfg, shapes, HOLDERS[ROWS[name][0]])
     return run, world
 
 
@@ -322,6 +341,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {
         r["row"]: r["runs"] for r in last.get("rows", []) if "row" in r
     }
+    result["planned"] = last.get("planned") or planned()
     if args.slowdown_only or not result["timing"]:
         result["timing"] = step_slowdown()
         print(f"DP-SGD step timing: {result['timing']}", flush=True)
@@ -357,6 +377,7 @@ def save(
         "rows": ordered,
         "central": result["central"],
         "timing": result["timing"],
+        "planned": result.get("planned", {}),
         "delta": DELTA,
         "command": "python -m benchmarks.privacy_utility",
     }
