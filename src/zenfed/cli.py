@@ -15,15 +15,19 @@ Errors a user can fix print one line (problem; fix) and exit with status 2.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from zenfed.errors import ZenfedError
+
+if TYPE_CHECKING:
+    from zenfed.config import FederationConfig
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Federated LoRA fine-tuning of open LLMs."
@@ -84,33 +88,53 @@ def plan(
         int | None,
         typer.Option(help="participants (default: the simulation's, from [data])"),
     ] = None,
+    examples: Annotated[
+        int | None,
+        typer.Option(help="a holder's training examples: plan its record-level DP-SGD"),
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="override a config key, e.g. --set run.rounds=100"),
     ] = None,
 ) -> None:
     """Before training: the epsilon a run will spend, its noise per coordinate against the
-    largest possible update's, and the holders per round that keep it below the bound."""
+    largest possible update's, and the holders per round (or, for a holder's DP-SGD, the
+    batch) that keep it below the bound."""
     from zenfed.config import load_config
 
     try:
         cfg = load_config(config, _parse_overrides(list(set_ or [])))
-        n = holders if holders is not None else cfg.data.num_participants
-        if n is None and cfg.data.partition == "natural" and not cfg.data.sources:
-            n = len(cfg.data.categories)  # one participant per chatterbot category
-        if n is None:
-            raise ZenfedError("how many participants will take part?", fix="pass --holders N")
         from zenfed.model.adapter import adapter_parameters
         from zenfed.model.build import adapter_model
-        from zenfed.privacy.planner import noised_dimensions, swamping_warning
-        from zenfed.privacy.planner import plan as make_plan
 
+        participant = cfg.privacy.enabled or examples is None
+        n = _plan_holders(cfg, holders) if participant else 0
         model, _ = adapter_model(cfg)
         shapes = {k: tuple(v.shape) for k, v in adapter_parameters(model).items()}
-        p = make_plan(cfg, n, noised_dimensions(cfg, shapes))
+        if participant:
+            _print_plan(cfg, config, n, shapes)
+        if examples is not None:
+            _print_record_plan(cfg, config, examples, shapes)
     except ZenfedError as e:
         _fail(e)
-        return
+
+
+def _plan_holders(cfg: FederationConfig, holders: int | None) -> int:
+    n = holders if holders is not None else cfg.data.num_participants
+    if n is None and cfg.data.partition == "natural" and not cfg.data.sources:
+        n = len(cfg.data.categories)  # one participant per chatterbot category
+    if n is None:
+        raise ZenfedError("how many participants will take part?", fix="pass --holders N")
+    return n
+
+
+def _print_plan(
+    cfg: FederationConfig, config: Path, n: int, shapes: dict[str, tuple[int, ...]]
+) -> None:
+    from zenfed.privacy.planner import noised_dimensions, swamping_warning
+    from zenfed.privacy.planner import plan as make_plan
+
+    p = make_plan(cfg, n, noised_dimensions(cfg, shapes))
     table = Table(title=f"privacy plan: {config}", show_header=False)
     for label, value in (
         ("epsilon over run.rounds", f"{p.epsilon:.3f} at delta {p.delta:g} ({p.rounds} rounds)"),
@@ -125,6 +149,29 @@ def plan(
         table.add_row(label, value)
     console.print(table)
     warning = swamping_warning(p)
+    console.print(f"[bold yellow]warning:[/] {warning}" if warning else "noise within the bound")
+
+
+def _print_record_plan(
+    cfg: FederationConfig, config: Path, examples: int, shapes: dict[str, tuple[int, ...]]
+) -> None:
+    from zenfed.privacy.planner import record_batch_needed, record_plan, record_swamping_warning
+
+    d = sum(math.prod(s) for s in shapes.values())
+    p = record_plan(cfg, examples, d)
+    needed = record_batch_needed(cfg, examples, d)
+    table = Table(title=f"record-level DP-SGD plan of a holder: {config}", show_header=False)
+    for label, value in (
+        ("epsilon per record", f"{p.epsilon:.3f} at delta {p.delta:g} ({p.steps} local steps)"),
+        ("noise multiplier z, sampling rate q", f"{p.noise_multiplier:.4g}, {p.sampling_rate:.4g}"),
+        ("records, expected batch q*N", f"{p.examples:,}, {p.expected_batch:.1f}"),
+        ("noised values d", f"{p.dimensions:,}"),
+        ("noise / gradient per coordinate", f"{p.ratio:.2f} (bound {p.bound:g})"),
+        ("expected batch for the bound", "none" if needed is None else f"{needed:,}"),
+    ):
+        table.add_row(label, value)
+    console.print(table)
+    warning = record_swamping_warning(p, needed, searched=True)
     console.print(f"[bold yellow]warning:[/] {warning}" if warning else "noise within the bound")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -210,3 +211,26 @@ def test_plan_prints_the_epsilon_and_warns_when_the_noise_swamps_the_update(
     plain.write_text(TINY_TOML)
     refused = _zenfed("plan", "--config", str(plain))
     assert refused.returncode == 2 and "no participant-level DP" in refused.stderr
+
+
+def test_plan_of_a_holders_dp_sgd_gives_its_epsilon_and_the_batch_it_needs(
+    tmp_path: Path,
+) -> None:
+    p = tmp_path / "record.toml"
+    p.write_text(TINY_TOML + "[privacy]\nrecord_clip_norm = 1.0\nrecord_target_epsilon = 8.0\n")
+    few = _zenfed("plan", "--config", str(p), "--examples", "50")
+    assert few.returncode == 0, few.stderr
+    out = " ".join(few.stdout.split())
+    assert "8.000 at delta 1e-06" in out and "swamp the gradient" in out
+    assert "no participant-level" not in out  # only the record-level plan was asked for
+    many = _zenfed("plan", "--config", str(p), "--examples", "10000000")
+    assert many.returncode == 0, many.stderr
+    found = re.search(r"expected batch for the bound\s*│\s*([\d,]+)", many.stdout)
+    assert found is not None, many.stdout
+    batch = found.group(1).replace(",", "")
+    enough = _zenfed(
+        "plan", "--config", str(p), "--examples", "10000000", "--set", f"train.batch_size={batch}"
+    )
+    assert "noise within the bound" in enough.stdout, enough.stdout
+    refused = _zenfed("plan", "--config", str(p), "--examples", "0")
+    assert refused.returncode == 2 and "0 records" in refused.stderr

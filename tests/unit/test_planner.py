@@ -19,6 +19,9 @@ from zenfed.privacy.planner import (
     PrivacyWarning,
     noised_dimensions,
     plan,
+    record_batch_needed,
+    record_plan,
+    record_swamping_warning,
     swamping_warning,
     warn_if_swamped,
 )
@@ -123,3 +126,50 @@ def test_a_plan_needs_dp_and_holders() -> None:
     for bad in (0.0, -1.0):  # a bound the ratio cannot be compared with
         with pytest.raises(ZenfedError, match="warn_noise_ratio must be positive"):
             _cfg({"noise_multiplier": 1.0, "warn_noise_ratio": bad})
+
+
+def _record_cfg(**privacy: Any) -> FederationConfig:
+    return parse_config(
+        {
+            "data": {"categories": ["ai"]},
+            "train": {"batch_size": 8, "local_steps": 2},
+            "run": {"rounds": 15},
+            "privacy": {"record_clip_norm": 1.0, **privacy},
+        }
+    )
+
+
+def test_a_holders_dp_sgd_plan_spends_its_target_over_the_runs_steps() -> None:
+    cfg = _record_cfg(record_target_epsilon=3.0)
+    p = record_plan(cfg, examples=400, dimensions=10_000)
+    assert (p.steps, p.sampling_rate, p.expected_batch) == (30, 0.02, 8.0)
+    assert p.epsilon == pytest.approx(3.0, rel=1e-3) and p.epsilon <= 3.0 * (1 + 1e-9)
+    assert p.epsilon == dp.epsilon([(0.02, p.noise_multiplier)] * 30, 1e-6)
+    assert p.ratio == pytest.approx(p.noise_multiplier * 100 / 8)
+    fixed = record_plan(_record_cfg(record_noise_multiplier=1.3), 400, 10_000)
+    assert fixed.noise_multiplier == 1.3 and fixed.ratio == pytest.approx(1.3 * 100 / 8)
+    # a holder with fewer records than a batch samples all of them each step
+    assert record_plan(cfg, examples=5, dimensions=10).sampling_rate == 1.0
+
+
+def test_the_batch_a_holder_needs_is_the_smallest_within_the_bound() -> None:
+    cfg = _record_cfg(record_target_epsilon=8.0)
+    d = 10_000
+    needed = record_batch_needed(cfg, 100_000, d)
+    assert needed is not None and needed > 8
+    assert not record_plan(cfg, 100_000, d, batch=needed).swamped
+    assert record_plan(cfg, 100_000, d, batch=needed - 1).swamped
+    assert record_batch_needed(cfg, 50, d) is None  # even all 50 records a step are not
+    p = record_plan(cfg, 50, d)
+    assert "no batch of its records keeps it below" in str(
+        record_swamping_warning(p, None, searched=True)
+    )
+    wide = _record_cfg(record_target_epsilon=8.0, warn_noise_ratio=1e6)
+    assert record_swamping_warning(record_plan(wide, 50, d)) is None
+
+
+def test_a_record_plan_needs_record_dp_and_records() -> None:
+    with pytest.raises(ZenfedError, match="no record-level DP"):
+        record_plan(_cfg({"noise_multiplier": 1.0}), 100, 10)
+    with pytest.raises(ZenfedError, match="0 records"):
+        record_plan(_record_cfg(record_noise_multiplier=1.0), 0, 10)

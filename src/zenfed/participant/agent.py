@@ -20,7 +20,6 @@ runs DP-SGD and the participant keeps its own ledger.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,6 +39,7 @@ from zenfed.model.adapter import adapter_parameters, set_adapter_state
 from zenfed.noise import gaussian
 from zenfed.participant.state import ParticipantState
 from zenfed.privacy import dp
+from zenfed.privacy.planner import record_multiplier
 from zenfed.privacy.secagg import AdvertiseKeys, SecAggClient, UnmaskRequest
 from zenfed.protocol.messages import EvalReport, Task, Update, root_version
 from zenfed.tensors import Tensors
@@ -166,7 +166,7 @@ class Participant:
         steps = plan_steps(rt.train, n)
         q = sampling_rate(rt.train.batch_size, n)
         target, delta = task.record_target_epsilon, task.privacy_delta
-        z = _record_multiplier(target, delta, q, max(1, task.record_rounds) * steps)
+        z = record_multiplier(target, delta, q, max(1, task.record_rounds) * steps)
         spent = dp.epsilon(self.state.record_privacy + [(q, z)] * steps, delta)
         if spent > target * (1 + 1e-9):
             raise dp.PrivacyBudgetExceeded(
@@ -306,9 +306,3 @@ def masked_update(
         noise = gaussian((), task.count_noise_std, secure=task.secure_noise)
         values = np.append(values, float(below) - 0.5 + float(noise))  # centred: sensitivity 1/2
     return safetensors.numpy.save({"masked": client.mask(values)}), new_residual
-
-
-@functools.lru_cache(maxsize=64)
-def _record_multiplier(target: float, delta: float, q: float, steps: int) -> float:
-    """The DP-SGD multiplier whose ``steps`` steps at sampling rate q spend ``target``."""
-    return dp.calibrate_noise(target, delta, q, steps)

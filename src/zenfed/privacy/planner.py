@@ -30,6 +30,7 @@ log2(rounds per pass) of them, so the ratio is that of the least-noised round.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -163,3 +164,123 @@ def warn_if_swamped(
     message = swamping_warning(plan(cfg, holders, noised_dimensions(cfg, shapes), policy))
     if message:
         warnings.warn(message, PrivacyWarning, stacklevel=2)
+
+
+@dataclass(frozen=True)
+class RecordPlan:
+    """What record-level DP-SGD costs one holder of ``examples`` records and does to each
+    of its local steps: the noise on a step's mean gradient against the largest mean
+    gradient the per-example bound allows (every example at norm C, all aligned)."""
+
+    epsilon: float  # over the most steps the run can give this holder, at delta
+    delta: float
+    noise_multiplier: float  # z: this holder's (calibrated to its own sampling rate)
+    sampling_rate: float  # q = batch / examples
+    steps: int
+    examples: int
+    dimensions: int
+    bound: float
+
+    @property
+    def expected_batch(self) -> float:
+        """q * examples: DP-SGD's fixed denominator."""
+        return self.sampling_rate * self.examples
+
+    @property
+    def ratio(self) -> float:
+        """Noise over gradient per coordinate of a step's mean: z * sqrt(d) / (q N)."""
+        return self.noise_multiplier * math.sqrt(self.dimensions) / self.expected_batch
+
+    @property
+    def swamped(self) -> bool:
+        """Whether the noise exceeds the bound even for the best-case gradient."""
+        return self.ratio > self.bound
+
+
+def record_plan(
+    cfg: FederationConfig, examples: int, dimensions: int, batch: int | None = None
+) -> RecordPlan:
+    """The DP-SGD plan of one holder with ``examples`` records whose noise goes on
+    ``dimensions`` values (``batch``: another expected batch than train.batch_size); its
+    multiplier is the configured one or, with record_target_epsilon, the one the holder
+    calibrates; ZenfedError without record-level DP."""
+    pc, train = cfg.privacy, cfg.train
+    if pc.record_clip_norm is None:
+        raise ZenfedError(
+            "this federation has no record-level DP to plan",
+            fix="set privacy.record_clip_norm and privacy.record_target_epsilon",
+        )
+    if examples < 1 or dimensions < 1:
+        raise ZenfedError(
+            f"cannot plan DP-SGD over {examples} records and {dimensions} noised values",
+            fix="give a holder's number of training examples (--examples)",
+        )
+    q = min(1.0, (batch or train.batch_size) / examples)
+    per_round = train.local_steps or max(
+        1, math.ceil(float(train.local_epochs or 0) * examples / train.batch_size)
+    )
+    steps = cfg.run.rounds * per_round
+    z = pc.record_noise_multiplier
+    if pc.record_target_epsilon is not None:
+        z = record_multiplier(pc.record_target_epsilon, pc.target_delta, q, steps)
+    assert z is not None
+    return RecordPlan(
+        epsilon=dp.epsilon([(q, z)] * steps, pc.target_delta),
+        delta=pc.target_delta,
+        noise_multiplier=z,
+        sampling_rate=q,
+        steps=steps,
+        examples=examples,
+        dimensions=dimensions,
+        bound=pc.warn_noise_ratio,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def record_multiplier(target: float, delta: float, q: float, steps: int) -> float:
+    """The DP-SGD multiplier whose ``steps`` steps at sampling rate q spend ``target``."""
+    return dp.calibrate_noise(target, delta, q, steps)
+
+
+def record_batch_needed(cfg: FederationConfig, examples: int, dimensions: int) -> int | None:
+    """The smallest expected batch that brings a holder's DP-SGD ratio within the bound
+    (a larger batch raises the sampling rate and so the multiplier a target epsilon
+    needs; the ratio still falls with the batch), or None if even every record a step
+    does not."""
+
+    def within(b: int) -> bool:
+        return not record_plan(cfg, examples, dimensions, batch=b).swamped
+
+    lo, hi = 1, max(1, min(cfg.train.batch_size, examples))
+    while not within(hi):  # double the batch until it is within (or all records are not)
+        if hi == examples:
+            return None
+        lo, hi = hi + 1, min(2 * hi, examples)
+    while lo < hi:  # within(hi) holds
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if within(mid) else (mid + 1, hi)
+    return lo
+
+
+def record_swamping_warning(
+    p: RecordPlan, needed: int | None = None, searched: bool = False
+) -> str | None:
+    """The warning a swamped DP-SGD plan deserves (None within the bound); ``needed``:
+    record_batch_needed's answer, if ``searched``."""
+    if not p.swamped:
+        return None
+    more = ""
+    if searched:
+        more = (
+            f"; an expected batch of {needed:,} of its records would keep it below"
+            if needed is not None
+            else "; no batch of its records keeps it below"
+        )
+    return (
+        f"record-level DP-SGD will swamp the gradient: the noise per coordinate of a "
+        f"step's mean is {p.ratio:.1f}x the largest possible mean gradient's (z "
+        f"{p.noise_multiplier:.3g}, {p.dimensions:,} noised values, expected batch "
+        f"{p.expected_batch:.1f} of {p.examples:,} records), above privacy.warn_noise_ratio "
+        f"= {p.bound:g}{more}; fewer noised values (lora.freeze_a, a lower lora.r) or a "
+        "larger privacy.record_target_epsilon help"
+    )
