@@ -3,7 +3,9 @@
     cfg = load_config("examples/demo.toml")
     cfg.train.lr, cfg.server.optimizer, cfg.run.rounds
 
-Every default is visible here, in one place. Unknown keys and wrong types are rejected with
+Every default is visible in this package: the sections here, and those of compression
+(``compress.py``), privacy (``privacy.py``), trust (``trust.py``) and scale (``scale.py``),
+all re-exported here. Unknown keys and wrong types are rejected with
 one line naming the key and the fix (a close spelling is suggested), so a typo never runs a
 silently different experiment.
 """
@@ -14,11 +16,22 @@ import difflib
 import math
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError, model_validator
 
 from zenfed.config.base import _Frozen
+from zenfed.config.compress import CODEC_SPECS
+from zenfed.config.compress import CompressConfig as CompressConfig
+from zenfed.config.compress import LowRankSpec as LowRankSpec
+from zenfed.config.compress import QuantizeSpec as QuantizeSpec
+from zenfed.config.compress import RandKSpec as RandKSpec
+from zenfed.config.compress import SignSpec as SignSpec
+from zenfed.config.compress import SketchSpec as SketchSpec
+from zenfed.config.compress import TopKSpec as TopKSpec
+from zenfed.config.compress import ZstdSpec as ZstdSpec
+from zenfed.config.privacy import PrivacyConfig as PrivacyConfig
+from zenfed.config.privacy import SecAggConfig as SecAggConfig
 from zenfed.config.scale import BufferedConfig as BufferedConfig
 from zenfed.config.scale import DevicesConfig as DevicesConfig
 from zenfed.config.scale import RayConfig as RayConfig
@@ -234,150 +247,6 @@ class ServerConfig(_Frozen):
     tau: float = 1e-3
 
 
-class TopKSpec(_Frozen):
-    """Top-k sparsification: the k largest magnitudes of each tensor, with their indices."""
-
-    codec: Literal["topk"]
-    fraction: float | None = 0.01  # k = ceil(fraction * n) per tensor
-    k: int | None = None  # or a fixed k per tensor (must not exceed any tensor's size)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _k_replaces_fraction(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "k" in data and "fraction" not in data:
-            return {**data, "fraction": None}
-        return data
-
-    @model_validator(mode="after")
-    def _check(self) -> TopKSpec:
-        if (self.fraction is None) == (self.k is None):
-            raise ValueError("topk takes exactly one of fraction and k")
-        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"topk fraction must be in (0, 1], got {self.fraction}")
-        if self.k is not None and self.k < 1:
-            raise ValueError(f"topk k must be at least 1, got {self.k}")
-        return self
-
-
-class RandKSpec(_Frozen):
-    """Random-k: the same random coordinates for every participant of a round (linear)."""
-
-    codec: Literal["randk"]
-    fraction: float = 0.01
-
-    @model_validator(mode="after")
-    def _check(self) -> RandKSpec:
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"randk fraction must be in (0, 1], got {self.fraction}")
-        return self
-
-
-class QuantizeSpec(_Frozen):
-    """Stochastic uniform quantization to ``bits`` per value, one (min, step) per block."""
-
-    codec: Literal["quantize"]
-    bits: Literal[1, 2, 4, 8] = 8
-    block: int = 1024
-
-    @model_validator(mode="after")
-    def _check(self) -> QuantizeSpec:
-        if self.block < 8 or self.block % 8:
-            raise ValueError(f"quantize block must be a positive multiple of 8, got {self.block}")
-        return self
-
-
-class SignSpec(_Frozen):
-    """Sign with scale (EF-signSGD): one bit per value, the mean magnitude per block."""
-
-    codec: Literal["sign"]
-    block: int = 1024
-
-    @model_validator(mode="after")
-    def _check(self) -> SignSpec:
-        if self.block < 8 or self.block % 8:
-            raise ValueError(f"sign block must be a positive multiple of 8, got {self.block}")
-        return self
-
-
-class LowRankSpec(_Frozen):
-    """Truncated SVD of each matrix whose smaller side exceeds ``rank``; others pass."""
-
-    codec: Literal["lowrank"]
-    rank: int = 4
-
-    @model_validator(mode="after")
-    def _check(self) -> LowRankSpec:
-        if self.rank < 1:
-            raise ValueError(f"lowrank rank must be at least 1, got {self.rank}")
-        return self
-
-
-class SketchSpec(_Frozen):
-    """Count sketch (FetchSGD): ``rows`` hash rows totalling ``fraction`` of n (linear)."""
-
-    codec: Literal["sketch"]
-    fraction: float = 0.1
-    rows: int = 1
-
-    @model_validator(mode="after")
-    def _check(self) -> SketchSpec:
-        if not 0.0 < self.fraction <= 1.0 or self.rows < 1:
-            raise ValueError("sketch needs fraction in (0, 1] and rows >= 1")
-        return self
-
-
-class ZstdSpec(_Frozen):
-    """Lossless zstd of the final bytes; must be the pipeline's last stage."""
-
-    codec: Literal["zstd"]
-    level: int = 3
-
-    @model_validator(mode="after")
-    def _check(self) -> ZstdSpec:
-        if not 1 <= self.level <= 22:
-            raise ValueError(f"zstd level must be in [1, 22], got {self.level}")
-        return self
-
-
-CodecSpec = Annotated[
-    TopKSpec | RandKSpec | QuantizeSpec | SignSpec | LowRankSpec | SketchSpec | ZstdSpec,
-    Field(discriminator="codec"),
-]
-
-_CODEC_SPECS: dict[str, type[BaseModel]] = {
-    spec.model_fields["codec"].annotation.__args__[0]: spec  # type: ignore[union-attr]
-    for spec in (TopKSpec, RandKSpec, QuantizeSpec, SignSpec, LowRankSpec, SketchSpec, ZstdSpec)
-}
-
-
-class CompressConfig(_Frozen):
-    """How updates are encoded for the wire: a pipeline of codecs, applied in order.
-
-    ``[[compress.pipeline]]`` tables, e.g. ``codec = "topk"`` then ``codec = "quantize"``
-    (applied to the values top-k kept) then ``codec = "zstd"``. Empty: dense float32.
-    """
-
-    pipeline: tuple[CodecSpec, ...] = ()
-    error_feedback: bool = True  # the participant keeps what was dropped and adds it next time
-    # Downlink: the coordinator broadcasts each new version as the encoded difference from
-    # the previous one (participants holding that one apply it). Empty: full versions.
-    downlink: tuple[CodecSpec, ...] = ()
-
-    @model_validator(mode="after")
-    def _check(self) -> CompressConfig:
-        for key, stages in (("pipeline", self.pipeline), ("downlink", self.downlink)):
-            names = [c.codec for c in stages]
-            if "zstd" in names[:-1]:
-                raise ValueError(f"zstd works on the final bytes: put it last in compress.{key}")
-            terminal = [i for i, n in enumerate(names) if n in ("quantize", "sign")]
-            if terminal and any(n != "zstd" for n in names[terminal[0] + 1 :]):
-                raise ValueError(
-                    f"{names[terminal[0]]} leaves no float values for the codecs after it: "
-                    f"put quantize or sign last in compress.{key} (before zstd)"
-                )
-        return self
-
-
 class SamplingConfig(_Frozen):
     """Which participants train in a round.
 
@@ -404,115 +273,6 @@ class SamplingConfig(_Frozen):
     def pass_rounds(self) -> int:
         """``epochs``: the rounds of one pass over the participants."""
         return math.ceil(1.0 / self.fraction - 1e-9)
-
-
-class PrivacyConfig(_Frozen):
-    """Participant-level differential privacy (DP-FedAvg) and its accountant.
-
-    Set ``clip_norm`` and one of ``noise_multiplier`` or ``target_epsilon`` (the noise is
-    then calibrated to reach it after ``run.rounds``). ``target_epsilon`` is also the
-    budget: a round that would exceed it is not run. ``noise = "distributed"`` has each
-    participant add its share of the noise under secure aggregation, so no party sees the
-    un-noised sum; ``"central"`` has the coordinator add it.
-
-    ``mechanism``: ``"gaussian"`` (DP-FedAvg: independent noise every round, Poisson
-    sampling amplifies it) or ``"tree"`` (DP-FTRL, Kairouz et al. 2021: tree-aggregated
-    noise on the prefix sums of each pass of ``sampling.method = "epochs"``, no sampling;
-    every participant takes part once per pass, as in a cross-silo federation).
-    """
-
-    clip_norm: float | None = None  # participant-level L2 bound C (also without noise)
-    noise_multiplier: float | None = None  # z: the sum's noise has stddev z * C
-    target_epsilon: float | None = None
-    target_delta: float = 1e-6
-    accountant: Literal["rdp", "pld"] = "rdp"
-    noise: Literal["central", "distributed"] = "central"
-    mechanism: Literal["gaussian", "tree"] = "gaussian"
-    adaptive_clipping: bool = False  # Andrew et al. 2021: C tracks a quantile of norms
-    target_quantile: float = 0.5
-    clip_lr: float = 0.2
-    clip_count_stddev: float | None = None  # None: max(expected cohort / 20, z)
-    # Warn (zenfed plan, and the coordinator before round 1) when the noise per coordinate
-    # exceeds this multiple of the largest possible mean update's (privacy.planner).
-    warn_noise_ratio: float = 1.0
-    # Every noise draw (central, distributed, the clip count, DP-SGD) from a
-    # cryptographically secure stream, hardened against floating-point attacks
-    # (zenfed.noise); default: NumPy's / PyTorch's generators seeded by OS entropy.
-    secure_noise: bool = False
-    # Record-level DP-SGD in every participant's local training (per-example clipping to
-    # record_clip_norm, Gaussian noise of multiplier record_noise_multiplier, Poisson-
-    # sampled batches); each participant accounts the epsilon of its own records. Or
-    # record_target_epsilon: each participant calibrates its own multiplier so that the
-    # most local steps the run can give it (every round) spend at most that epsilon (at
-    # target_delta) on its records, and refuses to train past it.
-    record_clip_norm: float | None = None
-    record_noise_multiplier: float | None = None
-    record_target_epsilon: float | None = None
-
-    @property
-    def enabled(self) -> bool:
-        """Whether updates get noise (and epsilon is accounted)."""
-        return self.noise_multiplier is not None or self.target_epsilon is not None
-
-    @model_validator(mode="after")
-    def _check(self) -> PrivacyConfig:
-        if self.enabled and self.clip_norm is None:
-            raise ValueError("differential privacy needs privacy.clip_norm (the bound C)")
-        if self.clip_norm is not None and self.clip_norm <= 0:
-            raise ValueError("privacy.clip_norm must be positive")
-        if self.noise_multiplier is not None and self.noise_multiplier <= 0:
-            raise ValueError("privacy.noise_multiplier must be positive")
-        if self.target_epsilon is not None and self.target_epsilon <= 0:
-            raise ValueError("privacy.target_epsilon must be positive")
-        if self.warn_noise_ratio <= 0:
-            raise ValueError("privacy.warn_noise_ratio must be positive")
-        if not 0.0 < self.target_delta < 1.0:
-            raise ValueError("privacy.target_delta must be in (0, 1)")
-        if not 0.0 < self.target_quantile < 1.0 or self.clip_lr <= 0:
-            raise ValueError("privacy.target_quantile must be in (0, 1), clip_lr positive")
-        noise = (self.record_noise_multiplier, self.record_target_epsilon)
-        if (self.record_clip_norm is None) != (noise == (None, None)) or None not in noise:
-            raise ValueError(
-                "record-level DP-SGD needs privacy.record_clip_norm and one of "
-                "privacy.record_noise_multiplier or privacy.record_target_epsilon"
-            )
-        if any(x is not None and x <= 0 for x in (self.record_clip_norm, *noise)):
-            raise ValueError(
-                "privacy.record_clip_norm, record_noise_multiplier and record_target_epsilon "
-                "must be > 0"
-            )
-        return self
-
-
-class SecAggConfig(_Frozen):
-    """Secure aggregation (SecAgg+, Bell et al. 2020): the coordinator learns only the sum.
-
-    Each participant masks with ``degree`` neighbours of a random regular graph (None:
-    3 ceil(log2 n), at least 2), secret-shares its mask secrets among them with threshold
-    ``floor(threshold * degree) + 1``, and the round aborts below ``min_survivors`` uploads.
-    Values are clipped to ``clip_norm`` (or privacy.clip_norm) and summed as fixed-point
-    integers modulo 2^32.
-    """
-
-    enabled: bool = False
-    degree: int | None = None
-    threshold: float = 0.5
-    min_survivors: int = 2
-    clip_norm: float | None = None
-    stage_timeout_s: float = 60.0  # networked: a key-exchange or unmask stage closes then
-
-    @model_validator(mode="after")
-    def _check(self) -> SecAggConfig:
-        if not 0.5 <= self.threshold < 1.0:
-            raise ValueError(
-                "secagg.threshold must be in [0.5, 1): below one half a curious coordinator "
-                "could collect both secrets of a participant"
-            )
-        if self.degree is not None and self.degree < 1:
-            raise ValueError("secagg.degree must be at least 1")
-        if self.min_survivors < 1:
-            raise ValueError("secagg.min_survivors must be at least 1")
-        return self
 
 
 class RunConfig(_Frozen):
@@ -740,8 +500,8 @@ def _fix(err: Any) -> str:
     for name in parents:
         if name.isdigit():
             continue
-        if name in _CODEC_SPECS:  # a tagged union member: pydantic puts the tag in the path
-            model = _CODEC_SPECS[name]
+        if name in CODEC_SPECS:  # a tagged union member: pydantic puts the tag in the path
+            model = CODEC_SPECS[name]
             continue
         field = getattr(model, "model_fields", {}).get(name)
         ann = getattr(field, "annotation", None)
