@@ -126,6 +126,34 @@ PIPELINES.update(
         },
     }
 )
+# Toward 1000x upload (issue 15, not measured yet): SparseLoCo's recipe, top-k at 1-3 % with
+# 2-bit quantization and error feedback, and fewer synchronizations (4 local steps a round)
+# with an outer Nesterov step on the averaged pseudo-gradient.
+_Q2 = {**_Q, "bits": 2}
+PIPELINES.update(
+    {
+        "ffa-lora+topk3%+quantize2@lr2e-2": {
+            "lora.freeze_a": True,
+            "train.lr": 2e-2,
+            "compress.pipeline": [{"codec": "topk", "fraction": 0.03}, _Q2, _Z],
+        },
+        "ffa-lora+topk1%+quantize2@lr2e-2": {
+            "lora.freeze_a": True,
+            "train.lr": 2e-2,
+            "compress.pipeline": [{"codec": "topk", "fraction": 0.01}, _Q2, _Z],
+        },
+        "ffa-lora+4-local-steps+nesterov+topk3%+quantize2": {
+            "lora.freeze_a": True,
+            "train.lr": 1e-2,
+            "train.local_steps": 4,
+            "run.rounds": 15,
+            "server.optimizer": "nesterov",
+            "server.lr": 0.7,
+            "server.momentum": 0.9,
+            "compress.pipeline": [{"codec": "topk", "fraction": 0.03}, _Q2, _Z],
+        },
+    }
+)
 # What runs without --only/--all: the reference, the best upload-only row of the single-
 # seed sweep, and the top-k 10 % downlink (single-seed explorations, --seeds 0: a random-k
 # 10 % downlink lost 31 % of loss, top-k 2 % 13 %).
