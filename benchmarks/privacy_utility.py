@@ -274,15 +274,18 @@ def row_of(name: str, runs: list[dict[str, Any]], central: dict[str, float]) -> 
     return row
 
 
-def headline(rows: dict[str, dict[str, Any]], timing: dict[str, float]) -> dict[str, Any]:
-    """The issue's top-level figures (None where the row is not measured yet)."""
+def headline(
+    rows: dict[str, dict[str, Any]], timing: dict[str, float], planned_: dict[str, Any]
+) -> dict[str, Any]:
+    """The issue's top-level figures (None where the row is not measured yet; the
+    planner's come from ``planned_`` whether its row ran or not)."""
 
     def eff(name: str) -> float | None:
         return rows[name]["efficiency_mean"] if name in rows else None
 
     part = [r for n, r in rows.items() if ":eps8" in n and r["federation"] != "record"]
     best = max(part, key=lambda r: r["efficiency_mean"], default=None)
-    base = rows.get("p100:eps8")
+    base = planned_.get("p100:eps8")
     return {
         "record_eps8_efficiency": eff("record:eps8"),
         "record_eps3_efficiency": eff("record:eps3"),
@@ -290,7 +293,7 @@ def headline(rows: dict[str, dict[str, Any]], timing: dict[str, float]) -> dict[
         "dp_step_slowdown": timing.get("dp_step_slowdown"),
         "participant_eps8_best_efficiency": best and best["efficiency_mean"],
         "participant_eps8_best_row": best and best["row"],
-        "planner_holders_for_0_8": base and base["planner"]["holders_per_round_needed"],
+        "planner_holders_for_0_8": base and base["holders_per_round_needed"],
         "measured_holders_for_0_8": crossing(trend(rows), 0.8),
         "seeds": sorted({s for r in rows.values() for s in r["seeds"]}),
     }
@@ -372,7 +375,7 @@ def save(
     }
     ordered = [rows[n] for n in ROWS if n in rows]
     out = {
-        **headline(rows, result["timing"]),
+        **headline(rows, result["timing"], result.get("planned", {})),
         "complete": all(n in rows and len(rows[n]["seeds"]) >= len(SEEDS) for n in DEFAULT),
         "rows": ordered,
         "central": result["central"],
