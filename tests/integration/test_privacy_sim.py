@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_config
+from zenfed.errors import ZenfedError
 from zenfed.privacy import dp
 from zenfed.protocol.messages import Task
 from zenfed.sim import run_simulation
@@ -87,3 +88,6 @@ def test_record_target_epsilon_is_spent_exactly_by_the_last_round_and_not_beyond
     with pytest.raises(dp.PrivacyBudgetExceeded, match="above privacy.record_target_epsilon 2"):
         p.train(extra, lambda version, held: b"")
     assert p.state.record_privacy == before  # refused before anything was trained or spent
+    unknown = Task(3, p.name, "v" * 64, record_clip_norm=1.0, record_target_epsilon=2.0)
+    with pytest.raises(ZenfedError, match="without the run's rounds"):
+        p.train(unknown, lambda version, held: b"")

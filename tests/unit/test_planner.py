@@ -173,3 +173,24 @@ def test_a_record_plan_needs_record_dp_and_records() -> None:
         record_plan(_cfg({"noise_multiplier": 1.0}), 100, 10)
     with pytest.raises(ZenfedError, match="0 records"):
         record_plan(_record_cfg(record_noise_multiplier=1.0), 0, 10)
+
+
+def test_a_record_plan_at_another_batch_counts_that_batchs_epoch_steps() -> None:
+    cfg = parse_config(
+        {
+            "data": {"categories": ["ai"]},
+            "train": {"batch_size": 8, "local_epochs": 1.0},
+            "run": {"rounds": 2},
+            "privacy": {"record_clip_norm": 1.0, "record_target_epsilon": 8.0},
+        }
+    )
+    assert record_plan(cfg, 2000, 100).steps == 2 * 250
+    assert record_plan(cfg, 2000, 100, batch=12).steps == 2 * 167  # ceil(2000 / 12)
+
+
+def test_a_target_out_of_reach_is_a_record_level_error_and_no_batch_for_the_search() -> None:
+    cfg = _record_cfg(record_target_epsilon=0.01)
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"rounds": 5000})})
+    with pytest.raises(ZenfedError, match="record-level epsilon 0.01.*out of reach"):
+        record_plan(cfg, 8, 10)  # q = 1 over 10,000 steps
+    assert record_batch_needed(cfg, 8, 10) is None

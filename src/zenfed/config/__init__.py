@@ -157,6 +157,14 @@ class TrainConfig(_Frozen):
             return {**data, "local_steps": None}
         return data
 
+    def steps_per_round(self, num_examples: int, batch_size: int | None = None) -> int:
+        """Local optimizer steps a round: ``local_steps``, or ``local_epochs`` over
+        ``num_examples`` in batches of ``batch_size`` (default: this config's)."""
+        if self.local_steps is not None:
+            return self.local_steps
+        batch = batch_size or self.batch_size
+        return max(1, math.ceil(float(self.local_epochs or 0) * num_examples / batch))
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if (self.local_steps is None) == (self.local_epochs is None):

@@ -163,10 +163,20 @@ class Participant:
         if task.record_target_epsilon is None:
             return RecordDP(task.record_clip_norm, task.record_noise_multiplier, task.secure_noise)
         rt, n = self.runtime, len(self.data.train)
+        if n == 0:
+            raise ZenfedError(
+                f"{self.name} has no training examples", fix="give it data or drop it"
+            )
+        if task.record_rounds < 1:
+            raise ZenfedError(
+                f"{self.name}: a record_target_epsilon task without the run's rounds cannot be "
+                "calibrated (it would spend the whole budget in this round)",
+                fix="a coordinator of this zenfed version sets Task.record_rounds",
+            )
         steps = plan_steps(rt.train, n)
         q = sampling_rate(rt.train.batch_size, n)
         target, delta = task.record_target_epsilon, task.privacy_delta
-        z = record_multiplier(target, delta, q, max(1, task.record_rounds) * steps)
+        z = record_multiplier(target, delta, q, task.record_rounds * steps)
         spent = dp.epsilon(self.state.record_privacy + [(q, z)] * steps, delta)
         if spent > target * (1 + 1e-9):
             raise dp.PrivacyBudgetExceeded(

@@ -215,11 +215,9 @@ def record_plan(
             f"cannot plan DP-SGD over {examples} records and {dimensions} noised values",
             fix="give a holder's number of training examples (--examples)",
         )
-    q = min(1.0, (batch or train.batch_size) / examples)
-    per_round = train.local_steps or max(
-        1, math.ceil(float(train.local_epochs or 0) * examples / train.batch_size)
-    )
-    steps = cfg.run.rounds * per_round
+    b = batch or train.batch_size
+    q = min(1.0, b / examples)  # DP-SGD's Poisson rate, as the participant's trainer has it
+    steps = cfg.run.rounds * train.steps_per_round(examples, b)
     z = pc.record_noise_multiplier
     if pc.record_target_epsilon is not None:
         z = record_multiplier(pc.record_target_epsilon, pc.target_delta, q, steps)
@@ -238,8 +236,17 @@ def record_plan(
 
 @functools.lru_cache(maxsize=256)
 def record_multiplier(target: float, delta: float, q: float, steps: int) -> float:
-    """The DP-SGD multiplier whose ``steps`` steps at sampling rate q spend ``target``."""
-    return dp.calibrate_noise(target, delta, q, steps)
+    """The DP-SGD multiplier whose ``steps`` steps at sampling rate q spend ``target``
+    (ZenfedError if no multiplier up to 1000 does)."""
+    try:
+        return dp.calibrate_noise(target, delta, q, steps)
+    except ZenfedError as e:
+        raise ZenfedError(
+            f"record-level epsilon {target:g} at delta {delta:g} over {steps} DP-SGD steps "
+            f"at sampling rate {q:.4g} is out of reach for noise multipliers up to 1000",
+            fix="raise privacy.record_target_epsilon, or take fewer local steps "
+            "(run.rounds, train.local_steps) or a smaller train.batch_size",
+        ) from e
 
 
 def record_batch_needed(cfg: FederationConfig, examples: int, dimensions: int) -> int | None:
@@ -249,7 +256,10 @@ def record_batch_needed(cfg: FederationConfig, examples: int, dimensions: int) -
     does not."""
 
     def within(b: int) -> bool:
-        return not record_plan(cfg, examples, dimensions, batch=b).swamped
+        try:
+            return not record_plan(cfg, examples, dimensions, batch=b).swamped
+        except ZenfedError:  # no multiplier reaches the target at this rate: no good either
+            return False
 
     lo, hi = 1, max(1, min(cfg.train.batch_size, examples))
     while not within(hi):  # double the batch until it is within (or all records are not)

@@ -61,9 +61,7 @@ class LocalResult:
 
 def plan_steps(cfg: TrainConfig, num_examples: int) -> int:
     """Local optimizer steps per round: ``local_steps``, or epochs over the data."""
-    if cfg.local_steps is not None:
-        return cfg.local_steps
-    return max(1, math.ceil(float(cfg.local_epochs or 0) * num_examples / cfg.batch_size))
+    return cfg.steps_per_round(num_examples)
 
 
 def micro_batch_size(model: torch.nn.Module, cfg: TrainConfig, seq_len: int) -> int:
