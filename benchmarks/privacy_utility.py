@@ -311,11 +311,14 @@ def trend(rows: dict[str, dict[str, Any]]) -> list[tuple[float, float]]:
 
 def crossing(trend: list[tuple[float, float]], target: float) -> float | None:
     """Holders per round where the measured efficiency first reaches ``target``,
-    interpolated in log(holders) between the two measured points around it."""
+    interpolated in log(holders) between the two measured points around it (the first
+    point itself if it is there already: then an upper bound); None if it never does."""
     prev: tuple[float, float] | None = None
     for k, e in trend:
+        if math.isnan(e):
+            continue
         if e >= target:
-            if prev is None or prev[1] >= target:
+            if prev is None:
                 return k
             k0, f = prev[0], (target - prev[1]) / (e - prev[1])
             return float(math.exp(math.log(k0) + f * (math.log(k) - math.log(k0))))
@@ -344,7 +347,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {
         r["row"]: r["runs"] for r in last.get("rows", []) if "row" in r
     }
-    result["planned"] = last.get("planned") or planned()
+    result["planned"] = planned()  # cheap, and follows any change of ROWS or the planner
     if args.slowdown_only or not result["timing"]:
         result["timing"] = step_slowdown()
         print(f"DP-SGD step timing: {result['timing']}", flush=True)
