@@ -15,7 +15,6 @@ Errors a user can fix print one line (problem; fix) and exit with status 2.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -135,8 +134,7 @@ def _print_plan(
     from zenfed.privacy.planner import plan as make_plan
 
     p = make_plan(cfg, n, noised_dimensions(cfg, shapes))
-    table = Table(title=f"privacy plan: {config}", show_header=False)
-    for label, value in (
+    rows = (
         ("epsilon over run.rounds", f"{p.epsilon:.3f} at delta {p.delta:g} ({p.rounds} rounds)"),
         ("noise multiplier z, sampling rate q", f"{p.noise_multiplier:.4g}, {p.sampling_rate:g}"),
         ("holders N, per round q*N", f"{p.holders:,}, {p.expected_cohort:.1f}"),
@@ -145,33 +143,40 @@ def _print_plan(
         ("largest update per coordinate (x C)", f"{p.update_per_coordinate:.3g}"),
         ("noise / update", f"{p.ratio:.2f} (bound {p.bound:g})"),
         ("holders per round for the bound", f"{p.holders_per_round_needed:,.0f}"),
-    ):
-        table.add_row(label, value)
-    console.print(table)
-    warning = swamping_warning(p)
-    console.print(f"[bold yellow]warning:[/] {warning}" if warning else "noise within the bound")
+    )
+    _print_plan_table(f"privacy plan: {config}", rows, swamping_warning(p))
 
 
 def _print_record_plan(
     cfg: FederationConfig, config: Path, examples: int, shapes: dict[str, tuple[int, ...]]
 ) -> None:
-    from zenfed.privacy.planner import record_batch_needed, record_plan, record_swamping_warning
+    from zenfed.privacy.planner import (
+        adapter_values,
+        record_batch_needed,
+        record_plan,
+        record_swamping_warning,
+    )
 
-    d = sum(math.prod(s) for s in shapes.values())
+    d = adapter_values(shapes)  # DP-SGD noises the trained values themselves
     p = record_plan(cfg, examples, d)
     needed = record_batch_needed(cfg, examples, d)
-    table = Table(title=f"record-level DP-SGD plan of a holder: {config}", show_header=False)
-    for label, value in (
+    rows = (
         ("epsilon per record", f"{p.epsilon:.3f} at delta {p.delta:g} ({p.steps} local steps)"),
         ("noise multiplier z, sampling rate q", f"{p.noise_multiplier:.4g}, {p.sampling_rate:.4g}"),
         ("records, expected batch q*N", f"{p.examples:,}, {p.expected_batch:.1f}"),
         ("noised values d", f"{p.dimensions:,}"),
         ("noise / gradient per coordinate", f"{p.ratio:.2f} (bound {p.bound:g})"),
         ("expected batch for the bound", "none" if needed is None else f"{needed:,}"),
-    ):
+    )
+    title = f"record-level DP-SGD plan of a holder: {config}"
+    _print_plan_table(title, rows, record_swamping_warning(p, needed, searched=True))
+
+
+def _print_plan_table(title: str, rows: tuple[tuple[str, str], ...], warning: str | None) -> None:
+    table = Table(title=title, show_header=False)
+    for label, value in rows:
         table.add_row(label, value)
     console.print(table)
-    warning = record_swamping_warning(p, needed, searched=True)
     console.print(f"[bold yellow]warning:[/] {warning}" if warning else "noise within the bound")
 
 

@@ -136,6 +136,11 @@ def noised_dimensions(cfg: FederationConfig, shapes: dict[str, Shape]) -> int:
     aggregation the (linear) codec's flat vector, where the clip bound holds."""
     if cfg.secagg.enabled:
         return Pipeline(cfg.compress, shapes).flat_length()
+    return adapter_values(shapes)
+
+
+def adapter_values(shapes: dict[str, Shape]) -> int:
+    """How many values an adapter of ``shapes`` trains."""
     return sum(math.prod(s) for s in shapes.values())
 
 
