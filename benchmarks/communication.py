@@ -154,6 +154,31 @@ PIPELINES.update(
         },
     }
 )
+# Fewer synchronizations (issue 15): 4 or 8 local steps a round over 15 or 8 rounds (the
+# same 120 local steps), so 4-8x fewer uploads and broadcasts; an outer Nesterov step
+# (DiLoCo's 0.7/0.9) or FedAvg on the averaged pseudo-gradient.
+_DOWN10 = {"compress.downlink": [{"codec": "topk", "fraction": 0.1}, *_SIGN]}
+_L4 = {"lora.freeze_a": True, "train.local_steps": 4, "run.rounds": 15, **_DOWN10}
+_NESTEROV = {"server.optimizer": "nesterov", "server.lr": 0.7, "server.momentum": 0.9}
+_RANDK60 = {"compress.pipeline": [{"codec": "randk", "fraction": 0.6}, *_SIGN]}
+PIPELINES.update(
+    {
+        "ffa-lora+L4@lr1e-2+nesterov+randk60%+sign+down-topk10%": {
+            **_L4, **_NESTEROV, **_RANDK60, "train.lr": 1e-2,
+        },
+        "ffa-lora+L4@lr1e-2+randk60%+sign+down-topk10%": {
+            **_L4, **_RANDK60, "train.lr": 1e-2,
+        },
+        "ffa-lora+L4@lr1e-2+nesterov+topk3%+quantize2+down-topk10%": {
+            **_L4, **_NESTEROV, "train.lr": 1e-2,
+            "compress.pipeline": [{"codec": "topk", "fraction": 0.03}, _Q2, _Z],
+        },
+        "ffa-lora+L8@lr1e-2+nesterov+randk60%+sign+down-topk10%": {
+            **_L4, **_NESTEROV, **_RANDK60, "train.lr": 1e-2,
+            "train.local_steps": 8, "run.rounds": 8,
+        },
+    }
+)  # fmt: skip
 # What runs without --only/--all: the reference, the best upload-only row of the single-
 # seed sweep, and the top-k 10 % downlink (single-seed explorations, --seeds 0: a random-k
 # 10 % downlink lost 31 % of loss, top-k 2 % 13 %).
