@@ -30,14 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from zenfed.aggregate import (
-    Accumulator,
-    Aggregate,
-    KeepAll,
-    ServerOptState,
-    StreamingMean,
-    build_rule,
-)
+from zenfed.aggregate import Aggregate, ServerOptState, build_rule
 from zenfed.aggregate.server_opt import server_step
 from zenfed.compress import CodecError, Pipeline
 from zenfed.compress.downlink import Publisher
@@ -45,7 +38,7 @@ from zenfed.config import FederationConfig
 from zenfed.coordinator.buffered import Buffered, InFlight, check_pool
 from zenfed.coordinator.evaluation import FederatedEvaluation
 from zenfed.coordinator.metrics import round_metrics
-from zenfed.coordinator.rounds import OpenRound, Spill
+from zenfed.coordinator.rounds import OpenRound, Spill, accumulator_for, combine
 from zenfed.coordinator.rounds import RoundAborted as RoundAborted
 from zenfed.coordinator.screening import Assessment, Screen
 from zenfed.coordinator.secure import SecureRound
@@ -215,15 +208,9 @@ class Coordinator:
         self._start(tasks, secure)
 
     def _start(self, tasks: list[Task], secure: SecureRound | None) -> None:
-        acc: Accumulator
         n, version = self.state.round, self.version.id
         codec_seed = tasks[0].codec_seed if tasks and not self.buffered else n
-        if secure is not None:
-            acc = secure
-        elif self.rule.streaming and self.screen is None:  # screening needs every update
-            acc = StreamingMean()
-        else:
-            acc = KeepAll(self.rule, self.spill, seed=codec_seed)
+        acc = accumulator_for(self.rule, self.screen, self.spill, secure, codec_seed)
         cohort = {t.participant: t for t in tasks}
         deadline = math.inf if self.buffered else tasks[0].deadline
         self.current = OpenRound(n, version, codec_seed, cohort, acc, deadline, secure)
@@ -347,39 +334,9 @@ class Coordinator:
         """The open round's updates combined and screened ([detect]), before privacy and
         the server step (what a regional coordinator sends its root); changes nothing.
         RoundAborted if too few arrived for the aggregation rule."""
-        r = self.current
-        if r is None:
+        if self.current is None:
             raise ZenfedError("no round is open", fix="call open_round first")
-        if not r.received:
-            raise ZenfedError(
-                f"round {r.round} received no updates; the global version stays",
-                fix="check the participants' errors",
-            )
-        if r.secure is None and not self.rule.streaming:
-            try:
-                self.rule.check_count(len(r.received))
-            except ZenfedError as e:
-                raise RoundAborted(e.problem, fix="the round is skipped") from e
-        combined = r.accumulator.result()
-        assessment = (
-            self.screen.assess_round(r.accumulator, combined, self.state) if self.screen else None
-        )
-        if assessment and assessment.flags and isinstance(r.accumulator, KeepAll):
-            combined = self._without(r.accumulator, set(assessment.flags))
-        return combined, assessment
-
-    def _without(self, acc: KeepAll, flagged: set[str]) -> Aggregate:
-        """The round's result with the flagged updates left out (RoundAborted if too few
-        remain for the rule)."""
-        left = len(acc) - len(flagged)
-        try:
-            self.rule.check_count(left)
-            return acc.result(without=flagged)
-        except ZenfedError as e:
-            raise RoundAborted(
-                f"{len(flagged)} flagged updates left out, {left} remain: {e.problem}",
-                fix="the round is skipped",
-            ) from e
+        return combine(self.current, self.rule, self.screen, self.state)
 
     def commit(self, result: Commit) -> GlobalVersion:
         """Make ``result`` the global state: ``aggregate_round``'s of the open round, or,

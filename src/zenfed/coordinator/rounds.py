@@ -1,12 +1,16 @@
-"""The open round as the engine holds it, and the error of a round that cannot finish."""
+"""The open round as the engine holds it, the error of a round that cannot finish, and the
+two pure steps at its ends: the accumulator it opens with and what it combines to."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from zenfed.aggregate import Accumulator
+from zenfed.aggregate import Accumulator, Aggregate, KeepAll, StreamingMean
+from zenfed.aggregate.registry import AggregationRule
+from zenfed.coordinator.screening import Assessment, Screen
 from zenfed.coordinator.secure import SecureRound
+from zenfed.coordinator.state import CoordinatorState
 from zenfed.errors import ZenfedError
 from zenfed.protocol.messages import Task, Update
 from zenfed.tensors import Tensors
@@ -38,3 +42,50 @@ class OpenRound:
     def task_for(self, participant: str) -> Task | None:
         """``participant``'s task, unless it has none or has uploaded."""
         return None if participant in self.received else self.tasks.get(participant)
+
+
+def accumulator_for(
+    rule: AggregationRule,
+    screen: Screen | None,
+    spill: Spill | None,
+    secure: SecureRound | None,
+    seed: int,
+) -> Accumulator:
+    """What a round folds its updates into: the masked sum of a secure round, a streaming
+    mean when the rule is one and nothing screens, else every update kept (``spill``
+    says where; ``seed`` is the round's, for a rule that draws)."""
+    if secure is not None:
+        return secure
+    if rule.streaming and screen is None:  # screening needs every update
+        return StreamingMean()
+    return KeepAll(rule, spill, seed=seed)
+
+
+def combine(
+    r: OpenRound, rule: AggregationRule, screen: Screen | None, state: CoordinatorState
+) -> tuple[Aggregate, Assessment | None]:
+    """The round's updates combined and screened ([detect]), before privacy and the
+    server step; changes nothing. ZenfedError if nothing arrived, RoundAborted if too few
+    did (or remain once the flagged are left out) for the aggregation rule."""
+    if not r.received:
+        raise ZenfedError(
+            f"round {r.round} received no updates; the global version stays",
+            fix="check the participants' errors",
+        )
+    if r.secure is None and not rule.streaming:
+        _enough(rule, len(r.received), "")
+    combined = r.accumulator.result()
+    assessment = screen.assess_round(r.accumulator, combined, state) if screen else None
+    if assessment and assessment.flags and isinstance(r.accumulator, KeepAll):
+        flagged = set(assessment.flags)
+        left = len(r.accumulator) - len(flagged)
+        _enough(rule, left, f"{len(flagged)} flagged updates left out, {left} remain: ")
+        combined = r.accumulator.result(without=flagged)
+    return combined, assessment
+
+
+def _enough(rule: AggregationRule, count: int, why: str) -> None:
+    try:
+        rule.check_count(count)
+    except ZenfedError as e:
+        raise RoundAborted(why + e.problem, fix="the round is skipped") from e
