@@ -179,6 +179,26 @@ PIPELINES.update(
         },
     }
 )  # fmt: skip
+# Fewer synchronizations with every holder in every round (no cohort drift between the
+# domains, and no stale error-feedback residual): the same 120 local steps as 5 rounds x
+# 3 steps or 3 rounds x 5 steps of all 8 holders (40 or 24 uploads).
+_FULL = {"lora.freeze_a": True, "sampling.fraction": 1.0, **_DOWN10}
+for _r, _l in ((5, 3), (3, 5)):
+    for _lr in ("1e-2", "2e-2"):
+        PIPELINES[f"ffa-lora+all{_r}x{_l}@lr{_lr}+randk60%+sign+down-topk10%"] = {
+            **_FULL, **_RANDK60, "train.lr": float(_lr),
+            "run.rounds": _r, "train.local_steps": _l,
+        }  # fmt: skip
+# A smaller adapter (issue 15): FFA-LoRA at rank 2 or 1 (alpha / r kept at 2) trains 4-8x
+# fewer values, so the same bits a value buy 4-8x fewer bytes; the lr rises about as
+# sqrt(8 / r) to keep the update's size.
+for _rank, _lr, _frac in ((2, "4e-2", 0.3), (1, "5e-2", 0.6), (1, "2e-2", 0.6)):
+    PIPELINES[f"ffa-lora-r{_rank}+randk{_frac:.0%}+sign@lr{_lr}+down-topk10%"] = {
+        "lora.freeze_a": True, "lora.r": _rank, "lora.alpha": 2 * _rank,
+        "train.lr": float(_lr),
+        "compress.pipeline": [{"codec": "randk", "fraction": _frac}, *_SIGN],
+        **_DOWN10,
+    }  # fmt: skip
 # What runs without --only/--all: the reference, the best upload-only row of the single-
 # seed sweep, and the top-k 10 % downlink (single-seed explorations, --seeds 0: a random-k
 # 10 % downlink lost 31 % of loss, top-k 2 % 13 %).
