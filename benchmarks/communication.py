@@ -199,6 +199,26 @@ for _rank, _lr, _frac in ((2, "4e-2", 0.3), (1, "5e-2", 0.6), (1, "2e-2", 0.6)):
         "compress.pipeline": [{"codec": "randk", "fraction": _frac}, *_SIGN],
         **_DOWN10,
     }  # fmt: skip
+# Top-k by blocks of 8 (a rank-8 B matrix's row): one index a row instead of one a value,
+# so a 10 % top-k costs about a quarter of its bytes in indices (issue 15).
+_B8 = {"codec": "topk", "block": 8}
+PIPELINES.update(
+    {
+        "ffa-lora+randk60%+sign@lr2e-2+down-topk10%-b8+sign": {
+            **_UP60,
+            "compress.downlink": [{**_B8, "fraction": 0.1}, *_SIGN],
+        },
+        "ffa-lora+randk60%+sign@lr2e-2+down-topk5%-b8+sign": {
+            **_UP60,
+            "compress.downlink": [{**_B8, "fraction": 0.05}, *_SIGN],
+        },
+        "ffa-lora+topk10%-b8+sign@lr2e-2+down-topk10%-b8+sign": {
+            **_UP60,
+            "compress.pipeline": [{**_B8, "fraction": 0.1}, *_SIGN],
+            "compress.downlink": [{**_B8, "fraction": 0.1}, *_SIGN],
+        },
+    }
+)
 # What runs without --only/--all: the reference, the best upload-only row of the single-
 # seed sweep, and the top-k 10 % downlink (single-seed explorations, --seeds 0: a random-k
 # 10 % downlink lost 31 % of loss, top-k 2 % 13 %).

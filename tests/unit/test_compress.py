@@ -1,5 +1,6 @@
 """Contract tests every codec passes, plus each codec's own error bound (hypothesis)."""
 
+import math
 from typing import Any
 
 import pytest
@@ -302,6 +303,53 @@ def test_the_wire_groups_every_tensors_part_into_one_entry_and_reads_the_old_lay
             assert torch.equal(t, pipe.unpack(payload, shared_seed=3)[k])
         sizes.append(len(payload) - sum(t.numel() * t.element_size() for t in parts.values()))
     assert sizes[0] < 400 and sizes[0] - sizes[1] < 100, sizes  # the header: constant
+
+
+@given(
+    st.integers(1, 40).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.floats(-10, 10, allow_nan=False), min_size=n, max_size=n),
+            st.integers(1, 9),
+            st.floats(0.05, 1.0),
+        )
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_block_topk_keeps_the_blocks_of_largest_norm_whole(
+    case: tuple[list[float], int, float],
+) -> None:
+    values, block, fraction = case
+    x = torch.tensor(values, dtype=torch.float32)
+    codec = TopK(fraction=fraction, block=block)
+    units = -(-x.numel() // block)
+    k = codec.keep(units)
+    y = codec.decode(codec.encode(x, 0), (x.numel(),), 0)
+    padded = torch.nn.functional.pad(x, (0, units * block - x.numel())).reshape(units, block)
+    kept = (y != 0) | (x == 0)  # a kept block is exact; a dropped one is all zeros
+    norms = padded.norm(dim=1)
+    got = torch.nn.functional.pad(y, (0, units * block - x.numel())).reshape(units, block)
+    whole = [bool(torch.equal(got[i], padded[i])) for i in range(units)]
+    dropped = [i for i in range(units) if not whole[i]]
+    assert all(bool((got[i] == 0).all()) for i in dropped)
+    assert units - len(dropped) >= k or bool(kept.all())
+    if dropped:  # every dropped block's norm is at most every kept nonzero one's
+        kept_norms = [float(norms[i]) for i in range(units) if whole[i] and norms[i] > 0]
+        assert all(float(norms[i]) <= min(kept_norms, default=math.inf) for i in dropped)
+    assert float((x - y).square().sum()) <= (1 - k / units) * float(x.square().sum()) + 1e-4
+
+
+def test_block_topk_sends_one_index_a_block() -> None:
+    shapes: dict[str, tuple[int, ...]] = {"lora_B": (576, 8)}
+    x = {"lora_B": torch.randn(576, 8)}
+    for block, idx in ((1, 461), (8, 58)):
+        cfg = CompressConfig.model_validate(
+            {"pipeline": ({"codec": "topk", "fraction": 0.1, "block": block},)}
+        )
+        parts = Pipeline(cfg, shapes).encode(x, shared_seed=0)
+        assert parts["lora_B#0.idx"].numel() == idx
+    too_many = {"pipeline": ({"codec": "topk", "k": 600, "block": 8},)}
+    with pytest.raises(CodecError, match="k=600 exceeds a tensor of 576 blocks of 8"):
+        Pipeline(CompressConfig.model_validate(too_many), shapes)
 
 
 def test_topk_indices_out_of_order_or_range_are_refused() -> None:

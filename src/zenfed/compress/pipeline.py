@@ -40,7 +40,7 @@ from zenfed.tensors import Tensors
 FORMAT = "zenfed-update/2"
 
 CODECS: dict[str, Callable[[Any], Codec]] = {
-    "topk": lambda s: TopK(fraction=s.fraction, k=s.k),
+    "topk": lambda s: TopK(fraction=s.fraction, k=s.k, block=s.block),
     "randk": lambda s: RandK(fraction=s.fraction),
     "quantize": lambda s: Quantize(bits=s.bits, block=s.block),
     "sign": lambda s: Sign(block=s.block),

@@ -16,6 +16,7 @@ class TopKSpec(_Frozen):
     codec: Literal["topk"]
     fraction: float | None = 0.01  # k = ceil(fraction * n) per tensor
     k: int | None = None  # or a fixed k per tensor (must not exceed any tensor's size)
+    block: int = 1  # > 1: keep whole blocks of this many consecutive values (k counts blocks)
 
     @model_validator(mode="before")
     @classmethod
@@ -32,6 +33,8 @@ class TopKSpec(_Frozen):
             raise ValueError(f"topk fraction must be in (0, 1], got {self.fraction}")
         if self.k is not None and self.k < 1:
             raise ValueError(f"topk k must be at least 1, got {self.k}")
+        if self.block < 1:
+            raise ValueError(f"topk block must be at least 1, got {self.block}")
         return self
 
 
