@@ -219,13 +219,37 @@ PIPELINES.update(
         },
     }
 )
+# The kept rows differ in size more than the kept values of an element top-k: a scale a
+# block of 64 values (8 rows) instead of 1024, by sign or by 2-bit quantization.
+PIPELINES.update(
+    {
+        "ffa-lora+randk60%+sign@lr2e-2+down-topk10%-b8+sign64": {
+            **_UP60,
+            "compress.downlink": [{**_B8, "fraction": 0.1}, {"codec": "sign", "block": 64}, _Z],
+        },
+        "ffa-lora+randk60%+sign@lr2e-2+down-topk10%-b8+quantize2-64": {
+            **_UP60,
+            "compress.downlink": [{**_B8, "fraction": 0.1}, {**_Q2, "block": 64}, _Z],
+        },
+    }
+)
+# The element top-k downlink with its positions as a bitmap (k > n/32) packed by zstd at
+# level 19: about 5 bits a kept position (issue 15).
+_Z19 = {"codec": "zstd", "level": 19}
+for _frac in (0.1, 0.05):
+    PIPELINES[f"ffa-lora+randk60%+sign@lr2e-2+down-topk{_frac:.0%}+sign+zstd19"] = {
+        **_UP60,
+        "compress.downlink": [{"codec": "topk", "fraction": _frac}, {"codec": "sign"}, _Z19],
+    }
 # What runs without --only/--all: the reference, the best upload-only row of the single-
-# seed sweep, and the top-k 10 % downlink (single-seed explorations, --seeds 0: a random-k
-# 10 % downlink lost 31 % of loss, top-k 2 % 13 %).
+# seed sweep, and the element top-k downlinks at 10 % and 5 % (single-seed explorations,
+# --seeds 0, in the README: random-k 10 % and top-k 2 % downlinks, block top-k, more local
+# steps, rank 1-2 adapters all lost 4-130 %).
 DEFAULT = (
     "dense",
     "ffa-lora+randk60%+sign@lr2e-2",
-    "ffa-lora+randk60%+sign@lr2e-2+down-topk10%+sign",
+    "ffa-lora+randk60%+sign@lr2e-2+down-topk10%+sign+zstd19",
+    "ffa-lora+randk60%+sign@lr2e-2+down-topk5%+sign+zstd19",
 )
 SEEDS = (0, 1, 2)
 WITHIN = 2.0  # percent: the issue's "within 2 %" of dense's mean loss

@@ -271,8 +271,8 @@ def test_malformed_zstd_payloads_are_named(mangle: Any, message: str) -> None:
 
 def test_a_payload_from_another_pipeline_does_not_decode() -> None:
     payload = _pipe({"codec": "topk", "k": 3}).pack(_delta(0), {}, shared_seed=0, private_seed=0)[0]
-    n = len(SHAPES)
-    with pytest.raises(CodecError, match=f"entry '#0.idx:int32' is torch.int32 \\({3 * n},\\)"):
+    # 3 values kept of each of the 3 tensors, where 4 were expected
+    with pytest.raises(CodecError, match="entry '#v:float32' is torch.float32 \\(9,\\)"):
         _pipe({"codec": "topk", "k": 4}).unpack(payload, shared_seed=0)
     with pytest.raises(CodecError, match="unexpected entry '#0.idx:int32'"):
         _pipe().unpack(payload, shared_seed=0)
@@ -338,29 +338,58 @@ def test_block_topk_keeps_the_blocks_of_largest_norm_whole(
     assert float((x - y).square().sum()) <= (1 - k / units) * float(x.square().sum()) + 1e-4
 
 
-def test_block_topk_sends_one_index_a_block() -> None:
+def test_block_topk_sends_one_position_a_block() -> None:
     shapes: dict[str, tuple[int, ...]] = {"lora_B": (576, 8)}
     x = {"lora_B": torch.randn(576, 8)}
-    for block, idx in ((1, 461), (8, 58)):
+    # (fraction, block) -> the positions' part and its size: k gaps, or a bitmap of units
+    for fraction, block, part, size in (
+        (0.01, 1, "idx", 47),
+        (0.01, 8, "idx", 6),
+        (0.1, 1, "mask", 4608 // 8),
+        (0.1, 8, "mask", 576 // 8),
+    ):
         cfg = CompressConfig.model_validate(
-            {"pipeline": ({"codec": "topk", "fraction": 0.1, "block": block},)}
+            {"pipeline": ({"codec": "topk", "fraction": fraction, "block": block},)}
         )
         parts = Pipeline(cfg, shapes).encode(x, shared_seed=0)
-        assert parts["lora_B#0.idx"].numel() == idx
+        assert parts[f"lora_B#0.{part}"].numel() == size
     too_many = {"pipeline": ({"codec": "topk", "k": 600, "block": 8},)}
     with pytest.raises(CodecError, match="k=600 exceeds a tensor of 576 blocks of 8"):
         Pipeline(CompressConfig.model_validate(too_many), shapes)
+
+
+def test_topk_positions_travel_as_a_bitmap_above_one_in_32_and_a_forged_one_is_refused() -> None:
+    x = torch.randn(64, 8)
+    for fraction, part in ((0.03, "idx"), (0.1, "mask")):
+        codec = TopK(fraction=fraction)
+        parts = codec.encode(x, 0)
+        assert set(parts) == {part, "values"}
+        y = codec.decode(parts, (64, 8), 0)
+        k = codec.keep(512)
+        assert int((y != 0).sum()) == k
+        assert float(y.abs().sum()) == pytest.approx(float(x.abs().flatten().topk(k).values.sum()))
+    codec = TopK(fraction=0.1)
+    parts = codec.encode(x, 0)
+    extra = parts["mask"].clone()
+    extra[0] |= 0xFF  # more marked positions than k
+    with pytest.raises(CodecError, match="bitmap marks"):
+        codec.decode({**parts, "mask": extra}, (64, 8), 0)
+    odd = TopK(fraction=0.5)
+    short = odd.encode(torch.randn(5), 0)  # 5 units in one byte: 3 padding bits
+    short["mask"] = short["mask"] | torch.tensor([0x80], dtype=torch.uint8)
+    with pytest.raises(CodecError, match="padding included"):
+        odd.decode(short, (5,), 0)
 
 
 def test_topk_indices_out_of_order_or_range_are_refused() -> None:
     pipe = _pipe({"codec": "topk", "k": 3})
     parts = pipe.encode(_delta(0), shared_seed=0)
     bad = dict(parts)
-    bad["bias#0.idx"] = torch.tensor([0, 2, 0], dtype=torch.int32)
+    bad["l.lora_A#0.idx"] = torch.tensor([0, 2, 0], dtype=torch.int32)  # 3 of 192: gaps
     with pytest.raises(CodecError, match="not strictly increasing"):
         pipe.decode(bad, shared_seed=0)
-    bad["bias#0.idx"] = torch.tensor([1, 2, 9], dtype=torch.int32)
-    with pytest.raises(CodecError, match="outside a tensor of 5"):
+    bad["l.lora_A#0.idx"] = torch.tensor([1, 2, 190], dtype=torch.int32)
+    with pytest.raises(CodecError, match="outside a tensor of 192"):
         pipe.decode(bad, shared_seed=0)
 
 

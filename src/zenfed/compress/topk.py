@@ -3,8 +3,11 @@
     TopK(fraction=0.01).encode(x, seed) -> {"idx": gaps between kept indices, "values": kept}
     TopK(fraction=0.1, block=8)      # the 10 % of blocks of 8 values with the largest norms
 
-Keeps the k largest magnitudes of each tensor. Indices travel as gaps between sorted
-positions (int32), small numbers that the zstd stage packs into about a byte each. With
+Keeps the k largest magnitudes of each tensor. Positions travel as gaps between sorted
+indices (int32), small numbers that the zstd stage packs into about a byte each; or, when
+k exceeds n/32 (a bitmap of n bits is then smaller than k int32s), as that bitmap
+(``mask``), which zstd packs close to the entropy of the positions (10 % kept: about 5
+bits a kept position instead of about 8 as gaps). With
 ``block`` b > 1 the unit is a block of b consecutive values (the last one padded with
 zeros): k counts blocks, one index a kept block, so the indices cost b times less (a
 LoRA B matrix of rank 8 stores each output row's 8 values contiguously: block 8 keeps
@@ -19,7 +22,16 @@ from typing import ClassVar
 
 import torch
 
-from zenfed.compress.base import CodecError, Parts, PartSpecs, Shape, check_part, numel
+from zenfed.compress.base import (
+    CodecError,
+    Parts,
+    PartSpecs,
+    Shape,
+    check_part,
+    numel,
+    pack_bits,
+    unpack_bits,
+)
 
 
 class TopK:
@@ -53,17 +65,28 @@ class TopK:
         return (self.keep(self.units(numel(shape))) * self.block,)
 
     def part_specs(self, shape: Shape) -> PartSpecs:
-        """Index gaps (int32), k of them, and the kept values (float32)."""
-        k = self.keep(self.units(numel(shape)))
-        return {"idx": ((k,), torch.int32), "values": ((k * self.block,), torch.float32)}
+        """The positions (k int32 index gaps, or a bitmap of the units packed in uint8)
+        and the kept values (float32)."""
+        units = self.units(numel(shape))
+        k = self.keep(units)
+        values = ((k * self.block,), torch.float32)
+        if _bitmap(k, units):
+            return {"mask": ((-(-units // 8),), torch.uint8), "values": values}
+        return {"idx": ((k,), torch.int32), "values": values}
 
     def encode(self, x: torch.Tensor, seed: int) -> Parts:
         """The k largest units (by magnitude, or a block's L2 norm) and their positions."""
         blocks = self._blocks(x.reshape(-1))
-        k = self.keep(blocks.shape[0])
+        units = blocks.shape[0]
+        k = self.keep(units)
         idx = torch.topk(blocks.norm(dim=1), k, sorted=False).indices.sort().values
+        values = blocks[idx].reshape(-1).clone()
+        if _bitmap(k, units):
+            mask = torch.zeros(-(-units // 8) * 8, dtype=torch.uint8)
+            mask[idx] = 1
+            return {"mask": pack_bits(mask, 1), "values": values}
         gaps = torch.diff(idx, prepend=torch.zeros(1, dtype=idx.dtype))
-        return {"idx": gaps.to(torch.int32), "values": blocks[idx].reshape(-1).clone()}
+        return {"idx": gaps.to(torch.int32), "values": values}
 
     def _blocks(self, flat: torch.Tensor) -> torch.Tensor:
         """(units, block): the values, zero-padded to whole blocks."""
@@ -75,10 +98,31 @@ class TopK:
         for name, spec in self.part_specs(shape).items():
             check_part(parts, name, spec, self.name)
         n = numel(shape)
-        idx = _positions(parts["idx"], self.units(n))
+        units = self.units(n)
+        if "mask" in parts:
+            idx = _marked(parts["mask"], units, self.keep(units))
+        else:
+            idx = _positions(parts["idx"], units)
         out = torch.zeros(self.units(n), self.block, dtype=torch.float32)
         out[idx] = parts["values"].reshape(-1, self.block)
         return out.reshape(-1)[:n].reshape(shape)
+
+
+def _bitmap(k: int, units: int) -> bool:
+    """Whether the positions travel as a bitmap: smaller than k int32 gaps."""
+    return 32 * k > units
+
+
+def _marked(mask: torch.Tensor, units: int, k: int) -> torch.Tensor:
+    """Sorted positions from a packed bitmap, which must mark exactly k of the units."""
+    bits = unpack_bits(mask, 1)
+    if int(bits[units:].sum()) or int(bits.sum()) != k:
+        raise CodecError(
+            f"topk bitmap marks {int(bits.sum())} positions (padding included), expected {k} "
+            f"of {units}",
+            fix="re-encode the update",
+        )
+    return torch.nonzero(bits[:units]).reshape(-1)
 
 
 def _positions(gaps: torch.Tensor, n: int) -> torch.Tensor:
