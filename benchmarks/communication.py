@@ -227,9 +227,12 @@ PIPELINES.update(
             **_UP60,
             "compress.downlink": [{**_B8, "fraction": 0.1}, {"codec": "sign", "block": 64}, _Z],
         },
-        "ffa-lora+randk60%+sign@lr2e-2+down-topk10%-b8+quantize2-64": {
-            **_UP60,
-            "compress.downlink": [{**_B8, "fraction": 0.1}, {**_Q2, "block": 64}, _Z],
+        **{
+            f"ffa-lora+randk60%+sign@lr2e-2+down-topk{f:.0%}-b8+quantize2-64": {
+                **_UP60,
+                "compress.downlink": [{**_B8, "fraction": f}, {**_Q2, "block": 64}, _Z],
+            }
+            for f in (0.1, 0.05)
         },
     }
 )
@@ -242,7 +245,7 @@ for _frac in (0.1, 0.05):
         "compress.downlink": [{"codec": "topk", "fraction": _frac}, {"codec": "sign"}, _Z19],
     }
 # What runs without --only/--all: the reference, the best upload-only row of the single-
-# seed sweep, and the element top-k downlinks at 10 % and 5 % (single-seed explorations,
+# seed sweep, and the element and block top-k downlinks at 10 % and 5 % (single-seed explorations,
 # --seeds 0, in the README: random-k 10 % and top-k 2 % downlinks, block top-k, more local
 # steps, rank 1-2 adapters all lost 4-130 %).
 DEFAULT = (
@@ -250,6 +253,8 @@ DEFAULT = (
     "ffa-lora+randk60%+sign@lr2e-2",
     "ffa-lora+randk60%+sign@lr2e-2+down-topk10%+sign+zstd19",
     "ffa-lora+randk60%+sign@lr2e-2+down-topk5%+sign+zstd19",
+    "ffa-lora+randk60%+sign@lr2e-2+down-topk10%-b8+quantize2-64",
+    "ffa-lora+randk60%+sign@lr2e-2+down-topk5%-b8+quantize2-64",
 )
 SEEDS = (0, 1, 2)
 WITHIN = 2.0  # percent: the "within 2 %" of dense's mean loss
