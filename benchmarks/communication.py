@@ -370,10 +370,9 @@ def main() -> None:
         else:
             names.insert(0, "dense")
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    if args.keep:  # runs already measured (an interrupted benchmark) are not run again
+    if args.keep:  # runs already measured are kept (and not run again), whatever the seed
         for name in names:
-            done = rows.get(name, {}).get("runs", [])
-            runs[name] = [r for r in done if r["seed"] in seeds]
+            runs[name] = list(rows.get(name, {}).get("runs", []))
     world: World | None = None
     for seed in seeds:  # one world per (seed, FFA-LoRA or not)
         for name in sorted(names, key=lambda n: bool(PIPELINES[n].get("lora.freeze_a"))):
@@ -395,7 +394,7 @@ def main() -> None:
     result = {
         **summarize(ordered),
         "rows": ordered,
-        "complete": all(n in rows for n in DEFAULT),
+        "complete": all(n in rows and len(rows[n]["seeds"]) >= MIN_SEEDS for n in DEFAULT),
         "command": "python -m benchmarks.communication",
     }
     print(write_json("communication", result))
