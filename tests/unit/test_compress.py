@@ -399,6 +399,7 @@ def test_topk_indices_out_of_order_or_range_are_refused() -> None:
         ({"codec": "topz"}, "unknown codec 'topz'"),
         ({"codec": "quantize", "bits": 3}, "bits"),
         ({"codec": "topk", "fraction": 1.5}, "fraction must be in"),
+        ({"codec": "topk", "block": 0}, "topk block must be at least 1"),
         ({"codec": "quantize", "block": 12}, "multiple of 8"),
         ({"codec": "topk", "frac": 0.1}, "unknown key"),
     ],

@@ -13,7 +13,7 @@ from tests.unit.test_persistent import INITIAL, Clock, _cfg, _fed, _join, _uploa
 from zenfed.aggregate.anomaly import anomaly_scores
 from zenfed.compress.downlink import receive
 from zenfed.config import DetectConfig, parse_config
-from zenfed.coordinator.engine import Coordinator
+from zenfed.coordinator.engine import Coordinator, RoundAborted
 from zenfed.coordinator.gate import Gate
 from zenfed.coordinator.persistent import PersistentCoordinator, UnknownParticipant
 from zenfed.coordinator.port import CoordinatorPort
@@ -77,6 +77,23 @@ def test_a_sign_flipped_update_and_a_free_rider_are_flagged() -> None:
     a = screen.assess(ups, mean, {"w": torch.zeros(50)}, {}, {})
     assert set(a.flags) == {"flip", "free"}
     assert "cosine" in a.flags["flip"] and "norm" in a.flags["free"]
+
+
+def test_a_round_whose_every_update_is_flagged_is_aborted_and_the_version_stays() -> None:
+    def loss(t: Tensors) -> float:  # any step away from the initial adapter hurts
+        return 1.0 + sum(float((t[k] - INITIAL[k]).pow(2).sum()) for k in INITIAL)
+
+    raw = {**_engine_cfg(), "detect": {"enabled": True}}  # the screen below validates
+    people = {"p": 10, "q": 10, "r": 10}
+    screen = Screen(DetectConfig(enabled=True, validation=True, norm_factor=100), loss)
+    coord = Coordinator(parse_config(raw), INITIAL, people, screen=screen)
+    before = coord.version.id
+    coord.open_round()
+    for pid in people:
+        coord.submit(_update(coord, pid, 1.0, 10))
+    with pytest.raises(RoundAborted, match="3 flagged updates left out, 0 remain"):
+        coord.aggregate_round()
+    assert coord.version.id == before and coord.current is not None  # nothing committed
 
 
 def test_the_validation_effect_flags_an_update_that_hurts_alone() -> None:

@@ -71,7 +71,7 @@ class TopK:
         k = self.keep(units)
         values = ((k * self.block,), torch.float32)
         if _bitmap(k, units):
-            return {"mask": ((-(-units // 8),), torch.uint8), "values": values}
+            return {"mask": ((_mask_bytes(units),), torch.uint8), "values": values}
         return {"idx": ((k,), torch.int32), "values": values}
 
     def encode(self, x: torch.Tensor, seed: int) -> Parts:
@@ -82,7 +82,7 @@ class TopK:
         idx = torch.topk(blocks.norm(dim=1), k, sorted=False).indices.sort().values
         values = blocks[idx].reshape(-1).clone()
         if _bitmap(k, units):
-            mask = torch.zeros(-(-units // 8) * 8, dtype=torch.uint8)
+            mask = torch.zeros(_mask_bytes(units) * 8, dtype=torch.uint8)
             mask[idx] = 1
             return {"mask": pack_bits(mask, 1), "values": values}
         gaps = torch.diff(idx, prepend=torch.zeros(1, dtype=idx.dtype))
@@ -103,7 +103,7 @@ class TopK:
             idx = _marked(parts["mask"], units, self.keep(units))
         else:
             idx = _positions(parts["idx"], units)
-        out = torch.zeros(self.units(n), self.block, dtype=torch.float32)
+        out = torch.zeros(units, self.block, dtype=torch.float32)
         out[idx] = parts["values"].reshape(-1, self.block)
         return out.reshape(-1)[:n].reshape(shape)
 
@@ -111,6 +111,11 @@ class TopK:
 def _bitmap(k: int, units: int) -> bool:
     """Whether the positions travel as a bitmap: smaller than k int32 gaps."""
     return 32 * k > units
+
+
+def _mask_bytes(units: int) -> int:
+    """Bytes of a bitmap of ``units`` bits."""
+    return -(-units // 8)
 
 
 def _marked(mask: torch.Tensor, units: int, k: int) -> torch.Tensor:

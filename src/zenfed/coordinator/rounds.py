@@ -73,19 +73,26 @@ def combine(
             fix="check the participants' errors",
         )
     if r.secure is None and not rule.streaming:
-        _enough(rule, len(r.received), "")
+        try:
+            rule.check_count(len(r.received))
+        except ZenfedError as e:
+            raise RoundAborted(e.problem, fix="the round is skipped") from e
     combined = r.accumulator.result()
     assessment = screen.assess_round(r.accumulator, combined, state) if screen else None
     if assessment and assessment.flags and isinstance(r.accumulator, KeepAll):
-        flagged = set(assessment.flags)
-        left = len(r.accumulator) - len(flagged)
-        _enough(rule, left, f"{len(flagged)} flagged updates left out, {left} remain: ")
-        combined = r.accumulator.result(without=flagged)
+        combined = _without(r.accumulator, rule, set(assessment.flags))
     return combined, assessment
 
 
-def _enough(rule: AggregationRule, count: int, why: str) -> None:
+def _without(acc: KeepAll, rule: AggregationRule, flagged: set[str]) -> Aggregate:
+    """The round's result with the flagged updates left out (RoundAborted if too few
+    remain for the rule, or none at all)."""
+    left = len(acc) - len(flagged)
     try:
-        rule.check_count(count)
+        rule.check_count(left)
+        return acc.result(without=flagged)
     except ZenfedError as e:
-        raise RoundAborted(why + e.problem, fix="the round is skipped") from e
+        raise RoundAborted(
+            f"{len(flagged)} flagged updates left out, {left} remain: {e.problem}",
+            fix="the round is skipped",
+        ) from e
