@@ -3,14 +3,18 @@
     python -m benchmarks.quality            # the whole protocol (about an hour here)
     python -m benchmarks.quality --explore --set train.lr=1e-3 --set run.rounds=15 ...
     python -m benchmarks.quality --engine-vs-bare --repeats 2   # only the engine's overhead
+    python -m benchmarks.quality --seeds 0,1,2   # the chosen recipe over seeds (~30 min)
 
 Workload (issue #2): built-in SmolLM2-135M-Instruct, LoRA r=8 on q/k/v/o, the 8 chatterbot
 English categories as participants (natural split, 80/20 per category), sequences of 64
 tokens with the loss on whole sequences, batch 8, and the same total number of optimizer
 steps (120) for federated and centralized training. Fairness: centralized training uses
 the participants' optimizer (AdamW, same schedule) and each side takes its best learning
-rate from the same grid. Also times a bare PyTorch + PEFT loop doing exactly the engine's
-steps and evaluations, and reports engine_overhead = engine / bare - 1.
+rate from the same grid (seed 0). ``--seeds`` then measures both sides and local-only at
+the chosen learning rates over several seeds (run.seed: the LoRA init, the held-out
+split, the cohorts, the batches) and puts their means at the top of the JSON, with the
+sample standard deviation beside each. Also times a bare PyTorch + PEFT loop doing
+exactly the engine's steps and evaluations, and reports engine_overhead = engine / bare - 1.
 
 Writes benchmarks/results/quality.json and quality.png.
 """
@@ -181,6 +185,62 @@ def central_run(world: World, cfg: FederationConfig) -> float:
     return float(centralized(world, cfg, total_steps=TOTAL_STEPS)["loss"])
 
 
+def over_seeds(cfg: FederationConfig, seeds: list[int]) -> None:
+    """Federated, centralized and local-only at the last result's learning rates for each
+    of ``seeds``: the per-seed figures and their means and spreads go into quality.json
+    (the learning-rate grid, measured at one seed, is kept as it was)."""
+    prev = json.loads((RESULTS / "quality.json").read_text())
+    fed_lr, central_lr = float(prev["fed_lr"]), float(prev["central_lr"])
+    done = {r["seed"]: r for r in prev.get("per_seed", []) if r.get("fed_lr") == fed_lr}
+    for seed in seeds:
+        if seed in done:
+            continue
+        c = cfg.model_copy(update={"run": cfg.run.model_copy(update={"seed": seed})})
+        world = build_world(c)
+        l0 = union_eval(world, world.initial)[0].loss
+        central = central_run(world, with_lr(c, central_lr))
+        fed, seconds = run_fed(world, with_lr(c, fed_lr), Path(c.run.out_dir))
+        local = local_only(world, with_lr(c, fed_lr), steps=TOTAL_STEPS // len(world.data))
+        done[seed] = {
+            "seed": seed,
+            "fed_lr": fed_lr,
+            "central_lr": central_lr,
+            "initial_loss": l0,
+            "fed_loss": fed,
+            "central_loss": central,
+            "local_only_loss": local["loss"],
+            "local_only_own_loss": local["own_loss"],
+            "centralized_efficiency": efficiency(l0, fed, central),
+            "fed_seconds": seconds,
+        }
+        print(f"seed {seed}: {done[seed]}", flush=True)
+        prev["per_seed"] = [done[s] for s in sorted(done)]
+        write_json("quality", prev)
+    runs = [done[s] for s in sorted(done)]
+    head: dict[str, Any] = {}
+    for key in (
+        "centralized_efficiency",
+        "fed_loss",
+        "central_loss",
+        "local_only_loss",
+        "initial_loss",
+    ):
+        xs = [r[key] for r in runs]
+        head[key] = statistics.fmean(xs)
+        head[f"{key}_spread"] = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    head["seeds"] = sorted(done)
+    head["engine_overhead"] = prev.get("engine_overhead")
+    rest = {k: v for k, v in prev.items() if k not in head}
+    rest["per_seed"] = runs
+    rest["seeds_command"] = f"python -m benchmarks.quality --seeds {','.join(map(str, seeds))}"
+    rest["lr_grid_note"] = (
+        "lr_grid, fed_by_lr and central_by_lr are one seed's (the recipe's run.seed) "
+        "measurements, from the run that chose fed_lr and central_lr"
+    )
+    print(write_json("quality", {**head, **rest}))
+    plot({**head, **rest}, RESULTS / "quality.png")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", action="append", default=[], help="recipe override KEY=VALUE")
@@ -195,12 +255,18 @@ def main() -> None:
     )
     ap.add_argument("--repeats", type=int, default=2, help="with --engine-vs-bare")
     ap.add_argument(
+        "--seeds", default="", help="comma-separated: the chosen recipe over these seeds"
+    )
+    ap.add_argument(
         "--reuse-central",
         action="store_true",
         help="take centralized results from the last quality.json",
     )
     args = ap.parse_args()
     cfg = make_config(_parse_overrides(args.set))
+    if args.seeds:
+        over_seeds(cfg, [int(x) for x in args.seeds.split(",") if x])
+        return
     grid = tuple(float(x) for x in args.lrs.split(","))
     world = build_world(cfg)
     l0 = union_eval(world, world.initial)[0].loss
@@ -312,7 +378,10 @@ def plot(r: dict[str, Any], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("local learning rate (AdamW)")
     ax.set_ylabel("union held-out loss")
-    ax.set_title(f"120 steps; centralized efficiency {r['centralized_efficiency']:.3f}")
+    title = f"120 steps; centralized efficiency {r['centralized_efficiency']:.3f}"
+    if len(r.get("seeds", [])) > 1:
+        title += f" +- {r['centralized_efficiency_spread']:.3f} ({len(r['seeds'])} seeds)"
+    ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
