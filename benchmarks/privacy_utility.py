@@ -82,11 +82,14 @@ TECHNIQUES: dict[str, dict[str, Any]] = {
     "+adaptive": {"privacy.adaptive_clipping": True},  # C tracks the median update norm
     # DP-FTRL: each holder once a pass of 10 rounds, tree noise, no sampling amplification
     "+ftrl": {"privacy.mechanism": "tree", "sampling.method": "epochs"},
-    # the shared-seed random 10 % subspace under secure aggregation: noise on 10 % of values
+    # the shared-seed random 10 % subspace under secure aggregation: noise on 10 % of values;
+    # the bound holds on the projection, about sqrt(0.1) of the update's norm, so it scales
+    # with it (C alone would leave the projection a third of the bound and the noise as is)
     "+subspace10%": {
         "secagg.enabled": True,
         "secagg.min_survivors": 2,
         "compress.pipeline": [{"codec": "randk", "fraction": 0.1}],
+        "privacy.clip_norm": CLIP * math.sqrt(0.1),
     },
 }
 

@@ -202,7 +202,7 @@ def _secure_round(
         clients[p].receive_shares(srv.inbox(p))
         if p in drop:
             continue
-        payload, _ = masked_update(clients[p], c.codec, t, deltas[p], {}, below=True)
+        payload, _ = masked_update(clients[p], c.codec, t, deltas[p], {})
         c.submit(_update(c, p, payload))
     srv.close_stage()
     req = srv.unmask_request()
@@ -286,9 +286,10 @@ def test_pack_flat_clips_and_keeps_only_the_codec_error_as_residual() -> None:
     cfg = _cfg(compress={"pipeline": [{"codec": "randk", "fraction": 0.5}]})
     pipe = Pipeline(cfg.compress, {k: tuple(v.shape) for k, v in INITIAL.items()})
     x = {k: torch.ones_like(v) for k, v in INITIAL.items()}
-    flat, residual = pipe.pack_flat(x, {}, shared_seed=1, private_seed=2, clip_norm=3.0)
+    flat, residual, norm = pipe.pack_flat(x, {}, shared_seed=1, private_seed=2, clip_norm=3.0)
     assert len(flat) == pipe.flat_length() and np.linalg.norm(flat) == pytest.approx(3.0)
-    unclipped, _ = pipe.pack_flat(x, {}, shared_seed=1, private_seed=2)
+    unclipped, _, _ = pipe.pack_flat(x, {}, shared_seed=1, private_seed=2)
+    assert norm == pytest.approx(float(np.linalg.norm(unclipped))) and norm > 3.0
     sent = pipe.decode(pipe.unflatten(unclipped), shared_seed=1)
     for k in x:  # the residual is the codec's error (what random-k did not send)
         torch.testing.assert_close(sent[k] + residual[k], x[k])
@@ -312,3 +313,44 @@ def test_adaptive_clipping_counts_centred_bits_and_moves_the_bound(secure: bool)
     # every update inside the bound (no DP noise): the fraction is exactly 1, C shrinks
     assert v.metrics["below_clip_fraction"] == pytest.approx(1.0, abs=1e-6)
     assert c.state.privacy.clip_norm == pytest.approx(math.exp(-0.2 * 0.5))
+
+
+def test_under_secure_aggregation_the_bound_holds_on_the_encoded_vector(tmp_path: Any) -> None:
+    """A random-k 10 % subspace vector of a delta has about sqrt(0.1) of its norm: a bound
+    between the two keeps the whole projection (the delta is not clipped before it is
+    encoded), so the round equals one with a bound far above both."""
+    from tests.conftest import tiny_config
+    from zenfed.compress.downlink import full_payload
+    from zenfed.protocol.messages import Task, root_version
+    from zenfed.sim.runner import load_run, run_simulation
+    from zenfed.sim.setup import build_world
+
+    def cfg(clip: float) -> Any:
+        return tiny_config(
+            secagg={"enabled": True, "clip_norm": clip, "min_survivors": 2},
+            compress={"pipeline": [{"codec": "randk", "fraction": 0.1}]},
+            sampling={"fraction": 1.0},
+            run={"rounds": 1, "seed": 0, "eval_every": 1000},
+        )
+
+    world = build_world(cfg(1.0))
+    root = root_version(world.initial)
+    name = sorted(world.participants)[0]
+    task = Task(round=0, participant=name, version=root.id, seed=3)
+    delta = world.participants[name].honest_delta(
+        task, lambda v, h: full_payload(world.initial, root)
+    )
+    pipe = Pipeline(cfg(1.0).compress, {k: tuple(v.shape) for k, v in world.initial.items()})
+    _, _, projected = pipe.pack_flat(delta, {}, shared_seed=1, private_seed=2)
+    full = float(torch.sqrt(sum((v.double() ** 2).sum() for v in delta.values())))
+    bound = math.sqrt(projected * full)  # the geometric middle: 1.8x from each
+    assert 1.5 * projected < bound < full / 1.5
+    params = []
+    for clip in (bound, 10 * full):
+        out = tmp_path / f"clip{clip:g}"
+        run_simulation(cfg(clip), out, fresh=True, world=world)
+        params.append(load_run(out)[0].params)
+    for k, v in params[0].items():
+        moved = params[1][k] - world.initial[k]
+        torch.testing.assert_close(v - world.initial[k], moved, rtol=1e-3, atol=1e-6)
+    assert max(float((p - world.initial[k]).abs().max()) for k, p in params[0].items()) > 0

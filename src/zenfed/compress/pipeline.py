@@ -232,10 +232,11 @@ class Pipeline:
         shared_seed: int,
         private_seed: int,
         clip_norm: float | None = None,
-    ) -> tuple[np.ndarray, Tensors]:
+    ) -> tuple[np.ndarray, Tensors, float]:
         """Like :meth:`pack`, to a flat float32 vector (clipped to L2 ``clip_norm``) instead
         of bytes: what a participant masks under secure aggregation. The residual keeps
-        the codec's error only; what clipping removes is not carried over."""
+        the codec's error only; what clipping removes is not carried over. Also returns
+        the vector's L2 norm before clipping."""
         x = {
             k: t.to(torch.float32) + residual[k] if k in residual else t for k, t in tensors.items()
         }
@@ -244,11 +245,10 @@ class Pipeline:
         if self.cfg.error_feedback and not self.lossless:  # the codec's error, not the clip's
             sent = self.decode(self.unflatten(flat), shared_seed=shared_seed)
             kept = {k: x[k] - sent[k] for k in x}
-        if clip_norm is not None:
-            norm = float(np.linalg.norm(flat.astype(np.float64)))
-            if norm > clip_norm:
-                flat = (flat * (clip_norm / norm)).astype(np.float32)
-        return flat, kept
+        norm = float(np.linalg.norm(flat.astype(np.float64)))
+        if clip_norm is not None and norm > clip_norm:
+            flat = (flat * (clip_norm / norm)).astype(np.float32)
+        return flat, kept, norm
 
     def _require_float_parts(self) -> None:
         self.require_linear("secure aggregation")

@@ -115,10 +115,9 @@ class Participant:
         """Train from the task's version on the private training split; return the delta."""
         record_dp = self._record_dp(task)
         result = self._train_local(task, download, self.state.optimizer, record_dp)
-        delta, below = result.delta, None
-        if task.clip_norm is not None:
-            delta, norm = dp.clip_l2(delta, task.clip_norm)
-            below = norm <= task.clip_norm
+        delta = result.delta
+        if task.clip_norm is not None and task.secagg is None:  # secure: see masked_update
+            delta, _ = dp.clip_l2(delta, task.clip_norm)
         if self.tamper is not None:  # an attacker ignores the clip bound it was given
             delta = self.tamper(task, delta, download)
         rt = self.runtime
@@ -129,8 +128,8 @@ class Participant:
                 shared_seed=task.codec_seed,
                 private_seed=task.seed,
             )
-        else:
-            payload, residual = self._masked(task, delta, bool(below))
+        else:  # the bound holds on the encoded vector that is summed (masked_update)
+            payload, residual = self._masked(task, delta)
         record_epsilon = None
         if record_dp is not None:
             q = sampling_rate(rt.train.batch_size, len(self.data.train))
@@ -221,7 +220,7 @@ class Participant:
             record_dp=record_dp,
         )
 
-    def _masked(self, task: Task, delta: Tensors, below: bool) -> tuple[bytes, Tensors]:
+    def _masked(self, task: Task, delta: Tensors) -> tuple[bytes, Tensors]:
         client = self._secagg
         if client is None or client.setup.round != task.round:
             raise ZenfedError(
@@ -229,7 +228,7 @@ class Participant:
                 fix="run the advertise and share stages first",
             )
         residual = self.state.extra.get("error_feedback", {})
-        return masked_update(client, self.runtime.codecs()[0], task, delta, residual, below)
+        return masked_update(client, self.runtime.codecs()[0], task, delta, residual)
 
     def secagg_advertise(self, task: Task) -> AdvertiseKeys:
         """Stage 1 of secure aggregation: fresh keys for the task's round, signed."""
@@ -294,14 +293,16 @@ def masked_update(
     task: Task,
     delta: Tensors,
     residual: Tensors,
-    below: bool,
 ) -> tuple[bytes, Tensors]:
     """The secure-aggregation upload of ``delta``: encoded by the (linear) pipeline into a
     flat vector clipped to the task's bound, scaled by its weight, plus this participant's
-    noise share (and, with adaptive clipping, its noised clip bit), then masked.
-    Returns the payload (safetensors, one uint32 tensor ``masked``) and the new
-    error-feedback residual."""
-    flat, new_residual = pipeline.pack_flat(
+    noise share (and, with adaptive clipping, its noised bit of whether the vector was
+    within the bound), then masked. The bound holds on the encoded vector, what is summed
+    and noised, not on the delta before it: under a random-k subspace of fraction f the
+    vector of a delta of norm C has norm about sqrt(f) C, so a bound scaled with it keeps
+    the whole projection and the noise falls with it. Returns the payload (safetensors,
+    one uint32 tensor ``masked``) and the new error-feedback residual."""
+    flat, new_residual, norm = pipeline.pack_flat(
         delta,
         residual,
         shared_seed=task.codec_seed,
@@ -314,5 +315,6 @@ def masked_update(
         values += gaussian(values.shape, task.noise_std, secure=task.secure_noise)
     if task.report_clip:
         noise = gaussian((), task.count_noise_std, secure=task.secure_noise)
+        below = task.clip_norm is None or norm <= task.clip_norm
         values = np.append(values, float(below) - 0.5 + float(noise))  # centred: sensitivity 1/2
     return safetensors.numpy.save({"masked": client.mask(values)}), new_residual
