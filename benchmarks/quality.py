@@ -191,7 +191,10 @@ def over_seeds(cfg: FederationConfig, seeds: list[int]) -> None:
     (the learning-rate grid, measured at one seed, is kept as it was)."""
     prev = json.loads((RESULTS / "quality.json").read_text())
     fed_lr, central_lr = float(prev["fed_lr"]), float(prev["central_lr"])
-    done = {r["seed"]: r for r in prev.get("per_seed", []) if r.get("fed_lr") == fed_lr}
+    lrs = {"fed_lr": fed_lr, "central_lr": central_lr}  # seeds measured at others run again
+    done = {
+        r["seed"]: r for r in prev.get("per_seed", []) if all(r.get(k) == v for k, v in lrs.items())
+    }
     for seed in seeds:
         if seed in done:
             continue
@@ -203,8 +206,7 @@ def over_seeds(cfg: FederationConfig, seeds: list[int]) -> None:
         local = local_only(world, with_lr(c, fed_lr), steps=TOTAL_STEPS // len(world.data))
         done[seed] = {
             "seed": seed,
-            "fed_lr": fed_lr,
-            "central_lr": central_lr,
+            **lrs,
             "initial_loss": l0,
             "fed_loss": fed,
             "central_loss": central,
