@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "cpu": _cpu(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "packages": _versions(),
             "commit": _commit(),
@@ -46,6 +48,29 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return out
+
+
+# Environment variables that choose which vector kernels torch, MKL and oneDNN run.
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+
+
+def _cpu() -> dict[str, Any]:
+    """The processor and the vector kernels torch dispatches to on it: the same code,
+    config and seed round differently with AVX-512 and AVX2 kernels (README,
+    "Reproducing them"), so a result names them."""
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "model": model,
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        **{k: os.environ[k] for k in KERNEL_ENV if k in os.environ},
+    }
 
 
 def _commit() -> str:
