@@ -115,9 +115,12 @@ def test_bucketed_secure_robust_aggregation_resists_an_attacker_under_secagg(
     clean = run_simulation(tiny_config(**base, secagg=secagg), tmp_path / "clean")
     gain = clean["initial_loss"] - clean["fed_loss"]
     plain = run_simulation(tiny_config(**base, secagg=secagg, attack=ATTACK), tmp_path / "avg")
-    # secure FedAvg loses most of what the clean run gained (it can end above the start)
-    assert clean["initial_loss"] - plain["fed_loss"] < 0.25 * gain, (plain, clean)
+    # secure FedAvg loses a large part of what the clean run gained. How much is chaotic:
+    # it kept 6 % of the gain on one machine, -20 % and -14 % with AVX2 and scalar kernels
+    # forced there, 32 % on another; bucketed median kept 96 % under all four
+    assert clean["initial_loss"] - plain["fed_loss"] < 0.6 * gain, (plain, clean)
     cfg = tiny_config(**base, secagg=secagg, server=bucketed, attack=ATTACK)
     s = run_simulation(cfg, tmp_path / "bucketed")
     assert s["aborted_rounds"] == 0
-    assert s["fed_loss"] < clean["initial_loss"] - 0.5 * gain, (s, clean)
+    assert s["fed_loss"] < clean["initial_loss"] - 0.8 * gain, (s, clean)
+    assert s["fed_loss"] < plain["fed_loss"], (s, plain)
