@@ -52,3 +52,22 @@ def test_small_alpha_gives_label_skew() -> None:
 def test_more_participants_than_examples_is_a_clear_error() -> None:
     with pytest.raises(ZenfedError, match="cannot split 3 examples among 5"):
         partition.iid(3, 5, np.random.default_rng(0))
+
+
+def test_every_participant_can_get_a_training_and_a_held_out_example() -> None:
+    # 80 examples over 10 participants: the first Dir(1) draw leaves someone a single
+    # example, which split_heldout cannot split; min_items = 2 draws again
+    labels = [c for c in "ab" for _ in range(40)]
+    one = partition.dirichlet(labels, 10, alpha=1.0, rng=np.random.default_rng(0))
+    assert min(len(p) for p in one) == 1
+    two = partition.dirichlet(labels, 10, 1.0, np.random.default_rng(0), min_items=2)
+    _assert_exact_cover(two, len(labels))
+    assert min(len(p) for p in two) >= 2
+    for parts in (
+        partition.quantity(40, 15, 0.5, np.random.default_rng(0), min_items=2),
+        partition.iid(40, 15, np.random.default_rng(0), min_items=2),
+    ):
+        _assert_exact_cover(parts, 40)
+        assert min(len(p) for p in parts) >= 2
+    with pytest.raises(ZenfedError, match="among 25 participants with at least 2 each"):
+        partition.iid(40, 25, np.random.default_rng(0), min_items=2)

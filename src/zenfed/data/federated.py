@@ -103,11 +103,14 @@ def build_participants(
 T = TypeVar("T")
 
 
+MIN_EXAMPLES = 2  # a participant's least: one to train on, one held out
+
+
 def split_heldout(
     items: list[T], fraction: float, rng: np.random.Generator, name: str
 ) -> tuple[list[T], list[T]]:
     """A seeded split: ceil(fraction * n) held out, the rest for training (both non-empty)."""
-    if len(items) < 2:
+    if len(items) < MIN_EXAMPLES:
         raise ZenfedError(
             f"participant '{name}' has {len(items)} usable examples; it needs at least 2",
             fix="give it more data, raise data.max_seq_len, or leave it out",
@@ -123,12 +126,15 @@ def _partition(
     if cfg.partition == "natural":
         return partition.natural(_labels(cfg, examples))
     n = int(cfg.num_participants or 0)
+    # every participant needs a training and a held-out example (split_heldout)
+    least = MIN_EXAMPLES
     if cfg.partition == "dirichlet":
-        parts = partition.dirichlet(_labels(cfg, examples), n, cfg.dirichlet_alpha, rng)
+        labels = _labels(cfg, examples)
+        parts = partition.dirichlet(labels, n, cfg.dirichlet_alpha, rng, min_items=least)
     elif cfg.partition == "quantity":
-        parts = partition.quantity(len(examples), n, cfg.dirichlet_alpha, rng)
+        parts = partition.quantity(len(examples), n, cfg.dirichlet_alpha, rng, min_items=least)
     else:
-        parts = partition.iid(len(examples), n, rng)
+        parts = partition.iid(len(examples), n, rng, min_items=least)
     return [f"p{i:03d}" for i in range(n)], parts
 
 

@@ -28,19 +28,27 @@ def natural(labels: Sequence[str]) -> tuple[list[str], Partition]:
     return list(groups), list(groups.values())
 
 
-def iid(n_items: int, num_participants: int, rng: np.random.Generator) -> Partition:
-    """Shuffle and deal out in near-equal parts."""
-    _check_enough(n_items, num_participants)
+def iid(
+    n_items: int, num_participants: int, rng: np.random.Generator, min_items: int = 1
+) -> Partition:
+    """Shuffle and deal out in near-equal parts (each at least ``min_items``)."""
+    _check_enough(n_items, num_participants, min_items)
     return [part.tolist() for part in np.array_split(rng.permutation(n_items), num_participants)]
 
 
 def quantity(
-    n_items: int, num_participants: int, alpha: float, rng: np.random.Generator
+    n_items: int,
+    num_participants: int,
+    alpha: float,
+    rng: np.random.Generator,
+    min_items: int = 1,
 ) -> Partition:
-    """Random examples, sizes proportional to a Dir(alpha) draw (each at least one)."""
-    _check_enough(n_items, num_participants)
+    """Random examples, sizes proportional to a Dir(alpha) draw (each at least
+    ``min_items``)."""
+    _check_enough(n_items, num_participants, min_items)
     shares = rng.dirichlet(np.full(num_participants, alpha))
-    sizes = 1 + np.floor(shares * (n_items - num_participants)).astype(int)
+    spare = n_items - min_items * num_participants
+    sizes = min_items + np.floor(shares * spare).astype(int)
     sizes[np.argmax(shares)] += n_items - sizes.sum()  # rounding remainder to the largest
     cuts = np.cumsum(sizes)[:-1]
     return [part.tolist() for part in np.split(rng.permutation(n_items), cuts)]
@@ -52,12 +60,14 @@ def dirichlet(
     alpha: float,
     rng: np.random.Generator,
     max_tries: int = 100,
+    min_items: int = 1,
 ) -> Partition:
     """Label skew: each label's examples split among participants by a Dir(alpha) draw.
 
-    Draws again (up to ``max_tries``) until every participant holds at least one example.
+    Draws again (up to ``max_tries``) until every participant holds at least ``min_items``
+    examples (a draw that gives each as many is kept as it is).
     """
-    _check_enough(len(labels), num_participants)
+    _check_enough(len(labels), num_participants, min_items)
     by_label: dict[str, list[int]] = {}
     for i, label in enumerate(labels):
         by_label.setdefault(label, []).append(i)
@@ -69,17 +79,19 @@ def dirichlet(
             cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
             for p, chunk in enumerate(np.split(np.asarray(idx, dtype=int), cuts)):
                 parts[p].extend(chunk.tolist())
-        if all(parts):
+        if all(len(p) >= min_items for p in parts):
             return parts
     raise ZenfedError(
-        f"dirichlet(alpha={alpha}) left a participant empty in {max_tries} draws",
+        f"dirichlet(alpha={alpha}) left a participant with fewer than {min_items} "
+        f"example(s) in {max_tries} draws",
         fix="raise data.dirichlet_alpha or lower data.num_participants",
     )
 
 
-def _check_enough(n_items: int, num_participants: int) -> None:
-    if num_participants < 1 or n_items < num_participants:
+def _check_enough(n_items: int, num_participants: int, min_items: int = 1) -> None:
+    if num_participants < 1 or n_items < num_participants * min_items:
         raise ZenfedError(
-            f"cannot split {n_items} examples among {num_participants} participants",
+            f"cannot split {n_items} examples among {num_participants} participants "
+            f"with at least {min_items} each",
             fix="lower data.num_participants",
         )
