@@ -16,11 +16,17 @@ by dp-accounting (RDP) at delta 1e-6. Three federations:
   example's gradient to 1.0 and adds noise; every holder calibrates its own multiplier
   (``privacy.record_target_epsilon``) so its 15 steps at its own sampling rate
   (8 / its examples) spend exactly the target on its records.
-- ``p100`` / ``p1000``: the same data split into 100 or 1,000 holders by a Dirichlet
-  (alpha 1) draw over categories; each round samples holders with probability 0.1
-  (Poisson), 12 rounds. DP-FedAvg clips each holder's update to C = 3.0 and calibrates the
-  noise on the sum to spend epsilon 8 over the 12 rounds; the guarantee covers all of one
-  holder's data.
+- ``p100``: the same data split into 100 holders by a Dirichlet (alpha 1) draw over
+  categories; each round samples holders with probability 0.1 (Poisson), 12 rounds.
+  DP-FedAvg clips each holder's update to C = 3.0 and calibrates the noise on the sum to
+  spend epsilon 8 over the 12 rounds; the guarantee covers all of one holder's data.
+- ``p1000``: 1,000 holders, sampled and noised like ``p100``. The corpus has 1,777
+  conversations and a holder needs two (one held out), so a Dirichlet split cannot give
+  1,000 holders; instead p100's training records (1,381 at seed 0), in holder order, are
+  cut into 1,000 holders of one or two records each, every p100 holder's held-out split
+  going to the first holder of its records. The pooled training data and the union of held-out
+  splits are p100's, so are L0 and the centralized baseline: the rows compare directly.
+  About 100 holders a round, each holding what one user of a keyboard might.
 - ``p100:noise-of-K``: the p100 federation with the noise per coordinate that epsilon 8
   leaves at K holders per round (z_8 x 10 / K). Not a private run at epsilon 8 itself: the
   measured trend of efficiency against holders per round that the planner's prediction is
@@ -39,12 +45,17 @@ import json
 import math
 import statistics
 import time
+from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from benchmarks.common import RESULTS, write_json
 from benchmarks.privacy_plot import plot
 from benchmarks.quality import make_config
 from zenfed.config import FederationConfig
+from zenfed.data.examples import ParticipantData
+from zenfed.participant.agent import Participant
 from zenfed.privacy import dp
 from zenfed.privacy.planner import noised_dimensions, plan
 from zenfed.sim.baselines import centralized
@@ -69,10 +80,12 @@ FEDERATIONS: dict[str, dict[str, Any]] = {
             "sampling.fraction": Q,
             "run.rounds": ROUNDS,
         }
-        for n in (100, 1000)
+        for n in (100,)
     },
 }
+FEDERATIONS["p1000"] = FEDERATIONS["p100"]  # its data config; run_one re-cuts the holders
 HOLDERS = {"record": 8, "p100": 100, "p1000": 1000}
+RECUT = {"p1000": "p100"}  # a federation built by re-cutting another's records
 EPS8 = {"privacy.clip_norm": CLIP, "privacy.target_epsilon": 8.0, "privacy.target_delta": DELTA}
 TECHNIQUES: dict[str, dict[str, Any]] = {
     "": {},
@@ -179,13 +192,44 @@ def planned() -> dict[str, dict[str, Any]]:
     return out
 
 
+def recut(world: World, holders: int) -> World:
+    """``world`` with its training records, in holder order, cut into ``holders`` holders
+    of near-equal size; each old holder's held-out split goes to the first new holder of
+    its records, so the union of held-out splits is unchanged. The model is shared."""
+    records = [(d.name, ex) for d in world.data for ex in d.train]
+    if len(records) < holders:
+        raise SystemExit(f"{len(records)} training records cannot make {holders} holders")
+    data: list[ParticipantData] = []
+    placed: set[str] = set()
+    meta = {d.name: d.meta for d in world.data}
+    held = {d.name: d.heldout for d in world.data}
+    for j, chunk in enumerate(np.array_split(np.arange(len(records)), holders)):
+        owners = [records[i][0] for i in chunk]
+        new = [o for o in dict.fromkeys(owners) if o not in placed]
+        placed.update(new)
+        data.append(
+            ParticipantData(
+                name=f"h{j:04d}",
+                train=tuple(records[i][1] for i in chunk),
+                heldout=tuple(ex for o in new for ex in held[o]),
+                meta=dict(meta[owners[0]]),
+            )
+        )
+    rt, init = world.runtime, world.initial
+    parts = {d.name: Participant(d.name, d, rt, origin=init) for d in data}
+    return replace(world, data=data, participants=parts)
+
+
 def run_one(name: str, seed: int, world: World | None) -> tuple[dict[str, Any], World]:
-    """One federated run of row ``name``: its loss, its epsilon and what it cost."""
+    """One federated run of row ``name``: its loss, its epsilon and what it cost (the
+    world returned is the one built from the config, not a re-cut of it)."""
     cfg = config(name, seed)
     if world is None or not world.fits(cfg):
         world = build_world(cfg)
+    fed = ROWS[name][0]
+    here = recut(world, HOLDERS[fed]) if fed in RECUT else world
     t0 = time.perf_counter()
-    s = run_simulation(cfg, cfg.run.out_dir, fresh=True, world=world)
+    s = run_simulation(cfg, cfg.run.out_dir, fresh=True, world=here)
     run: dict[str, Any] = {
         "seed": seed,
         "fed_loss": s["fed_loss"],
@@ -199,14 +243,20 @@ def run_one(name: str, seed: int, world: World | None) -> tuple[dict[str, Any], 
         run["noise_multiplier"] = s["privacy"]["noise_multiplier"]
         run["clip_norm_final"] = s["privacy"]["clip_norm"]
     if cfg.privacy.record_clip_norm is not None:  # each holder's own multiplier and epsilon
-        ledgers = {p.name: p.state.record_privacy for p in world.participants.values()}
+        ledgers = {p.name: p.state.record_privacy for p in here.participants.values()}
         run["record_noise_multipliers"] = {n: led[0][1] for n, led in ledgers.items() if led}
         run["record_epsilon"] = {n: dp.epsilon(led, DELTA) for n, led in ledgers.items()}
         run["epsilon"] = max(run["record_epsilon"].values())
     if cfg.privacy.enabled:
         shapes = {k: tuple(v.shape) for k, v in world.initial.items()}
-        run["planner"] = prediction(cfg, shapes, HOLDERS[ROWS[name][0]])
+        run["planner"] = prediction(cfg, shapes, HOLDERS[fed])
     return run, world
+
+
+def central_key(fed: str, seed: int) -> str:
+    """Where federation ``fed``'s centralized baseline at ``seed`` is kept (a re-cut
+    federation pools the same records as the one it was cut from)."""
+    return f"{RECUT.get(fed, fed)}/{seed}"
 
 
 def central_loss(fed: str, seed: int, world: World | None) -> tuple[float, World]:
@@ -255,7 +305,7 @@ def row_of(name: str, runs: list[dict[str, Any]], central: dict[str, float]) -> 
     """Row ``name``: its runs with their efficiencies, and their means and spreads."""
     fed = ROWS[name][0]
     for r in runs:
-        c = central.get(f"{fed}/{r['seed']}")
+        c = central.get(central_key(fed, r["seed"]))
         r["efficiency"] = math.nan if c is None else efficiency(r["initial_loss"], r["fed_loss"], c)
     effs, losses = [r["efficiency"] for r in runs], [r["fed_loss"] for r in runs]
     row: dict[str, Any] = {
@@ -357,9 +407,9 @@ def main() -> None:
     world: World | None = None
     for seed in seeds if not args.slowdown_only else ():
         for name in sorted(names, key=lambda n: (ROWS[n][0], json.dumps(ROWS[n][1]))):
-            key = f"{ROWS[name][0]}/{seed}"
+            key = central_key(ROWS[name][0], seed)
             if key not in result["central"]:
-                result["central"][key], world = central_loss(ROWS[name][0], seed, world)
+                result["central"][key], world = central_loss(key.split("/")[0], seed, world)
                 print(f"centralized {key}: {result['central'][key]:.4f}", flush=True)
             if any(r["seed"] == seed for r in runs.get(name, [])):
                 continue
