@@ -112,7 +112,8 @@ def split_heldout(
     """A seeded split: ceil(fraction * n) held out, the rest for training (both non-empty)."""
     if len(items) < MIN_EXAMPLES:
         raise ZenfedError(
-            f"participant '{name}' has {len(items)} usable examples; it needs at least 2",
+            f"participant '{name}' has {len(items)} usable examples; it needs at least "
+            f"{MIN_EXAMPLES}",
             fix="give it more data, raise data.max_seq_len, or leave it out",
         )
     order = rng.permutation(len(items))
@@ -127,12 +128,11 @@ def _partition(
         return partition.natural(_labels(cfg, examples))
     n = int(cfg.num_participants or 0)
     # every participant needs a training and a held-out example (split_heldout)
-    least = MIN_EXAMPLES
+    alpha, least = cfg.dirichlet_alpha, MIN_EXAMPLES
     if cfg.partition == "dirichlet":
-        labels = _labels(cfg, examples)
-        parts = partition.dirichlet(labels, n, cfg.dirichlet_alpha, rng, min_items=least)
+        parts = partition.dirichlet(_labels(cfg, examples), n, alpha, rng, min_items=least)
     elif cfg.partition == "quantity":
-        parts = partition.quantity(len(examples), n, cfg.dirichlet_alpha, rng, min_items=least)
+        parts = partition.quantity(len(examples), n, alpha, rng, min_items=least)
     else:
         parts = partition.iid(len(examples), n, rng, min_items=least)
     return [f"p{i:03d}" for i in range(n)], parts
