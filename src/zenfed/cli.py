@@ -141,10 +141,17 @@ def _print_plan(
         ("noised values d", f"{p.dimensions:,}"),
         ("noise per coordinate (x C)", f"{p.noise_per_coordinate:.3g}"),
         ("largest update per coordinate (x C)", f"{p.update_per_coordinate:.3g}"),
+        ("a round's update reaches (norm) / C", _reach(p.update_norm_reach, p.clip_norm)),
         ("noise / update", f"{p.ratio:.2f} (bound {p.bound:g})"),
         ("holders per round for the bound", f"{p.holders_per_round_needed:,.0f}"),
     )
     _print_plan_table(f"privacy plan: {config}", rows, swamping_warning(p))
+
+
+def _reach(reach: float | None, clip: float) -> str:
+    if reach is None:
+        return "unknown with train.local_epochs (assumed to fill C)"
+    return f"{reach:.3g} (lr x local steps x sqrt(d)) / {clip:g}"
 
 
 def _print_record_plan(

@@ -203,6 +203,7 @@ def test_plan_prints_the_epsilon_and_warns_when_the_noise_swamps_the_update(
     assert done.returncode == 0, done.stderr
     out = " ".join(done.stdout.split())
     assert "8.000 at delta 1e-06 (8 rounds)" in out and "swamp the update" in out
+    assert "a round's update reaches (norm) / C" in out and "(lr x local steps x sqrt(d))" in out
     many = _zenfed("plan", "--config", str(p), "--holders", "10000000")
     assert many.returncode == 0 and "noise within the bound" in many.stdout
     none = _zenfed("plan", "--config", str(p), "--holders", "0")

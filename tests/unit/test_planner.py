@@ -194,3 +194,27 @@ def test_a_target_out_of_reach_is_a_record_level_error_and_no_batch_for_the_sear
     with pytest.raises(ZenfedError, match="record-level epsilon 0.01.*out of reach"):
         record_plan(cfg, 8, 10)  # q = 1 over 10,000 steps
     assert record_batch_needed(cfg, 8, 10) is None
+
+
+def _with_train(cfg: FederationConfig, **train: Any) -> FederationConfig:
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
+
+
+def test_a_bound_the_update_cannot_reach_raises_the_ratio_and_the_warning_says_so() -> None:
+    # C = 0.5, but one AdamW step at lr 1e-3 moves each of the 10,000 values by about
+    # 1e-3: a norm of 0.1, so the signal is 1e-3 a coordinate while the noise is z C / qN
+    cfg = _with_train(_cfg({"noise_multiplier": 1.0}, fraction=1.0), lr=1e-3, local_steps=1)
+    p = plan(cfg, 400, 10_000)
+    assert p.bound_unfilled and p.update_norm_reach == pytest.approx(0.1)
+    assert p.ratio == pytest.approx(1.0 * 0.5 / (400 * 1e-3))  # 1.25, not z sqrt(d) / qN
+    assert p.holders_per_round_needed == pytest.approx(500)
+    message = swamping_warning(p)
+    assert message is not None and "reaches a norm of only about 0.1" in message
+    assert "5.0x less noise" in message
+    assert swamping_warning(plan(cfg, 500, 10_000)) is None  # exactly at the bound
+    # a bound the update fills: back to z sqrt(d) / qN, and nothing said of the reach
+    filled = plan(_with_train(cfg, local_steps=5), 400, 10_000)  # reaches 0.5 = C
+    assert not filled.bound_unfilled and filled.ratio == pytest.approx(100 / 400)
+    # with epochs the steps depend on each holder's records: the bound is taken as filled
+    epochs = plan(_with_train(cfg, local_steps=None, local_epochs=1.0), 400, 10_000)
+    assert epochs.update_norm_reach is None and epochs.ratio == pytest.approx(100 / 400)

@@ -1,4 +1,5 @@
 import itertools
+import math
 from typing import Any
 
 import pytest
@@ -151,3 +152,23 @@ def test_dp_sgd_training_runs_and_poisson_batches_vary(setup: Any) -> None:
         setup, TrainConfig(lr=1e-2, local_steps=3, batch_size=4), record_dp=RecordDP(1.0, 1.0)
     )
     assert res.steps == 3 and all(torch.isfinite(v).all() for v in res.delta.values())
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_a_rounds_update_stays_within_the_planners_reach(setup: Any, steps: int) -> None:
+    """The privacy planner takes a round's update to move each trained value by about lr
+    a local step (AdamW), so its norm by at most lr x steps x sqrt(values); a fresh
+    optimizer's first step moves every value with a gradient by lr, no more."""
+    from zenfed.privacy.planner import update_reach
+
+    cfg = TrainConfig(lr=1e-2, local_steps=steps, batch_size=8)
+    res = _train(setup, cfg, steps=steps)
+    moved = torch.cat([v.flatten() for v in res.delta.values()]).double()
+    reach = update_reach(cfg)
+    assert reach is not None and float(moved.norm()) <= reach * math.sqrt(moved.numel())
+    if steps == 1:  # (later steps can move a value a little more than lr, not on RMS)
+        assert float(moved.abs().max()) <= reach * (1 + 1e-6)
+        nonzero = moved[moved != 0].abs()
+        # lr g / (|g| + eps): within 1 % of lr unless |g| is near AdamW's eps (1e-8)
+        exactly = nonzero > 0.99e-2
+        assert nonzero.numel() > 0 and float(exactly.double().mean()) > 0.99

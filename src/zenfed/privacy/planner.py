@@ -14,13 +14,23 @@ best case for the signal. Their ratio,
 
     ratio = z * sqrt(d) / (q * N),
 
-does not depend on C; a ratio above ``privacy.warn_noise_ratio`` means that even in the
-best case every round's step is mostly noise. Keeping it below the bound takes
-q * N >= z * sqrt(d) / bound holders per round: more holders, fewer noised dimensions
-(FFA-LoRA, a lower rank, the shared random subspace of a linear codec under secure
-aggregation) or less noise (a larger epsilon, fewer rounds). z is the configured noise
-multiplier or the one calibrated to the target epsilon at rate q over ``run.rounds``, and
-epsilon is dp-accounting's over exactly the releases a run makes (``dp.epsilon``).
+does not depend on C, as long as a round's update can fill the bound. It often cannot:
+local training is AdamW, whose step moves each trained value by about lr (exactly lr, the
+sign of the gradient, on a fresh optimizer's first step), so a round's update reaches
+about lr * local_steps per coordinate, a norm of lr * local_steps * sqrt(d). A bound C
+above that leaves the signal at lr * local_steps per coordinate while the noise grows
+with C: the ratio is then z * C / (q * N * lr * local_steps), and a bound near the
+update's reach gives the same guarantee with less noise (measured on the quality
+workload: one step at lr 3e-3 moves every trained value by exactly 3e-3, norm 0.91 for an
+FFA-LoRA rank-2 adapter's 92,160 values, so its C = 3 left 70 % of the bound empty). A
+ratio above ``privacy.warn_noise_ratio`` means that even in the best case every round's
+step is mostly noise. Keeping it below the bound takes q * N >= z * sqrt(d) / bound
+holders per round (with a filled bound): more holders, fewer noised dimensions (FFA-LoRA,
+a lower rank, the shared random subspace of a linear codec under secure aggregation,
+each with C scaled to the smaller update) or less noise (a larger epsilon, fewer rounds).
+z is the configured noise multiplier or the one calibrated to the target epsilon at rate
+q over ``run.rounds``, and epsilon is dp-accounting's over exactly the releases a run
+makes (``dp.epsilon``).
 
 Under DP-FTRL (``privacy.mechanism = "tree"``) q is the share of holders per round (one
 pass of ceil(1 / fraction) rounds takes each once), epsilon is the trees' and z the noise
@@ -37,7 +47,7 @@ from dataclasses import dataclass
 
 from zenfed.compress import Pipeline
 from zenfed.compress.base import Shape
-from zenfed.config import FederationConfig
+from zenfed.config import FederationConfig, TrainConfig
 from zenfed.errors import ZenfedError
 from zenfed.privacy import dp
 from zenfed.privacy.policy import PrivacyPolicy
@@ -60,6 +70,8 @@ class Plan:
     holders: int  # N
     dimensions: int  # d: values the noise is added to
     bound: float  # privacy.warn_noise_ratio
+    clip_norm: float = 1.0  # C (under adaptive clipping: the initial bound)
+    reach: float | None = None  # what a round moves one trained value by: lr x local steps
 
     @property
     def expected_cohort(self) -> float:
@@ -73,12 +85,26 @@ class Plan:
 
     @property
     def update_per_coordinate(self) -> float:
-        """RMS per coordinate of the largest mean update (norm C), per unit of C."""
-        return 1.0 / math.sqrt(self.dimensions)
+        """RMS per coordinate of the largest mean update, per unit of C: C / sqrt(d) if a
+        round's update can reach norm C, else the reach of local training (lr x steps)."""
+        best = 1.0 / math.sqrt(self.dimensions)
+        return best if self.reach is None else min(best, self.reach / self.clip_norm)
+
+    @property
+    def update_norm_reach(self) -> float | None:
+        """The norm a round's update reaches at most: lr x steps x sqrt(d) (None: unknown,
+        as with train.local_epochs)."""
+        return None if self.reach is None else self.reach * math.sqrt(self.dimensions)
+
+    @property
+    def bound_unfilled(self) -> bool:
+        """Whether C is above what a round's update reaches (noise paid for nothing)."""
+        reach = self.update_norm_reach
+        return reach is not None and reach < self.clip_norm
 
     @property
     def ratio(self) -> float:
-        """Noise over update per coordinate: z * sqrt(d) / (q * N)."""
+        """Noise over update per coordinate: z * sqrt(d) / (q * N) with a filled bound."""
         return self.noise_per_coordinate / self.update_per_coordinate
 
     @property
@@ -89,7 +115,7 @@ class Plan:
     @property
     def holders_per_round_needed(self) -> float:
         """The expected cohort q * N that brings the ratio down to the bound."""
-        return self.noise_multiplier * math.sqrt(self.dimensions) / self.bound
+        return self.noise_multiplier / (self.update_per_coordinate * self.bound)
 
     @property
     def holders_needed(self) -> int:
@@ -115,7 +141,7 @@ def plan(
         )
     policy = policy or PrivacyPolicy(cfg)  # z calibrated as a run calibrates it
     z, q = policy.noise_multiplier, policy.sampling_rate
-    assert z is not None
+    assert z is not None and cfg.privacy.clip_norm is not None  # privacy.enabled needs both
     if policy.tree:  # DP-FTRL: each holder once a pass, a share 1 / pass of them a round
         q = 1.0 / policy.pass_rounds
     z_update = dp.update_noise_multiplier(cfg.privacy, z, q * holders)
@@ -128,7 +154,16 @@ def plan(
         holders=holders,
         dimensions=dimensions,
         bound=cfg.privacy.warn_noise_ratio,
+        clip_norm=cfg.privacy.clip_norm,  # the C the noise scales with
+        reach=update_reach(cfg.train),
     )
+
+
+def update_reach(train: TrainConfig) -> float | None:
+    """How far a round's local training moves one trained value at most: AdamW moves it
+    by about lr a step, so lr x local steps (None with train.local_epochs: the steps
+    depend on each holder's records)."""
+    return None if train.local_steps is None else train.lr * train.local_steps
 
 
 def noised_dimensions(cfg: FederationConfig, shapes: dict[str, Shape]) -> int:
@@ -148,14 +183,24 @@ def swamping_warning(p: Plan) -> str | None:
     """The warning a swamped plan deserves (None if the ratio is within the bound)."""
     if not p.swamped:
         return None
+    unfilled = ""
+    reach = p.update_norm_reach
+    if p.bound_unfilled and reach is not None:
+        unfilled = (
+            f" A round's update reaches a norm of only about {reach:.3g} (AdamW moves each "
+            f"trained value by about train.lr a local step), below privacy.clip_norm = "
+            f"{p.clip_norm:g}: a clip_norm near {reach:.3g} keeps the guarantee with "
+            f"{p.clip_norm / reach:.1f}x less noise."
+        )
     return (
         f"differential privacy will swamp the update: the noise per coordinate is "
         f"{p.ratio:.1f}x the largest possible mean update's (z {p.noise_multiplier:.3g}, "
         f"{p.dimensions:,} noised values, {p.expected_cohort:.1f} holders per round), above "
-        f"privacy.warn_noise_ratio = {p.bound:g}. Keeping it below takes about "
+        f"privacy.warn_noise_ratio = {p.bound:g}.{unfilled} Keeping it below takes about "
         f"{p.holders_per_round_needed:,.0f} holders per round ({p.holders_needed:,} at "
         f"sampling rate {p.sampling_rate:g}), fewer noised values (lora.freeze_a, a lower "
-        "lora.r) or a larger privacy.target_epsilon"
+        "lora.r, with clip_norm scaled to the smaller update) or a larger "
+        "privacy.target_epsilon"
     )
 
 
