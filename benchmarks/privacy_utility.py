@@ -30,6 +30,8 @@ by dp-accounting (RDP) at delta 1e-6. Three federations:
   held-out splits are p100's, so are L0 and the centralized baseline: the rows compare
   directly.
   About 100 holders a round, each holding what one user of a keyboard might.
+- ``p100:none+T``: technique T's codec and adapter with its bound and no noise, the
+  ceiling its private row can reach.
 - ``p100:noise-of-K``: the p100 federation with the noise per coordinate that epsilon 8
   leaves at K holders per round (z_8 x 10 / K). Not a private run at epsilon 8 itself: the
   measured trend of efficiency against holders per round that the planner's prediction is
@@ -144,6 +146,8 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         for n in (100, 1000)
         for t, o in TECHNIQUES.items()
     },
+    # what a technique costs without noise: the ceiling of its private row
+    **{f"p100:none{t}": ("p100", TECHNIQUES[t]) for t in ("+subspace10%", "+ffa+r2+subspace10%")},
     **{
         f"p100:noise-of-{k}": ("p100", {"privacy.clip_norm": CLIP, NOISE_OF_KEY: k})
         for k in NOISE_OF
