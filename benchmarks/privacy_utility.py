@@ -62,7 +62,7 @@ from zenfed.config import FederationConfig
 from zenfed.data.examples import ParticipantData
 from zenfed.participant.agent import Participant
 from zenfed.privacy import dp
-from zenfed.privacy.planner import noised_dimensions, plan
+from zenfed.privacy.planner import plan_of
 from zenfed.sim.baselines import centralized
 from zenfed.sim.runner import efficiency, run_simulation
 from zenfed.sim.setup import World, build_world
@@ -176,12 +176,14 @@ def config(name: str, seed: int) -> FederationConfig:
 
 def prediction(cfg: FederationConfig, shapes: dict[str, Any], holders: int) -> dict[str, Any]:
     """The planner's figures for participant-level ``cfg`` over an adapter of ``shapes``."""
-    p = plan(cfg, holders, noised_dimensions(cfg, shapes))
+    p = plan_of(cfg, holders, shapes)
     return {
         "epsilon": p.epsilon,
         "noise_multiplier": p.noise_multiplier,
         "noised_dimensions": p.dimensions,
+        "trained_values": p.trained,
         "expected_cohort": p.expected_cohort,
+        "round_ratio": p.round_ratio,
         "ratio": p.ratio,
         "holders_per_round_needed": p.holders_per_round_needed,
     }

@@ -130,19 +130,19 @@ def _plan_holders(cfg: FederationConfig, holders: int | None) -> int:
 def _print_plan(
     cfg: FederationConfig, config: Path, n: int, shapes: dict[str, tuple[int, ...]]
 ) -> None:
-    from zenfed.privacy.planner import noised_dimensions, swamping_warning
-    from zenfed.privacy.planner import plan as make_plan
+    from zenfed.privacy.planner import plan_of, swamping_warning
 
-    p = make_plan(cfg, n, noised_dimensions(cfg, shapes))
+    p = plan_of(cfg, n, shapes)
     rows = (
         ("epsilon over run.rounds", f"{p.epsilon:.3f} at delta {p.delta:g} ({p.rounds} rounds)"),
         ("noise multiplier z, sampling rate q", f"{p.noise_multiplier:.4g}, {p.sampling_rate:g}"),
         ("holders N, per round q*N", f"{p.holders:,}, {p.expected_cohort:.1f}"),
-        ("noised values d", f"{p.dimensions:,}"),
+        ("noised values d (of trained)", f"{p.dimensions:,} (of {p.trained:,})"),
         ("noise per coordinate (x C)", f"{p.noise_per_coordinate:.3g}"),
         ("largest update per coordinate (x C)", f"{p.update_per_coordinate:.3g}"),
         ("a round's update reaches (norm) / C", _reach(p.update_norm_reach, p.clip_norm)),
-        ("noise / update", f"{p.ratio:.2f} (bound {p.bound:g})"),
+        ("noise / update a round", f"{p.round_ratio:.2f}"),
+        ("noise / update over the run", f"{p.ratio:.2f} (bound {p.bound:g})"),
         ("holders per round for the bound", f"{p.holders_per_round_needed:,.0f}"),
     )
     _print_plan_table(f"privacy plan: {config}", rows, swamping_warning(p))

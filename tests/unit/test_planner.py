@@ -19,6 +19,7 @@ from zenfed.privacy.planner import (
     PrivacyWarning,
     noised_dimensions,
     plan,
+    plan_of,
     record_batch_needed,
     record_plan,
     record_swamping_warning,
@@ -218,3 +219,21 @@ def test_a_bound_the_update_cannot_reach_raises_the_ratio_and_the_warning_says_s
     # with epochs the steps depend on each holder's records: the bound is taken as filled
     epochs = plan(_with_train(cfg, local_steps=None, local_epochs=1.0), 400, 10_000)
     assert epochs.update_norm_reach is None and epochs.ratio == pytest.approx(100 / 400)
+
+
+def test_a_random_subspace_lowers_the_rounds_ratio_and_not_the_runs() -> None:
+    # the same update (C = 0.5 over 10,000 values) noised whole, or in a shared random
+    # quarter of the values with the bound scaled to the projection (0.5 sqrt(0.25))
+    whole = _cfg({"noise_multiplier": 1.0}, fraction=1.0)
+    raw = _cfg({"noise_multiplier": 1.0, "clip_norm": 0.25}, fraction=1.0).model_dump(mode="json")
+    raw["secagg"] = {"enabled": True}
+    raw["compress"] = {"pipeline": [{"codec": "randk", "fraction": 0.25}]}
+    quarter, shapes = parse_config(raw), {"x": (100, 100)}
+    p, sub = plan_of(whole, 400, shapes), plan_of(quarter, 400, shapes)
+    assert (sub.dimensions, sub.trained, sub.coverage) == (2_500, 10_000, 0.25)
+    assert sub.round_ratio == pytest.approx(p.round_ratio / 2)  # sqrt(2,500 / 10,000)
+    assert sub.ratio == pytest.approx(p.ratio) and p.ratio == pytest.approx(100 / 400)
+    assert sub.holders_per_round_needed == pytest.approx(p.holders_per_round_needed)
+    message = swamping_warning(plan_of(quarter, 50, shapes))  # ratio 2
+    assert message is not None and "2,500 noised values of 10,000 trained ones" in message
+    assert "25% of the rounds" in message
