@@ -147,7 +147,10 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         for t, o in TECHNIQUES.items()
     },
     # what a technique costs without noise: the ceiling of its private row
-    **{f"p100:none{t}": ("p100", TECHNIQUES[t]) for t in ("+subspace10%", "+ffa+r2+subspace10%")},
+    **{
+        f"p100:none{t}": ("p100", TECHNIQUES[t])
+        for t in ("+ffa+r2", "+subspace10%", "+ffa+r2+subspace10%")
+    },
     **{
         f"p100:noise-of-{k}": ("p100", {"privacy.clip_norm": CLIP, NOISE_OF_KEY: k})
         for k in NOISE_OF
