@@ -39,39 +39,50 @@ def plot(result: dict[str, Any], path: Path) -> None:
     bars.legend(fontsize=8)
     bars.set_title("green: record level, 8 holders; blue/purple: participant level", fontsize=9)
 
-    points = sorted(
-        (
-            (10.0 if r["row"] == "p100:eps8" else _noise_of(r), r)  # p100 at q = 0.1
-            for r in rows
-            if r["row"] == "p100:eps8" or r["row"].startswith("p100:noise-of-")
-        ),
-        key=lambda t: t[0],
-    )
-    if points:
-        line.errorbar(
-            [k for k, _ in points],
-            [r["efficiency_mean"] for _, r in points],
-            yerr=[r["efficiency_spread"] for _, r in points],
-            fmt="o-",
-            capsize=3,
-            label="measured (p100 with epsilon 8's noise at K holders per round)",
-        )
-    for key, style, label in (
-        ("planner_holders_for_0_8", "--", "planner: noise = best-case update per coordinate"),
-        ("measured_holders_for_0_8", ":", "measured: efficiency reaches 0.8"),
-    ):
-        if result.get(key):
-            line.axvline(result[key], ls=style, color="grey", label=f"{label} ({result[key]:,.0f})")
-    line.axhline(0.8, ls="--", color="tab:red", linewidth=0.8)
-    line.set_xscale("log")
-    line.set_ylim(-1.05, 1.1)
-    line.set_xlabel("holders per round")
-    line.set_ylabel("centralized efficiency")
-    line.legend(fontsize=7)
-    line.set_title("participant-level DP at epsilon 8: how many holders per round", fontsize=9)
+    _ratio_panel(line, rows, result)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def _noise_of(row: dict[str, Any]) -> float:
-    return float(row["row"].rsplit("-", 1)[1])
+def _ratio_panel(ax: Any, rows: list[dict[str, Any]], result: dict[str, Any]) -> None:
+    """Efficiency against the planner's noise / update over the run: the noise-of-K trend
+    as a line, every private technique row as a labelled point."""
+    trend = sorted(
+        (r["planner"]["ratio"], r)
+        for r in rows
+        if "planner" in r and (r["row"] == "p100:eps8" or "noise-of-" in r["row"])
+    )
+    if trend:
+        ax.errorbar(
+            [x for x, _ in trend],
+            [r["efficiency_mean"] for _, r in trend],
+            yerr=[r["efficiency_spread"] for _, r in trend],
+            fmt="o-",
+            capsize=3,
+            label="p100 with epsilon 8's noise at 10 to 10,000 holders a round",
+        )
+    for r in rows:
+        if "planner" not in r or "noise-of-" in r["row"] or r["row"] == "p100:eps8":
+            continue
+        x, y = r["planner"]["ratio"], max(r["efficiency_mean"], -1.0)
+        color = "tab:purple" if r["federation"] == "p1000" else "tab:orange"
+        ax.errorbar([x], [y], yerr=[r["efficiency_spread"]], fmt="s", color=color, capsize=2)
+        ax.annotate(r["row"].split(":", 1)[1], (x, y), fontsize=6, xytext=(4, 2),
+                    textcoords="offset points")  # fmt: skip
+    ax.axvline(1.0, ls="--", color="grey", label="planner's bound: noise = best-case update")
+    base = result.get("planned", {}).get("p100:eps8")
+    crossing = result.get("measured_holders_for_0_8")
+    if base and crossing:  # the ratio scales as 1 / holders a round
+        at = base["ratio"] * base["expected_cohort"] / crossing
+        ax.axvline(at, ls=":", color="grey", label=f"measured: 0.8 at ratio {at:.2f} "
+                   f"({crossing:,.0f} holders a round)")  # fmt: skip
+    ax.axhline(0.8, ls="--", color="tab:red", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_ylim(-1.05, 1.1)
+    ax.set_xlabel("planner: noise / update per trained value over the run (epsilon 8)")
+    ax.set_ylabel("centralized efficiency (below -1 shown at -1)")
+    ax.legend(fontsize=7)
+    ax.set_title(
+        "the planner's ratio against measured runs (orange: 100 holders, purple: 1,000)",
+        fontsize=9,
+    )
