@@ -36,6 +36,7 @@ in only f of the rounds, each time with the round's noise, so its noise against 
 update over the run is the whole adapter's, ``ratio`` = the round's / sqrt(f). Such a
 codec only shrinks the step (measured on the benchmark's 100 holders: FFA-LoRA rank 2 in
 a 10 % subspace, without any noise, reaches a centralized efficiency of 0.09).
+
 z is the configured noise multiplier or the one calibrated to the target epsilon at rate
 q over ``run.rounds``, and epsilon is dp-accounting's over exactly the releases a run
 makes (``dp.epsilon``).
