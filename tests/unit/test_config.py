@@ -31,6 +31,22 @@ def test_wrong_type_names_the_key() -> None:
         parse_config({"run": {"rounds": 2.5}})
 
 
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"lr": float("nan")}, "train.lr and train.batch_size must be positive"),
+        ({"lr": 0.0}, "train.lr and train.batch_size must be positive"),
+        ({"local_steps": 0}, "train.local_steps must be at least 1"),
+        ({"local_epochs": 0.0}, "train.local_epochs must be positive"),
+        ({"local_epochs": float("nan")}, "train.local_epochs must be positive"),
+    ],
+)
+def test_a_round_of_training_needs_a_real_step(train: dict[str, float], message: str) -> None:
+    # (the privacy planner divides by lr x local steps, the update's reach)
+    with pytest.raises(ZenfedError, match=message):
+        parse_config({"train": train})
+
+
 def test_epochs_replace_the_default_steps_but_not_explicit_steps() -> None:
     assert parse_config({"train": {"local_epochs": 1.0}}).train.local_steps is None
     with pytest.raises(ZenfedError, match="exactly one"):

@@ -169,8 +169,12 @@ class TrainConfig(_Frozen):
     def _check(self) -> TrainConfig:
         if (self.local_steps is None) == (self.local_epochs is None):
             raise ValueError("set exactly one of train.local_steps and train.local_epochs")
-        if self.lr <= 0 or self.batch_size <= 0:
+        if not math.isfinite(self.lr) or self.lr <= 0 or self.batch_size <= 0:
             raise ValueError("train.lr and train.batch_size must be positive")
+        if self.local_steps is not None and self.local_steps < 1:
+            raise ValueError("train.local_steps must be at least 1")
+        if self.local_epochs is not None and not self.local_epochs > 0:
+            raise ValueError("train.local_epochs must be positive")
         return self
 
 
