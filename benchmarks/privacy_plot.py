@@ -47,11 +47,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def _ratio_panel(ax: Any, rows: list[dict[str, Any]], result: dict[str, Any]) -> None:
     """Efficiency against the planner's noise / update over the run: the noise-of-K trend
     as a line, every private technique row as a labelled point."""
-    trend = sorted(
-        (r["planner"]["ratio"], r)
-        for r in rows
-        if "planner" in r and (r["row"] == "p100:eps8" or "noise-of-" in r["row"])
-    )
+    planned = [r for r in rows if "planner" in r]
+    trend = sorted((r["planner"]["ratio"], r) for r in planned if _on_trend(r))
     if trend:
         ax.errorbar(
             [x for x, _ in trend],
@@ -61,9 +58,7 @@ def _ratio_panel(ax: Any, rows: list[dict[str, Any]], result: dict[str, Any]) ->
             capsize=3,
             label="p100 with epsilon 8's noise at 10 to 10,000 holders a round",
         )
-    for r in rows:
-        if "planner" not in r or "noise-of-" in r["row"] or r["row"] == "p100:eps8":
-            continue
+    for r in (r for r in planned if not _on_trend(r)):
         x, y = r["planner"]["ratio"], max(r["efficiency_mean"], -1.0)
         color = "tab:purple" if r["federation"] == "p1000" else "tab:orange"
         ax.errorbar([x], [y], yerr=[r["efficiency_spread"]], fmt="s", color=color, capsize=2)
@@ -86,3 +81,9 @@ def _ratio_panel(ax: Any, rows: list[dict[str, Any]], result: dict[str, Any]) ->
         "the planner's ratio against measured runs (orange: 100 holders, purple: 1,000)",
         fontsize=9,
     )
+
+
+def _on_trend(row: dict[str, Any]) -> bool:
+    """Whether ``row`` is a point of the noise-of-K trend (p100 at epsilon 8 itself is its
+    10-holders-a-round point)."""
+    return row["row"] == "p100:eps8" or row["row"].startswith("p100:noise-of-")

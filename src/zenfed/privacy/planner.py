@@ -120,9 +120,10 @@ class Plan:
 
     @property
     def coverage(self) -> float:
-        """Noised values over trained values: below 1 under a linear codec (a random-k
-        subspace, a sketch) whose vector secure aggregation sums and the noise goes on."""
-        return self.dimensions / self.trained if self.trained else 1.0
+        """Noised values over trained values (at most 1): below 1 under a linear codec (a
+        random-k subspace, a sketch) whose vector secure aggregation sums and the noise
+        goes on."""
+        return min(1.0, self.dimensions / self.trained) if self.trained else 1.0
 
     @property
     def ratio(self) -> float:
@@ -131,7 +132,7 @@ class Plan:
         round, but a value is in it in only f of the rounds, so its noise over the run
         against its update is the whole adapter's (a sketch: a value's cell carries the
         noise every round); such a codec only shrinks the step."""
-        return self.round_ratio / math.sqrt(min(1.0, self.coverage))
+        return self.round_ratio / math.sqrt(self.coverage)
 
     @property
     def swamped(self) -> bool:
@@ -226,17 +227,17 @@ def swamping_warning(p: Plan) -> str | None:
     """The warning a swamped plan deserves (None if the ratio is within the bound)."""
     if not p.swamped:
         return None
-    unfilled = ""
+    why = ""  # what makes the ratio worse than the adapter's size alone would
     reach = p.update_norm_reach
     if p.bound_unfilled and reach is not None:
-        unfilled = (
+        why = (
             f" A round's update reaches a norm of only about {reach:.3g} (AdamW moves each "
             f"trained value by about train.lr a local step), below privacy.clip_norm = "
             f"{p.clip_norm:g}: a clip_norm near {reach:.3g} keeps the guarantee with "
             f"{p.clip_norm / reach:.1f}x less noise."
         )
     if p.coverage < 1.0:
-        unfilled += (
+        why += (
             f" The codec's {p.dimensions:,} noised values of {p.trained:,} trained ones "
             f"do not lower it: a value is in a round's random subspace in {p.coverage:.0%} "
             "of the rounds (the round's own ratio is "
@@ -246,7 +247,7 @@ def swamping_warning(p: Plan) -> str | None:
         f"differential privacy will swamp the update: the noise per coordinate is "
         f"{p.ratio:.1f}x the largest possible mean update's (z {p.noise_multiplier:.3g}, "
         f"{p.trained:,} trained values, {p.expected_cohort:.1f} holders per round), above "
-        f"privacy.warn_noise_ratio = {p.bound:g}.{unfilled} Keeping it below takes about "
+        f"privacy.warn_noise_ratio = {p.bound:g}.{why} Keeping it below takes about "
         f"{p.holders_per_round_needed:,.0f} holders per round ({p.holders_needed:,} at "
         f"sampling rate {p.sampling_rate:g}), fewer trained values (lora.freeze_a, a lower "
         "lora.r, fewer lora target modules, with clip_norm scaled to the smaller update) or "
