@@ -168,8 +168,10 @@ DEFAULT = (
     *(f"p100:eps8{t}" for t in TECHNIQUES),
     *(n for n in ROWS if n.startswith("p100:none+")),
     *(f"p100:noise-of-{k}" for k in NOISE_OF),
-    # at 1,000 holders (8-26 minutes a run here): no DP, the best technique at both steps
+    # at 1,000 holders (8-26 minutes a run here): no DP and every row the README quotes
     "p1000:none",
+    "p1000:eps8+ffa",
+    "p1000:eps8+r2",
     "p1000:eps8+ffa+r2",
     "p1000:eps8+ffa+r2+lr1e-2",
     "p1000:eps8+subspace10%",
