@@ -212,6 +212,9 @@ def test_a_bound_the_update_cannot_reach_raises_the_ratio_and_the_warning_says_s
     message = swamping_warning(p)
     assert message is not None and "reaches a norm of only about 0.1" in message
     assert "5.0x less noise" in message
+    # a bound just above the reach (0.5 against 0.4) is named as a share, not as 1.2x
+    near = swamping_warning(plan(_with_train(cfg, local_steps=4), 100, 10_000))
+    assert near is not None and "20% less noise" in near
     assert swamping_warning(plan(cfg, 500, 10_000)) is None  # exactly at the bound
     # a bound the update fills: back to z sqrt(d) / qN, and nothing said of the reach
     filled = plan(_with_train(cfg, local_steps=5), 400, 10_000)  # reaches 0.5 = C

@@ -223,6 +223,12 @@ def adapter_values(shapes: dict[str, Shape]) -> int:
     return sum(math.prod(s) for s in shapes.values())
 
 
+def _less(factor: float) -> str:
+    """How much less noise a bound ``factor`` times smaller gives, in words that stay
+    readable near 1 (4 % rather than 1.0x)."""
+    return f"{factor:.1f}x" if factor >= 1.5 else f"{1 - 1 / factor:.0%}"
+
+
 def swamping_warning(p: Plan) -> str | None:
     """The warning a swamped plan deserves (None if the ratio is within the bound)."""
     if not p.swamped:
@@ -234,7 +240,7 @@ def swamping_warning(p: Plan) -> str | None:
             f" A round's update reaches a norm of only about {reach:.3g} (AdamW moves each "
             f"trained value by about train.lr a local step), below privacy.clip_norm = "
             f"{p.clip_norm:g}: a clip_norm near {reach:.3g} keeps the guarantee with "
-            f"{p.clip_norm / reach:.1f}x less noise."
+            f"{_less(p.clip_norm / reach)} less noise."
         )
     if p.coverage < 1.0:
         why += (
