@@ -377,7 +377,14 @@ def headline(
         return rows[name]["efficiency_mean"] if name in rows else None
 
     part = [r for n, r in rows.items() if ":eps8" in n and r["federation"] != "record"]
-    best = max(part, key=lambda r: r["efficiency_mean"], default=None)
+    # the best of rows run over 3 seeds (or the most any row has): the best of many rows
+    # at one seed each would be picked for its lucky seed as much as for its technique
+    most = min(3, max((len(r["seeds"]) for r in part), default=0))
+    best = max(
+        (r for r in part if len(r["seeds"]) >= most),
+        key=lambda r: r["efficiency_mean"],
+        default=None,
+    )
     base = planned_.get("p100:eps8")
     return {
         "record_eps8_efficiency": eff("record:eps8"),
@@ -386,6 +393,7 @@ def headline(
         "dp_step_slowdown": timing.get("dp_step_slowdown"),
         "participant_eps8_best_efficiency": best and best["efficiency_mean"],
         "participant_eps8_best_row": best and best["row"],
+        "participant_eps8_best_seeds": best and best["seeds"],
         "planner_holders_for_0_8": base and base["holders_per_round_needed"],
         "measured_holders_for_0_8": crossing(trend(rows), 0.8),
         "seeds": sorted({s for r in rows.values() for s in r["seeds"]}),
