@@ -39,6 +39,8 @@ def test_wrong_type_names_the_key() -> None:
         ({"local_steps": 0}, "train.local_steps must be at least 1"),
         ({"local_epochs": 0.0}, "train.local_epochs must be positive"),
         ({"local_epochs": float("nan")}, "train.local_epochs must be positive"),
+        # (an infinite count passed and overflowed math.ceil in the first round's training)
+        ({"local_epochs": float("inf")}, "train.local_epochs must be positive and finite"),
     ],
 )
 def test_a_round_of_training_needs_a_real_step(train: dict[str, float], message: str) -> None:

@@ -173,8 +173,8 @@ class TrainConfig(_Frozen):
             raise ValueError("train.lr and train.batch_size must be positive")
         if self.local_steps is not None and self.local_steps < 1:
             raise ValueError("train.local_steps must be at least 1")
-        if self.local_epochs is not None and not self.local_epochs > 0:
-            raise ValueError("train.local_epochs must be positive")
+        if self.local_epochs is not None and not 0 < self.local_epochs < math.inf:
+            raise ValueError("train.local_epochs must be positive and finite")
         return self
 
 
