@@ -7,22 +7,26 @@
 
 ``StreamingMean`` keeps a float64 running sum (memory O(model) however many arrive);
 ``KeepAll`` keeps every update (or a way to load it back: ``spill`` turns tensors into a
-loader, which a deployment points at its blob store) for rules that need each one. The
-result is an ``Aggregate``: the weighted sum, its total weight, the count, and the sum of
-the centred clip bits adaptive clipping reports. A privacy policy noises the sum and
+loader, which a deployment points at its blob store) for rules that need each one. Both
+cap any one update's share of the round's weight at ``max_share`` (``shares.py``); the
+streaming mean keeps the few heaviest updates aside to take their excess back out. The
+result is an ``Aggregate``: the weighted sum, its total weight, the count, the sum of
+the centred clip bits adaptive clipping reports, and the weight each participant's update
+had in it. A privacy policy noises the sum and
 may replace the weight by a fixed denominator before the mean is taken; the masked sum of
 secure aggregation (``zenfed.coordinator.secure``) gives an Aggregate too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
 
 from zenfed.aggregate.registry import AggregationRule
+from zenfed.aggregate.shares import cap_shares, most_capped
 from zenfed.errors import ZenfedError
 from zenfed.tensors import Tensors
 
@@ -42,6 +46,8 @@ class Aggregate:
     count: int
     below: float = 0.0  # sum over updates of ([norm <= clip] - 1/2)
     decode: Callable[[Tensors], Tensors] | None = field(default=None, compare=False)
+    # Whose updates went in, each with the weight it had (capped): what a version records.
+    weights: Mapping[str, float] = field(default_factory=dict, compare=False)
 
     def mean(self) -> Tensors:
         """The aggregate update: decode(total) / weight, float32."""
@@ -49,11 +55,18 @@ class Aggregate:
         return {k: (v.to(torch.float64) / self.weight).to(torch.float32) for k, v in total.items()}
 
     @classmethod
-    def of_rule(cls, result: Tensors, weight: float, count: int, below: float) -> Aggregate:
+    def of_rule(
+        cls,
+        result: Tensors,
+        weight: float,
+        count: int,
+        below: float,
+        weights: Mapping[str, float] | None = None,
+    ) -> Aggregate:
         """A rule's result as an aggregate whose mean is that result (total weight
-        ``weight``, from ``count`` updates)."""
+        ``weight``, from ``count`` updates, ``weights`` each participant's)."""
         total = {k: v.to(torch.float64) * weight for k, v in result.items()}
-        return cls(total, weight, count, below)
+        return cls(total, weight, count, below, weights=dict(weights or {}))
 
     def with_total(self, total: Tensors, weight: float | None = None) -> Aggregate:
         """The same aggregate with another sum (noised) and, optionally, weight."""
@@ -73,13 +86,21 @@ class Accumulator(Protocol):
 
 
 class StreamingMean:
-    """A running weighted sum in float64: the aggregate of FedAvg, O(model) memory."""
+    """A running weighted sum in float64: the aggregate of FedAvg, O(model) memory.
 
-    def __init__(self) -> None:
+    With a cap on shares (``max_share`` < 1) it also keeps aside the updates of the few
+    heaviest participants (fewer than 1 / max_share: one at the default 0.5), the only
+    ones the cap can bind, and takes their excess weight back out of the sum at the end.
+    """
+
+    def __init__(self, max_share: float = 1.0) -> None:
         self._sum: Tensors = {}
         self.weight = 0.0
         self.count = 0
         self.below = 0.0
+        self.max_share = max_share
+        self.weights: dict[str, float] = {}
+        self._heavy: dict[str, Tensors] = {}  # the heaviest updates, as added
 
     def add(self, participant: str, tensors: Tensors, weight: float, below: float = 0.0) -> None:
         """Add ``weight * tensors``; the first update fixes names and shapes."""
@@ -91,11 +112,34 @@ class StreamingMean:
         self.weight += weight
         self.count += 1
         self.below += below
+        self.weights[participant] = weight
+        self._keep_if_heavy(participant, tensors)
+
+    def _keep_if_heavy(self, participant: str, tensors: Tensors) -> None:
+        """Keep ``participant``'s update aside if it is among the heaviest so far (the
+        earlier among equals: any capped update weighs more than every uncapped one)."""
+        keep, weight = most_capped(self.max_share), self.weights[participant]
+        if not keep:
+            return
+        if len(self._heavy) >= keep:
+            lightest = min(self._heavy, key=lambda p: self.weights[p])
+            if weight <= self.weights[lightest]:
+                return
+            del self._heavy[lightest]
+        self._heavy[participant] = {k: v.clone() for k, v in tensors.items()}
 
     def result(self) -> Aggregate:
-        """The weighted sum so far."""
+        """The weighted sum so far, with every weight capped at ``max_share``."""
         _nonempty(self.count)
-        return Aggregate(dict(self._sum), self.weight, self.count, self.below)
+        capped = cap_shares(self.weights, self.max_share)
+        total = dict(self._sum)
+        for p, w in capped.items():
+            excess = self.weights[p] - w
+            if excess > 0:  # only the heaviest are capped, and they are kept
+                kept = self._heavy[p]
+                total = {k: v - excess * kept[k].to(torch.float64) for k, v in total.items()}
+        weight = float(sum(capped.values()))
+        return Aggregate(total, weight, self.count, self.below, weights=capped)
 
 
 class KeepAll:
@@ -110,9 +154,11 @@ class KeepAll:
         rule: AggregationRule,
         spill: Callable[[str, Tensors], Loader] | None = None,
         seed: int = 0,
+        max_share: float = 1.0,
     ) -> None:
         self.rule = rule
         self.seed = seed  # the round's: how a bucketed rule draws its buckets
+        self.max_share = max_share
         self.spill = spill or (lambda _pid, t: lambda: t)
         self._kept: list[tuple[str, Loader, float]] = []
         self.below = 0.0
@@ -132,13 +178,15 @@ class KeepAll:
 
     def result(self, without: Collection[str] = ()) -> Aggregate:
         """The rule over every kept update (but those of ``without``: poisoning detection
-        leaves flagged ones out), as an aggregate whose mean is the rule's result (in
-        participant order, so the result does not depend on arrival order)."""
+        leaves flagged ones out), their weights capped at ``max_share``, as an aggregate
+        whose mean is the rule's result (in participant order, so the result does not
+        depend on arrival order)."""
         kept = sorted((k for k in self._kept if k[0] not in without), key=lambda x: x[0])
         _nonempty(len(kept))
-        weights = [w for _, _, w in kept]
+        capped = cap_shares({p: w for p, _, w in kept}, self.max_share)
+        weights = [capped[p] for p, _, _ in kept]
         combined = self.rule.combine([load() for _, load, _ in kept], weights, self.seed)
-        return Aggregate.of_rule(combined, float(sum(weights)), len(kept), self.below)
+        return Aggregate.of_rule(combined, float(sum(weights)), len(kept), self.below, capped)
 
 
 def _positive(weight: float) -> None:

@@ -324,6 +324,23 @@ class ServiceConfig(_Frozen):
     # A request body (an upload, an enrollment, a stage message) must arrive within this
     # time once its headers are in, or the request is answered 408 and its slot freed.
     body_timeout_s: float = 120.0
+    # A request's head (request line and headers) must arrive within this time of its
+    # first byte (or of the connection's start), or it is answered 408 and closed.
+    head_timeout_s: float = 5.0
+    # Connections open at once: 0 takes as many as the open-file limit allows less a
+    # reserve (read at start; a lower limit is warned of); more is lowered to that.
+    max_connections: int = 0
+    # Connections open at once from one address (0: no cap; behind a reverse proxy every
+    # connection is the proxy's: see the README).
+    max_connections_per_client: int = 32
+    # No participant's share of a round's aggregation weight above this (the excess is
+    # spread over the others in proportion), in rounds of more than 1 / share updates
+    # (3 or more at 0.5); 1 turns it off. Under secure aggregation it holds over the
+    # cohort as sampled (the weights are fixed when the round opens).
+    max_weight_share: float = 0.5
+    # Enrollment refuses a participant declaring more training examples than this
+    # (None: up to 2^31 - 1): the operator's expectation of the largest holder.
+    max_examples: int | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ServiceConfig:
@@ -337,6 +354,21 @@ class ServiceConfig(_Frozen):
             raise ValueError("service.body_timeout_s must be in (0, 3600] seconds")
         if not 0 < self.invite_ttl_s <= MAX_TTL_S:
             raise ValueError(f"service.invite_ttl_s must be in (0, {MAX_TTL_S:g}] seconds")
+        if not 0 < self.head_timeout_s <= 300:
+            raise ValueError("service.head_timeout_s must be in (0, 300] seconds")
+        if self.max_connections < 0 or self.max_connections_per_client < 0:
+            raise ValueError(
+                "service.max_connections and max_connections_per_client must be >= 0 "
+                "(0: from the open-file limit, and no cap per address)"
+            )
+        if not 0 < self.max_weight_share <= 1:
+            raise ValueError("service.max_weight_share must be in (0, 1] (1: no cap)")
+        if self.max_examples is not None and not (
+            self.min_examples <= self.max_examples <= 2**31 - 1
+        ):
+            raise ValueError(
+                "service.max_examples must be between service.min_examples and 2^31 - 1"
+            )
         return self
 
 
@@ -403,6 +435,14 @@ class FederationConfig(_Frozen):
                 "gate.source (or detect.validation = false)"
             )
         return self
+
+    @property
+    def weight_cap(self) -> float:
+        """The most of a round's weight one update may carry at this coordinator:
+        ``service.max_weight_share``, except at a root over regions, which weighs each
+        region by the examples of the participants it aggregated (each region caps its
+        own), so that the root's mean is the flat mean over everyone."""
+        return 1.0 if self.regions.enabled else self.service.max_weight_share
 
     def _check_tree(self) -> None:
         pc, why = self.privacy, ""

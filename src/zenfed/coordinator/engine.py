@@ -210,7 +210,9 @@ class Coordinator:
     def _start(self, tasks: list[Task], secure: SecureRound | None) -> None:
         n, version = self.state.round, self.version.id
         codec_seed = tasks[0].codec_seed if tasks and not self.buffered else n
-        acc = accumulator_for(self.rule, self.screen, self.spill, secure, codec_seed)
+        acc = accumulator_for(
+            self.rule, self.screen, self.spill, secure, codec_seed, self.cfg.weight_cap
+        )
         cohort = {t.participant: t for t in tasks}
         deadline = math.inf if self.buffered else tasks[0].deadline
         self.current = OpenRound(n, version, codec_seed, cohort, acc, deadline, secure)
@@ -325,9 +327,9 @@ class Coordinator:
         step = server_step(self.cfg.server, st.params, agg.mean(), st.server_state)
         published = self.publisher.publish(step[0], st.published, r.round)
         metrics = {**self._round_metrics(r), **privacy_metrics}
-        ups = list(r.received.values())
+        ups, used = list(r.received.values()), combined.weights
         return round_commit(
-            st, r.round, r.version, ups, step, published, metrics, ledger, assessment
+            st, r.round, r.version, ups, used, step, published, metrics, ledger, assessment
         )
 
     def combined(self) -> tuple[Aggregate, Assessment | None]:

@@ -197,6 +197,7 @@ class StoreJournal(Journal):
                     broadcast_sha256=bc_sha,
                     broadcast_seed=bc.seed if bc else None,
                     participants=list(v.participants),
+                    weights=list(v.weights),
                     num_examples=v.num_examples,
                     metrics=v.metrics,
                 )

@@ -50,15 +50,17 @@ def accumulator_for(
     spill: Spill | None,
     secure: SecureRound | None,
     seed: int,
+    max_share: float = 1.0,
 ) -> Accumulator:
     """What a round folds its updates into: the masked sum of a secure round, a streaming
     mean when the rule is one and nothing screens, else every update kept (``spill``
-    says where; ``seed`` is the round's, for a rule that draws)."""
+    says where; ``seed`` is the round's, for a rule that draws); no update's share of the
+    weight above ``max_share`` (a secure round's weights are its tasks')."""
     if secure is not None:
         return secure
     if rule.streaming and screen is None:  # screening needs every update
-        return StreamingMean()
-    return KeepAll(rule, spill, seed=seed)
+        return StreamingMean(max_share)
+    return KeepAll(rule, spill, seed=seed, max_share=max_share)
 
 
 def combine(

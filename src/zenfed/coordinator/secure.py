@@ -144,9 +144,9 @@ class SecureRound:
         total = decode_sum(words, self.server.scale)
         flat = torch.from_numpy(total[: self.flat].astype(np.float64))
         below = float(total[self.flat]) if self.report_clip else 0.0
-        weight = sum(self.weights[p] for alive, _ in sums for p in alive)
-        count = sum(len(alive) for alive, _ in sums)
-        return Aggregate({"flat": flat}, weight, count, below, decode=self._decode)
+        used = {p: self.weights[p] for alive, _ in sums for p in alive}
+        weight, count = sum(used.values()), len(used)
+        return Aggregate({"flat": flat}, weight, count, below, self._decode, used)
 
     def _robust(self, sums: list[tuple[tuple[str, ...], np.ndarray]]) -> Aggregate:
         assert self.rule is not None
@@ -167,7 +167,8 @@ class SecureRound:
                 f"{len(means)} secure buckets were revealed: {e.problem}",
                 fix="the round aborts; the previous global version stays",
             ) from e
-        return Aggregate.of_rule(combined, float(sum(weights)), count, below)
+        used = {p: self.weights[p] for alive, _ in sums for p in alive}
+        return Aggregate.of_rule(combined, float(sum(weights)), count, below, used)
 
     def _decode(self, total: Tensors) -> Tensors:
         parts = self.codec.unflatten(total["flat"].numpy().astype(np.float32))

@@ -12,6 +12,7 @@ detection.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -88,7 +89,14 @@ class CoordinatorState:
             kind, name = key.split("/", 1)
             parts[kind][name] = t
         versions = [
-            GlobalVersion(**{**v, "participants": tuple(v["participants"])}) for v in f["versions"]
+            GlobalVersion(
+                **{
+                    **v,
+                    "participants": tuple(v["participants"]),
+                    "weights": tuple(float(w) for w in v.get("weights", ())),
+                }
+            )
+            for v in f["versions"]
         ]
         broadcasts = [
             Broadcast(version, parent, int(seed), tensor_bytes(parts["broadcast"][str(i)]))
@@ -153,27 +161,32 @@ def round_commit(
     server_round: int,
     parent: str,
     updates: list[Update],
+    weights: Mapping[str, float],
     step: tuple[Tensors, ServerOptState],
     published: tuple[Tensors | None, Broadcast | None],
     metrics: dict[str, float],
     privacy: PrivacyLedger,
     screened: Screened | None = None,
 ) -> Commit:
-    """The version a round makes from ``parent`` and the state after it: the server
-    optimizer's ``step`` (params, moments), what is ``published`` (the public tensors
-    and the broadcast of a downlink codec), the round's ``metrics``, the privacy ledger
-    after its release, and its screening. Pure: ``st`` is not changed."""
+    """The version a round makes from ``parent`` and the state after it: of the round's
+    ``updates``, those combined with their ``weights`` (participant -> weight; the
+    others were left out), the server optimizer's ``step`` (params, moments), what is
+    ``published`` (the public tensors and the broadcast of a downlink codec), the round's
+    ``metrics``, the privacy ledger after its release, and its screening. Pure: ``st`` is
+    not changed."""
     params, server_state = step
     public, broadcast = published
     content = tensors_hash(public if public is not None else params)
+    included = sorted(weights)
     version = GlobalVersion(
         id=version_id(parent, server_round, content),
         round=server_round,
         parent=parent,
-        participants=tuple(sorted(u.participant for u in updates)),
-        num_examples=sum(u.num_examples for u in updates),
+        participants=tuple(included),
+        num_examples=sum(u.num_examples for u in updates if u.participant in weights),
         metrics={**metrics, **({"flagged": float(len(screened.flags))} if screened else {})},
         content=content,
+        weights=tuple(float(weights[p]) for p in included),
     )
     state = CoordinatorState(
         server_round + 1,

@@ -23,6 +23,7 @@ from dataclasses import replace
 import torch
 
 from zenfed.aggregate.accumulate import Aggregate
+from zenfed.aggregate.shares import cap_shares
 from zenfed.config import FederationConfig
 from zenfed.noise import gaussian
 from zenfed.privacy import dp, tree
@@ -35,6 +36,7 @@ class PrivacyPolicy:
 
     def __init__(self, cfg: FederationConfig) -> None:
         self.pc, self.sc = cfg.privacy, cfg.secagg
+        self.weight_cap = cfg.weight_cap  # a secure round's weights are capped at open
         pc = self.pc
         self.rounds = cfg.run.rounds
         self.over_regions = cfg.regions.enabled  # this root's participants are regions
@@ -142,10 +144,15 @@ class PrivacyPolicy:
         update_std, count_std = self.noise(ledger, expected_cohort)
         distributed = secure and self.pc.noise == "distributed"
         share = max(1, self.sc.min_survivors) ** 0.5  # survivors >= min: noise >= target
-        top = max(examples[t.participant] for t in tasks)
+        # Under secure aggregation the weights are applied before masking: capped over
+        # the cohort as sampled (a dropout can raise the others' shares).
+        capped = cap_shares(
+            {t.participant: examples[t.participant] for t in tasks}, self.weight_cap
+        )
+        top = max(capped.values())
         out = []
         for t in tasks:
-            weight = 1.0 if self.accounted else examples[t.participant] / top
+            weight = 1.0 if self.accounted else capped[t.participant] / top
             out.append(
                 replace(
                     t,

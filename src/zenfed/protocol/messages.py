@@ -150,11 +150,14 @@ class GlobalVersion:
     id: str
     round: int
     parent: str | None
+    # Exactly the updates combined into it (a flagged or dropped one is not), each with
+    # the weight it had in the aggregate (after the cap on shares; 1 each under DP).
     participants: tuple[str, ...] = ()
-    num_examples: int = 0
+    num_examples: int = 0  # the examples those updates reported
     metrics: dict[str, float] = field(default_factory=dict)
     content: str = ""
     rollback_of: str = ""  # a rollback republishes this earlier version's tensors
+    weights: tuple[float, ...] = ()  # participants[i]'s weight
 
 
 def version_id(parent: str | None, server_round: int, content: str) -> str:

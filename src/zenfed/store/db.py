@@ -146,7 +146,9 @@ class Version(Base):
     # With a downlink codec: the broadcast that leads from the parent to this version.
     broadcast_sha256: Mapped[str | None] = mapped_column(String(64))
     broadcast_seed: Mapped[int | None] = mapped_column(BigInteger)
+    # Exactly the updates combined into it, and the weight each had (same order).
     participants: Mapped[list[Any]]
+    weights: Mapped[list[Any] | None] = mapped_column(JSON)
     num_examples: Mapped[int]
     metrics: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
