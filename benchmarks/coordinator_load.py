@@ -85,7 +85,12 @@ def _config(s: Setup, minimum: int | None = None) -> Any:
             "data": {"categories": ["ai"]},
             "sampling": {"fraction": 1.0, "min_participants": minimum or s.agents},
             "run": {"rounds": s.rounds},
-            "service": {"round_timeout_s": 900.0, "long_poll_s": 10.0},
+            # every agent connects from loopback: no cap per address (as behind a proxy)
+            "service": {
+                "round_timeout_s": 900.0,
+                "long_poll_s": 10.0,
+                "max_connections_per_client": 0,
+            },
             "compress": {"pipeline": pipeline},
         }
     )
@@ -102,6 +107,7 @@ def serve(state: Path, port: int, s: Setup, db_url: str, minimum: int, up: list[
     from zenfed.store.blobs import BlobStore
     from zenfed.store.db import Database
     from zenfed.transport.http.app import create_app
+    from zenfed.transport.http.server import connection_limits, server_config
 
     cfg, initial, link, region = _config(s, minimum), {"w": torch.zeros(SHAPE)}, None, None
     if up:
@@ -110,14 +116,15 @@ def serve(state: Path, port: int, s: Setup, db_url: str, minimum: int, up: list[
     fed = PersistentCoordinator(
         cfg, initial, Database(db_url), BlobStore(state / "blobs"), region=region
     )
-    uvicorn.run(
+    config = server_config(  # the connection guard of `zenfed serve`
         create_app(fed, "op", background=link.work if link else None),
+        connection_limits(cfg.service),
         host="127.0.0.1",
         port=port,
         log_level="warning",
-        timeout_keep_alive=75,
         backlog=4096,
     )
+    uvicorn.Server(config).run()
 
 
 async def enroll(url: str, i: int, client: Any) -> Any:

@@ -23,6 +23,7 @@ import uvicorn
 
 from zenfed.coordinator.persistent import PersistentCoordinator
 from zenfed.transport.http.app import create_app
+from zenfed.transport.http.server import ConnectionLimits, connection_limits, server_config
 
 
 def free_port() -> int:
@@ -33,12 +34,22 @@ def free_port() -> int:
 
 
 class ThreadedServer:
-    """uvicorn serving an app in a background thread until ``stop``."""
+    """uvicorn serving an app in a background thread until ``stop``, behind the same
+    connection guard as ``zenfed serve`` (``limits``; the default ones if None)."""
 
-    def __init__(self, app: Any, port: int, **config: Any) -> None:
+    def __init__(
+        self, app: Any, port: int, limits: ConnectionLimits | None = None, **config: Any
+    ) -> None:
         self.port = port
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
+            server_config(
+                app,
+                limits or ConnectionLimits(),
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                **config,
+            )
         )
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -74,6 +85,7 @@ def serving(
     srv = ThreadedServer(
         create_app(fed, operator_token, tick_s=tick_s, **app_options),
         port or free_port(),
+        connection_limits(fed.cfg.service),
         timeout_graceful_shutdown=3,
     )
     srv.start()

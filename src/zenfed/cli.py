@@ -32,10 +32,11 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Federated LoRA fine-tuning of open LLMs."
 )
 console = Console()
+err_console = Console(stderr=True)
 
 
 def _fail(e: ZenfedError) -> NoReturn:
-    Console(stderr=True).print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
+    err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 
@@ -236,7 +237,14 @@ def serve(
         str | None, typer.Option(help="this region's name at the root")
     ] = None,
     upstream_token: Annotated[
-        str | None, typer.Option(help="the root's invite (first time; or $ZENFED_UPSTREAM_TOKEN)")
+        str | None,
+        typer.Option(
+            help="the root's invite (first time); visible in the process list: prefer "
+            "--upstream-token-file or the environment variable ZENFED_UPSTREAM_TOKEN"
+        ),
+    ] = None,
+    upstream_token_file: Annotated[
+        Path | None, typer.Option(help="a file holding the root's invite")
     ] = None,
     upstream_cafile: Annotated[
         Path | None, typer.Option(help="CA that signed the root's TLS")
@@ -244,8 +252,6 @@ def serve(
 ) -> None:
     """Run the coordinator service (state survives restarts); with --upstream, a regional
     coordinator: a coordinator to its participants and one participant to the root."""
-    import os
-
     from zenfed.config import load_config
 
     try:
@@ -253,11 +259,24 @@ def serve(
         from zenfed.deploy import serve as run_service
         from zenfed.regions import Upstream
 
-        token = upstream_token or os.environ.get("ZENFED_UPSTREAM_TOKEN") or None
+        token = _secret(
+            upstream_token, upstream_token_file, "ZENFED_UPSTREAM_TOKEN", "--upstream-token"
+        )
         link = Upstream.of(upstream, upstream_name, token, upstream_cafile)
         run_service(cfg, state, db, host, port, tls_cert, tls_key, link)
     except ZenfedError as e:
         _fail(e)
+
+
+def _secret(value: str | None, file: Path | None, env: str, flag: str) -> str | None:
+    """A secret from ``flag``, ``flag``-file or ``$env``; a value given on the command line
+    is taken, with a warning that the process list shows it."""
+    from zenfed.deploy import resolve_token, visible_secret_warning
+
+    secret = resolve_token(value, file, env, flag)
+    if value:
+        err_console.print(visible_secret_warning(flag, env), soft_wrap=True, highlight=False)
+    return secret
 
 
 def _tls(cafile: Path | None) -> Any:
@@ -396,6 +415,41 @@ def rollback(
 
 
 @app.command()
+def recompute(
+    config: Annotated[Path, typer.Option(help="the federation TOML the service runs")],
+    state: Annotated[Path, typer.Option(help="the service's state folder")],
+    db: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in --state)")
+    ] = None,
+) -> None:
+    """Recompute every version from what its row says (the updates it names, their
+    weights, the stored payloads) and compare with the stored tensors; exits 1 if any
+    differs."""
+    from zenfed.config import load_config
+    from zenfed.coordinator.recompute import recompute_versions
+    from zenfed.store.blobs import BlobStore
+    from zenfed.store.db import Database
+
+    try:
+        if not (state / "blobs").is_dir():
+            raise ZenfedError(f"'{state}' is not a zenfed serve state folder", fix="check --state")
+        database = Database(db or f"sqlite:///{state / 'zenfed.db'}")
+        database.upgrade()  # what the service does at start (a no-op on a current store)
+        checks = recompute_versions(load_config(config), database, BlobStore(state / "blobs"))
+    except ZenfedError as e:
+        _fail(e)
+    table = Table(title="versions recomputed from their rows")
+    for column in ("round", "version", "status", "max error", "why not"):
+        table.add_column(column)
+    for c in checks:
+        error = f"{c.max_error:.2e}" if c.status != "skipped" else ""
+        table.add_row(str(c.round + 1), c.version[:12], c.status, error, c.reason)
+    console.print(table)
+    if any(c.status == "mismatch" for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
 def join(
     url: Annotated[str, typer.Option(help="the coordinator's URL")],
     name: Annotated[str, typer.Option(help="this participant's name")],
@@ -418,9 +472,8 @@ def join(
     """Enroll with the coordinator and train until the federation finishes."""
     try:
         from zenfed.deploy import join as run_join
-        from zenfed.deploy import resolve_token
 
-        secret = resolve_token(token, token_file)
+        secret = _secret(token, token_file, "ZENFED_TOKEN", "--token")
         run_join(url, name, identity, secret, data, chatterbot, cafile, memory_gb)
     except ZenfedError as e:
         _fail(e)

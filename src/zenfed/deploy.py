@@ -52,11 +52,17 @@ def lock_state_dir(state: Path) -> Any:
     return f
 
 
-def resolve_token(token: str | None, token_file: Path | None) -> str | None:
-    """The enrollment token: ``--token``, else the first line of ``--token-file``, else
-    ``$ZENFED_TOKEN`` (the last two keep it out of the process list)."""
+def resolve_token(
+    token: str | None,
+    token_file: Path | None,
+    env: str = "ZENFED_TOKEN",
+    flag: str = "--token",
+) -> str | None:
+    """A secret given on the command line (``flag``, whose value ``ps`` shows), else the
+    first word of ``token_file`` (``flag``-file), else ``$env`` (the last two keep it out
+    of the process list)."""
     if token and token_file:
-        raise ZenfedError("give --token or --token-file, not both", fix="keep one")
+        raise ZenfedError(f"give {flag} or {flag}-file, not both", fix="keep one")
     if token_file is not None:
         if not token_file.is_file():
             raise ZenfedError(f"token file '{token_file}' does not exist", fix="check the path")
@@ -64,7 +70,16 @@ def resolve_token(token: str | None, token_file: Path | None) -> str | None:
         if not lines:
             raise ZenfedError(f"token file '{token_file}' is empty", fix="put the token in it")
         return lines[0]
-    return token or os.environ.get("ZENFED_TOKEN") or None
+    return token or os.environ.get(env) or None
+
+
+def visible_secret_warning(flag: str, env: str) -> str:
+    """What to say when a secret was passed as ``flag``'s value: every user of the
+    machine can read it in the process list for as long as the process runs."""
+    return (
+        f"warning: {flag}'s value is visible to every user of this machine in the process "
+        f"list (ps) while this runs; prefer {flag}-file FILE or the environment variable {env}"
+    )
 
 
 def operator_token(state: Path) -> str:
@@ -104,6 +119,7 @@ def serve(
     from zenfed.store.db import Database
     from zenfed.train.evaluate import adapter_loss
     from zenfed.transport.http.app import create_app
+    from zenfed.transport.http.server import connection_limits, server_config
 
     if cfg.attack.kind != "none":
         raise ZenfedError(
@@ -146,16 +162,17 @@ def serve(
     region = link.region_for(cfg, initial) if link is not None else None
     fed = PersistentCoordinator(cfg, initial, db, blobs, evaluate=evaluate, region=region)
     del model
-    uvicorn.run(
+    config = server_config(
         create_app(fed, token, background=link.work if link is not None else None),
+        connection_limits(cfg.service),  # reads and raises the open-file limit, or warns
         host=host,
         port=port,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
         log_level="info",
-        timeout_keep_alive=75,  # longer than a long-poll: idle agents keep their connection
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
+    uvicorn.Server(config).run()
     lock.close()
 
 
@@ -211,6 +228,8 @@ def join(
     from zenfed.transport.http.client import CoordinatorClient, CoordinatorRefused
 
     record = identity_path.with_suffix(".enrollment.json")
+    if record.is_file():
+        record.chmod(0o600)  # an earlier zenfed wrote it 0644
     me = Identity.load(identity_path) if identity_path.exists() else Identity.create(identity_path)
     client = CoordinatorClient(url, me, verify=str(cafile) if cafile else True, wait_s=wait_s)
     try:
@@ -329,4 +348,9 @@ def _memory_gb() -> float:
 
 
 def _json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2))
+    """Write an agent's record beside its identity, readable by its owner only (it names
+    the participant and its coordinator)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a record an earlier zenfed wrote 0644 is tightened too
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=2))

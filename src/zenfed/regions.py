@@ -61,7 +61,8 @@ class Upstream:
             if not token:
                 raise ZenfedError(
                     "this region has not joined its root yet",
-                    fix="pass --upstream-token (an invite from the root's operator)",
+                    fix="pass --upstream-token-file FILE or set ZENFED_UPSTREAM_TOKEN (an invite "
+                    "from the root's operator)",
                 ) from e
         return cfg, RegionLink(client, self.name, token)
 

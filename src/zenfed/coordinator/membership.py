@@ -138,6 +138,13 @@ class Membership:
                 f"{svc.min_examples} (and at most {MAX_COUNT})",
                 fix="declare the number of training examples",
             )
+        if svc.max_examples is not None and examples > svc.max_examples:
+            raise EnrollmentRefused(
+                f"declared {examples} examples, more than the {svc.max_examples} the "
+                "operator expects of any participant (service.max_examples)",
+                fix="declare the examples you really train on, or ask the operator to "
+                "raise service.max_examples",
+            )
         return examples
 
     def revoke(self, who: str) -> str:
@@ -198,9 +205,14 @@ class Membership:
         key = self.engine.verify_keys.get(pid) if pid in self.enrolled else None
         if key is None:
             with self.db.transaction() as s:
-                p = s.get(Participant, pid)
-                what = "unknown" if p is None else "revoked"
-            raise AuthError(f"participant {pid[:12]} is {what}", fix="enroll again")
+                known = s.get(Participant, pid) is not None
+            if not known:
+                raise AuthError(f"participant {pid[:12]} is unknown", fix="enroll first")
+            raise AuthError(
+                f"participant {pid[:12]} is revoked",
+                fix="ask the operator: a revoked key stays revoked (a new identity "
+                "needs a new invite)",
+            )
         nonce = verify_signature(key, method, path, headers, self.clock())
         self.nonces.record(pid, nonce)
         return pid

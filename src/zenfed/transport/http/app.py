@@ -1,6 +1,6 @@
 """The coordinator service over HTTP: a FastAPI app in front of a PersistentCoordinator.
 
-    app = create_app(fed, operator_token="...")      # uvicorn.run(app, ...) serves it
+    app = create_app(fed, operator_token="...")      # server.py serves it (uvicorn + guard)
 
 Routes (v1), one router per concern: the operator's and the service's own
 (``routes_operator``: /healthz, /metrics, /v1/invites, /v1/status,
