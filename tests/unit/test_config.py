@@ -116,3 +116,23 @@ def test_record_level_dp_values_must_be_positive() -> None:
             parse_config({"privacy": {"record_clip_norm": 1.0, key: 0.0}})
     cfg = parse_config({"privacy": {"record_clip_norm": 1.0, "record_target_epsilon": 3.0}})
     assert cfg.privacy.record_target_epsilon == 3.0 and not cfg.privacy.enabled
+
+
+def test_sampling_is_a_table_tagged_by_its_matcher() -> None:
+    from zenfed.config import EpochsSampling, PoissonSampling, UniformSampling
+
+    assert parse_config({}).sampling == UniformSampling()  # no method: uniform
+    fixed = parse_config({"sampling": {"method": "fixed", "fraction": 0.5}})  # the old name
+    assert fixed.sampling == UniformSampling(fraction=0.5)
+    cfg = parse_config({"sampling": {"method": "poisson", "fraction": 0.1}})
+    assert isinstance(cfg.sampling, PoissonSampling) and cfg.sampling.sampling_rate == 0.1
+    epochs = parse_config({"sampling": {"method": "epochs", "fraction": 0.3}}).sampling
+    assert isinstance(epochs, EpochsSampling) and epochs.pass_rounds == 4
+    assert (epochs.sampling_rate, epochs.expected_size(40)) == (1.0, 10.0)
+    assert UniformSampling(fraction=0.25, min_participants=3).expected_size(8) == 3.0
+    with pytest.raises(ZenfedError, match=r"unknown method 'lottery' in 'sampling'.*uniform"):
+        parse_config({"sampling": {"method": "lottery"}})
+    with pytest.raises(ZenfedError, match=r"unknown key 'sampling.poisson.fractoin'.*fraction"):
+        parse_config({"sampling": {"method": "poisson", "fractoin": 0.1}})
+    with pytest.raises(ZenfedError, match=r"sampling.fraction must be in \(0, 1\]"):
+        parse_config({"sampling": {"method": "epochs", "fraction": 0}})

@@ -7,7 +7,7 @@ import safetensors.torch
 import torch
 
 from zenfed.config import parse_config
-from zenfed.coordinator import Coordinator, UpdateRejected, sample_participants
+from zenfed.coordinator import Coordinator, Member, UpdateRejected, sample_participants
 from zenfed.errors import ZenfedError
 from zenfed.protocol import Update, version_id
 from zenfed.tensors import tensors_hash
@@ -136,19 +136,25 @@ def test_sampling_respects_fraction_and_minimum() -> None:
         sample_participants([], 0.5, 1, rng)
 
 
+def _tasks(c: Coordinator, server_round: int, pool: list[Member]) -> list[Any]:
+    """The tasks ``c``'s matcher and strategy give ``pool`` in ``server_round``."""
+    return c.strategy.configure(server_round, c.matcher.select(server_round, pool), "v")
+
+
 def test_cohorts_are_reproducible_per_round() -> None:
     cfg = parse_config({"sampling": {"fraction": 0.5}, "data": {"categories": ["ai"]}})
     names = {f"p{i}": 10 for i in range(8)}
-    members = {n: n for n in names}
-    a = Coordinator(cfg, INITIAL, names).strategy.configure(3, members, "v")
-    b = Coordinator(cfg, INITIAL, names).strategy.configure(3, members, "v")
-    c = Coordinator(cfg, INITIAL, names).strategy.configure(4, members, "v")
+    members = [Member(n, n, 10) for n in names]
+    a = _tasks(Coordinator(cfg, INITIAL, names), 3, members)
+    b = _tasks(Coordinator(cfg, INITIAL, names), 3, members)
+    c = _tasks(Coordinator(cfg, INITIAL, names), 4, members)
     assert [(t.participant, t.seed) for t in a] == [(t.participant, t.seed) for t in b]
     assert len(a) == 4 and [t.participant for t in a] != [t.participant for t in c]
     # ids differ between a simulation and a deployment, names do not: cohorts and seeds
-    # follow the names
+    # follow the names (whatever order the roster holds them in)
     by_key = {f"key-{9 - i}": n for i, n in enumerate(sorted(names))}
-    d = Coordinator(cfg, INITIAL, names).strategy.configure(3, by_key, "v")
+    keyed = [Member(k, n, 10) for k, n in reversed(by_key.items())]
+    d = _tasks(Coordinator(cfg, INITIAL, names), 3, keyed)
     assert [(by_key[t.participant], t.seed) for t in d] == [(t.participant, t.seed) for t in a]
 
 

@@ -12,7 +12,8 @@ import torch
 
 from tests.unit.test_coordinator import _update
 from zenfed.config import FederationConfig, parse_config
-from zenfed.coordinator import Coordinator
+from zenfed.coordinator import Coordinator, Member
+from zenfed.coordinator.matching.epochs import Epochs
 from zenfed.coordinator.state import CoordinatorState
 from zenfed.errors import ZenfedError
 from zenfed.privacy import tree
@@ -41,20 +42,20 @@ def _cfg(privacy: dict[str, Any] | None = None, rounds: int = 8) -> FederationCo
 def test_every_participant_trains_once_a_pass() -> None:
     c = Coordinator(_cfg(rounds=12), INITIAL, {n: 10 for n in NAMES})
     seen: list[list[str]] = []
+    pool = [Member(n, n, 10) for n in NAMES]
     for r in range(12):
-        tasks = c.strategy.configure(r, {n: n for n in NAMES}, c.version.id)
-        seen.append([t.participant for t in tasks])
+        seen.append([m.id for m in c.matcher.select(r, pool)])
     for p in range(3):
         rounds = seen[4 * p : 4 * p + 4]
         flat = [n for cohort in rounds for n in cohort]
         assert sorted(flat) == NAMES  # once each, whoever else takes part
     assert seen[0:4] != seen[4:8]  # passes are drawn anew
     # a participant that joins mid-pass is not given a second turn in it
-    late = {n: n for n in [*NAMES, "late"]}
-    turns = [r for r in range(4, 8) if c.strategy.turn(r, "late")]
+    late = [*pool, Member("late", "late", 10)]
+    assert isinstance(c.matcher, Epochs)
+    turns = [r for r in range(4, 8) if c.matcher.turn(r, "late")]
     assert len(turns) == 1 and all(
-        ("late" in [t.participant for t in c.strategy.configure(r, late, "v")]) == (r in turns)
-        for r in range(4, 8)
+        ("late" in [m.id for m in c.matcher.select(r, late)]) == (r in turns) for r in range(4, 8)
     )
     assert c.expected_cohort == 40 / 4
 

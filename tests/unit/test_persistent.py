@@ -407,17 +407,14 @@ def test_an_update_s_metadata_has_one_form_and_it_carries_no_recomputed_field() 
 
 @pytest.mark.usefixtures("store")
 def test_a_restart_after_a_skipped_round_reopens_the_round_in_the_store(tmp_path: Path) -> None:
-    from zenfed.coordinator.strategy import Strategy
+    from zenfed.coordinator import Member, build_matcher
 
     raw = _cfg().model_dump(mode="python")
     raw["sampling"] = {"method": "poisson", "fraction": 0.5, "min_participants": 2}
-    members = {"a": "a", "b": "b"}
+    members = [Member("a", "a", 10), Member("b", "b", 10)]
+    spec = parse_config(raw).sampling
     seed = next(  # a seed whose first round samples nobody (then it is skipped)
-        s
-        for s in range(100)
-        if not Strategy(parse_config({**raw, "run": {"rounds": 3, "seed": s}})).configure(
-            0, members, "v"
-        )
+        s for s in range(100) if not build_matcher(spec, s).select(0, members)
     )
     cfg = parse_config({**raw, "run": {"rounds": 3, "seed": seed}})
     clock = Clock()
@@ -532,3 +529,27 @@ def test_a_retry_after_its_round_closed_is_a_duplicate_not_a_refusal(tmp_path: P
         fed.port.upload(replace(other, round=up_a.round, base_version=up_a.base_version))
     with pytest.raises(UpdateRejected, match="not open"):  # nothing of b's in round 5
         fed.port.admit(b, 5)
+
+
+@pytest.mark.usefixtures("store")
+def test_the_roster_survives_a_restart_with_what_each_member_declared(tmp_path: Path) -> None:
+    clock = Clock()
+    fed = _fed(tmp_path, clock)
+    a, me_a = _join(fed, "a", examples=12)
+    me_b = Identity(Ed25519PrivateKey.generate())
+    capacity = {"memory_gb": 80, "device": "cuda", "train_tokens_per_s": 5400.5}
+    profile = {"examples": 30, "tokens": 9000, "domain": "contracts", "language": "en"}
+    b = fed.enroll(fed.invite("b"), "b", me_b.public_key, capacity, profile)  # never polled
+    c, _ = _join(fed, "c")
+    fed.revoke("c")
+    again = _fed(tmp_path, clock)
+    roster = again.port.roster
+    mb = roster.get(b)
+    assert mb is not None and (mb.name, mb.examples, mb.key) == ("b", 30, me_b.public_key)
+    assert dict(mb.capacity) == capacity and dict(mb.profile) == profile
+    assert not mb.ready and mb.status == "active"  # enrolled, never asked for work
+    ma, mc = roster.get(a), roster.get(c)
+    assert ma is not None and ma.ready and ma.key == me_a.public_key and ma.examples == 12
+    assert mc is not None and mc.status == "revoked" and roster.examples(c) == 10
+    assert [m.id for m in roster.pool()] == [a] and roster.key(c) is None
+    assert again.next_task(b) is None and [m.id for m in roster.pool()] == [a, b]

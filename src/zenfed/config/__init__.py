@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError, field_validator, model_validator
 
 from zenfed.config.base import _Frozen
 from zenfed.config.compress import CODEC_SPECS
@@ -32,6 +32,10 @@ from zenfed.config.compress import TopKSpec as TopKSpec
 from zenfed.config.compress import ZstdSpec as ZstdSpec
 from zenfed.config.privacy import PrivacyConfig as PrivacyConfig
 from zenfed.config.privacy import SecAggConfig as SecAggConfig
+from zenfed.config.sampling import SAMPLING_SPECS, SamplingSpec, tag_sampling
+from zenfed.config.sampling import EpochsSampling as EpochsSampling
+from zenfed.config.sampling import PoissonSampling as PoissonSampling
+from zenfed.config.sampling import UniformSampling as UniformSampling
 from zenfed.config.scale import BufferedConfig as BufferedConfig
 from zenfed.config.scale import DevicesConfig as DevicesConfig
 from zenfed.config.scale import RayConfig as RayConfig
@@ -259,34 +263,6 @@ class ServerConfig(_Frozen):
     tau: float = 1e-3
 
 
-class SamplingConfig(_Frozen):
-    """Which participants train in a round.
-
-    ``fixed``: a cohort of ``ceil(fraction * n)``, never fewer than ``min_participants``.
-    ``poisson``: each participant independently with probability ``fraction`` (what the
-    differential-privacy accountant assumes; the cohort size varies, may be small).
-    ``epochs``: passes of ``ceil(1 / fraction)`` rounds; in each pass every participant
-    trains in exactly one round, drawn from the run's seed, the pass and its name (a
-    participant that joins mid-pass takes part at most once in it): what DP-FTRL's tree
-    (``privacy.mechanism = "tree"``) assumes, with no sampling to amplify privacy.
-    """
-
-    method: Literal["fixed", "poisson", "epochs"] = "fixed"
-    fraction: float = 1.0
-    min_participants: int = 1
-
-    @model_validator(mode="after")
-    def _check(self) -> SamplingConfig:
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError("sampling.fraction must be in (0, 1]")
-        return self
-
-    @property
-    def pass_rounds(self) -> int:
-        """``epochs``: the rounds of one pass over the participants."""
-        return math.ceil(1.0 / self.fraction - 1e-9)
-
-
 class RunConfig(_Frozen):
     """The simulation run: rounds, seed, evaluation cadence, output folder."""
 
@@ -382,7 +358,7 @@ class FederationConfig(_Frozen):
     train: TrainConfig = TrainConfig()
     server: ServerConfig = ServerConfig()
     compress: CompressConfig = CompressConfig()
-    sampling: SamplingConfig = SamplingConfig()
+    sampling: SamplingSpec = UniformSampling()
     run: RunConfig = RunConfig()
     service: ServiceConfig = ServiceConfig()
     privacy: PrivacyConfig = PrivacyConfig()
@@ -394,6 +370,11 @@ class FederationConfig(_Frozen):
     devices: DevicesConfig = DevicesConfig()  # simulation only
     ray: RayConfig = RayConfig()  # simulation only, with run.backend = "ray"
     regions: RegionsConfig = RegionsConfig()  # a root over regional coordinators
+
+    @field_validator("sampling", mode="before")
+    @classmethod
+    def _tag_sampling(cls, value: Any) -> Any:
+        return tag_sampling(value)
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
@@ -529,6 +510,10 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+# The members of tagged unions (codec specs, sampling specs) by their tags.
+TAGGED: dict[str, type[BaseModel]] = {**CODEC_SPECS, **SAMPLING_SPECS}
+
+
 def _describe(err: Any) -> str:
     key = ".".join(str(x) for x in err["loc"]) or "config"
     if err["type"] == "extra_forbidden":
@@ -552,8 +537,8 @@ def _fix(err: Any) -> str:
     for name in parents:
         if name.isdigit():
             continue
-        if name in CODEC_SPECS:  # a tagged union member: pydantic puts the tag in the path
-            model = CODEC_SPECS[name]
+        if name in TAGGED:  # a tagged union member: pydantic puts the tag in the path
+            model = TAGGED[name]
             continue
         field = getattr(model, "model_fields", {}).get(name)
         ann = getattr(field, "annotation", None)

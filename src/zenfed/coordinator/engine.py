@@ -28,6 +28,7 @@ fails to store a result keeps the round open. Every transport drives the engine 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 
 from zenfed.aggregate import Aggregate, ServerOptState, build_rule
@@ -37,7 +38,9 @@ from zenfed.compress.downlink import Publisher
 from zenfed.config import FederationConfig
 from zenfed.coordinator.buffered import Buffered, InFlight, check_pool
 from zenfed.coordinator.evaluation import FederatedEvaluation
+from zenfed.coordinator.matching import build_matcher
 from zenfed.coordinator.metrics import round_metrics
+from zenfed.coordinator.roster import Roster
 from zenfed.coordinator.rounds import OpenRound, Spill, accumulator_for, combine
 from zenfed.coordinator.rounds import RoundAborted as RoundAborted
 from zenfed.coordinator.screening import Assessment, Screen
@@ -45,6 +48,7 @@ from zenfed.coordinator.secure import SecureRound
 from zenfed.coordinator.state import Commit, CoordinatorState, round_commit
 from zenfed.coordinator.strategy import Strategy
 from zenfed.coordinator.trigger import Decision, RoundProgress, SyncRound, Trigger
+from zenfed.coordinator.trust import reinstate
 from zenfed.coordinator.validate import (
     UpdateRejected,
     check_finite,
@@ -66,21 +70,23 @@ class Coordinator:
         self,
         cfg: FederationConfig,
         initial: Tensors,
-        participants: dict[str, int],
+        participants: Roster | Mapping[str, int],
         state: CoordinatorState | None = None,
-        verify_keys: dict[str, bytes] | None = None,
+        verify_keys: Mapping[str, bytes] | None = None,
         spill: Spill | None = None,
         screen: Screen | None = None,
     ) -> None:
         self.cfg = cfg
-        self.participants = dict(participants)  # who is sampled: id -> declared examples
-        # Every participant's declared examples, the bound on its update's weight (kept
-        # after it leaves the pool: an update it already sent is still weighed by it).
-        self.examples = dict(participants)
-        self.names: dict[str, str] = {}  # id -> name (sampling order); default: the id
-        self.verify_keys = dict(verify_keys or {})  # Ed25519 identities (secure aggregation)
+        # Who takes part (read here; the port writes it). A mapping id -> examples (and
+        # ``verify_keys``) makes members named by their ids, ready: a test's shorthand.
+        self.roster = (
+            participants
+            if isinstance(participants, Roster)
+            else Roster.of_examples(participants, verify_keys)
+        )
         self.spill = spill  # where a keep-every-update round puts each update
         self.strategy = Strategy(cfg)
+        self.matcher = build_matcher(cfg.sampling, cfg.run.seed, secret=cfg.privacy.enabled)
         self.rule = build_rule(cfg.server.aggregator)
         self.buffered = cfg.buffered.enabled
         self.trigger: Trigger = (
@@ -116,7 +122,7 @@ class Coordinator:
                 self.rule.check_count(
                     self.cfg.buffered.k
                     if self.buffered
-                    else math.floor(self.strategy.cohort_size(len(self.pool)))
+                    else math.floor(cfg.sampling.expected_size(len(self.pool)))
                 )
             if self.buffered:
                 check_pool(cfg.buffered, len(self.pool))
@@ -130,10 +136,15 @@ class Coordinator:
     # ---- versions ------------------------------------------------------------------------
 
     @property
+    def participants(self) -> dict[str, int]:
+        """The roster's pool (active members that asked for work): id -> examples."""
+        return {m.id: m.examples for m in self.roster.pool()}
+
+    @property
     def pool(self) -> dict[str, int]:
         """Who cohorts are drawn from: the participants, less the quarantined."""
         out = self.state.quarantined
-        return {p: n for p, n in self.participants.items() if p not in out}
+        return {m.id: m.examples for m in self.roster.pool() if m.id not in out}
 
     @property
     def version(self) -> GlobalVersion:
@@ -163,8 +174,10 @@ class Coordinator:
         if self.buffered:  # an empty buffer; tasks are handed out as participants come free
             self._start(list(self.inflight.tasks.values()), None)
             return []
-        members = {p: self.names.get(p, p) for p in self.pool}
-        tasks = self.strategy.configure(self.state.round, members, self.version.id)
+        out = self.state.quarantined
+        pool = [m for m in self.roster.pool() if m.id not in out]
+        cohort = self.matcher.select(self.state.round, pool)
+        tasks = self.strategy.configure(self.state.round, cohort, self.version.id)
         deadline = self.trigger.deadline(now)
         tasks = [replace(t, deadline=deadline) for t in tasks]
         if not tasks:
@@ -175,14 +188,13 @@ class Coordinator:
             )
         secure = self.cfg.secagg.enabled
         tasks = self.privacy.decorate(
-            tasks, self.examples, self.state.privacy, self.expected_cohort, secure
+            tasks, self._declared(tasks), self.state.privacy, self.expected_cohort, secure
         )
         if not secure:
             self.restore_round(tasks)
             return tasks
-        tasks, server = SecureRound.attach(
-            tasks, self.cfg.secagg, self.verify_keys, self.codec, self.rule
-        )
+        keys = self.roster.keys(t.participant for t in tasks)
+        tasks, server = SecureRound.attach(tasks, self.cfg.secagg, keys, self.codec, self.rule)
         self._start(tasks, server)
         return tasks
 
@@ -204,7 +216,8 @@ class Coordinator:
             )
         secure = None
         if tasks[0].secagg is not None:
-            secure = SecureRound(tasks, self.cfg.secagg, self.verify_keys, self.codec, self.rule)
+            keys = self.roster.keys(t.participant for t in tasks)
+            secure = SecureRound(tasks, self.cfg.secagg, keys, self.codec, self.rule)
         self._start(tasks, secure)
 
     def _start(self, tasks: list[Task], secure: SecureRound | None) -> None:
@@ -229,11 +242,11 @@ class Coordinator:
         if participant not in self.pool or not self.inflight.may_take(participant, len(self.pool)):
             return None
         task = self.strategy.buffered_task(
-            r.round, participant, self.names.get(participant, participant), r.version
+            r.round, participant, self.roster.name(participant), r.version
         )
         task = replace(task, deadline=now + self.cfg.service.round_timeout_s)
         [task] = self.privacy.decorate(
-            [task], self.examples, self.state.privacy, self.expected_cohort, False
+            [task], self._declared([task]), self.state.privacy, self.expected_cohort, False
         )
         self.inflight.tasks[participant] = r.tasks[participant] = task
         return task
@@ -269,7 +282,7 @@ class Coordinator:
             self.inflight.staleness(update, r.round)
             open_no, base = update.round, task.version if task else ""
         check_round(update, open_no, cohort, received, base)
-        check_metadata(update, self.examples.get(update.participant, 0))
+        check_metadata(update, self.roster.examples(update.participant))
         if self.cfg.regions.enabled:
             check_region(update, self.privacy.accounted)
         assert r is not None and task is not None
@@ -383,8 +396,32 @@ class Coordinator:
     def skip_round(self, reason: str) -> None:
         """Abort the open round (if any) and move on to the next round number."""
         self.abort_round()
-        self.state.round += 1
+        self.state = replace(self.state, round=self.state.round + 1)
         self.last_skip = reason
+
+    # ---- the state's other transitions (the engine is its only writer) ---------------------
+
+    def adopt(self, state: CoordinatorState) -> None:
+        """Make ``state`` current: a saved one (a restart, a resumed run), or one made by
+        a transition below and stored by a journal first."""
+        self.state = state
+
+    def renumber(self, server_round: int) -> None:
+        """Move the round counter to ``server_round``: a region following its root's
+        round, or a restart whose open round came after rounds skipped without a row."""
+        self.state = replace(self.state, round=server_round)
+
+    def rejected(self, kept: CoordinatorState) -> None:
+        """The open round's result was refused (``rejection``): the round ends, ``kept``
+        (once a journal has stored it) is the state from now on."""
+        self.abort_round()
+        self.state = kept
+
+    def reinstatement(self, participant: str, label: str | None = None) -> CoordinatorState:
+        """The state with ``participant``'s quarantine lifted and its reputation fresh
+        (ZenfedError if it is not quarantined); changes nothing: ``adopt`` it once
+        stored."""
+        return reinstate(self.state, participant, label)
 
     # ---- what the open round looks like from outside --------------------------------------
 
@@ -395,10 +432,9 @@ class Coordinator:
         return None if r is None else (r.round, frozenset(r.tasks), frozenset(r.received))
 
     def withdraw(self, participant: str) -> None:
-        """Leave ``participant`` out from now on: out of the pool, and out of the open
-        round's cohort unless it already uploaded (a secure round treats it as a dropout:
-        its masks are already in the other participants' shares)."""
-        self.participants.pop(participant, None)
+        """Leave ``participant`` (revoked in the roster) out of the open round's cohort
+        unless it already uploaded (a secure round treats it as a dropout: its masks are
+        already in the other participants' shares)."""
         r = self.current
         if self.buffered:
             self.forget(participant)
@@ -407,12 +443,9 @@ class Coordinator:
             if not r.tasks:  # nobody left: the trigger aborts it at the deadline
                 r.deadline = -math.inf
 
-    def enroll(self, participant: str, num_examples: int, name: str | None = None) -> None:
-        """Add a participant (it joins cohorts from the next round on)."""
-        self.participants[participant] = num_examples
-        self.examples[participant] = num_examples
-        if name is not None:
-            self.names[participant] = name
+    def _declared(self, tasks: list[Task]) -> dict[str, int]:
+        """The examples each task's participant declared (what bounds its weight)."""
+        return {t.participant: self.roster.examples(t.participant) for t in tasks}
 
     # ---- privacy and evaluation, through their parts --------------------------------------
 
@@ -422,13 +455,11 @@ class Coordinator:
         its regions reported in the open round): the fixed denominator of DP-FedAvg."""
         if self.buffered:
             return float(self.cfg.buffered.k)
-        if self.cfg.sampling.method == "epochs":  # N over the rounds of a pass
-            return self.strategy.cohort_size(len(self.pool))
         if self.cfg.regions.enabled:  # the participants the regions sample from
             r = self.current
             pools = (u.pool_size or 0 for u in (r.received.values() if r else ()))
             return self.cfg.regions.fraction * sum(pools)
-        return self.cfg.sampling.fraction * len(self.pool)
+        return self.cfg.sampling.expected_size(len(self.pool))
 
     @property
     def noise_multiplier(self) -> float | None:
@@ -438,6 +469,10 @@ class Coordinator:
     def epsilon(self) -> float:
         """Epsilon spent so far at the federation's target delta (0 without DP)."""
         return self.privacy.epsilon(self.state.privacy)
+
+    def close_evaluation(self) -> None:
+        """End the open evaluation (what reported is in its reports)."""
+        self.evaluation = None
 
     def open_evaluation(self) -> FederatedEvaluation:
         """Every participant of the pool evaluates the current version on its held-out split."""

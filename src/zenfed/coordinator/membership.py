@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +18,8 @@ from zenfed.config import FederationConfig
 from zenfed.coordinator.engine import Coordinator
 from zenfed.coordinator.journal import StoreJournal, log_event, sha256
 from zenfed.coordinator.nonces import NonceBook
-from zenfed.coordinator.trust import reinstate
+from zenfed.coordinator.port import CoordinatorPort
+from zenfed.coordinator.roster import Member
 from zenfed.coordinator.validate import MAX_COUNT
 from zenfed.errors import ZenfedError
 from zenfed.protocol.auth import AuthError, check_body, participant_id, verify_signature
@@ -41,10 +41,15 @@ class Membership:
     cfg: FederationConfig
     db: Database
     engine: Coordinator
+    port: CoordinatorPort  # the roster's one writer
     journal: StoreJournal
-    enrolled: dict[str, int]  # enrolled, not revoked: id -> declared examples
     nonces: NonceBook
     clock: Callable[[], float]
+
+    @property
+    def enrolled(self) -> dict[str, int]:
+        """Enrolled, not revoked: id -> declared examples."""
+        return {m.id: m.examples for m in self.port.roster.active()}
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -113,9 +118,8 @@ class Membership:
             s.flush()
             tok.used_at, tok.used_by = self._now(), pid
             audit_row(s, pid, "enroll", {"name": name, "capacity": capacity, "data": data_profile})
-        self.enrolled[pid] = examples
-        self.engine.names[pid] = name
-        self.engine.verify_keys[pid] = public_key  # signs its secure-aggregation keys
+        member = Member(pid, name, examples, public_key, capacity, data_profile, ready=False)
+        self.port.enroll(member)  # sampled once it asks for work
         log_event("enroll", participant=pid, name=name, examples=examples)
         return pid
 
@@ -156,8 +160,7 @@ class Membership:
                 p.revoked_at = self._now()
                 audit_row(s, "operator", "revoke", {"participant": p.id, "name": p.name})
             pid = p.id
-        self.enrolled.pop(pid, None)
-        self.engine.withdraw(pid)
+        self.port.revoke(pid)
         log_event("revoke", participant=pid)
         return pid
 
@@ -167,12 +170,10 @@ class Membership:
         with self.db.transaction() as s:
             p = _find(s, who)
             pid, name = p.id, p.name
-        st = self.engine.state
-        new = replace(st, reputation=dict(st.reputation), quarantined=dict(st.quarantined))
-        reinstate(new, pid, who)
-        detail = {"participant": pid, "name": name, "was": st.quarantined[pid]}
+        new = self.engine.reinstatement(pid, who)
+        detail = {"participant": pid, "name": name, "was": self.engine.state.quarantined[pid]}
         self.journal.save_state(new, "reinstate", detail, actor="operator")
-        self.engine.state = new
+        self.engine.adopt(new)
         log_event("reinstate", participant=pid)
         return pid
 
@@ -202,7 +203,7 @@ class Membership:
 
         Safe to call without the coordinator's lock, from many threads at once: the keys
         are read from memory and the nonce goes through the group commit."""
-        key = self.engine.verify_keys.get(pid) if pid in self.enrolled else None
+        key = self.port.roster.key(pid)
         if key is None:
             with self.db.transaction() as s:
                 known = s.get(Participant, pid) is not None

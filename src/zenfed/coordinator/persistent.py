@@ -51,6 +51,7 @@ from zenfed.coordinator.membership import UnknownParticipant as UnknownParticipa
 from zenfed.coordinator.nonces import NonceBook
 from zenfed.coordinator.port import CoordinatorPort, Tick, UploadResult
 from zenfed.coordinator.regional import Region, adopted
+from zenfed.coordinator.roster import Member, Roster
 from zenfed.coordinator.state import Commit, CoordinatorState
 from zenfed.coordinator.trust import find_version, trust_parts
 from zenfed.coordinator.validate import UpdateRejected
@@ -85,13 +86,10 @@ class PersistentCoordinator(Membership):
         self.group = GroupCommit(db)  # small writes from many threads: one fsync for many
         self.nonces = NonceBook(db, self.group, clock)
         gate, screen = trust_parts(cfg, evaluate)  # [gate] and [detect] judge by ``evaluate``
-        self.engine = Coordinator(cfg, initial, {}, spill=self._spill, screen=screen)
+        self.engine = Coordinator(cfg, initial, Roster(), spill=self._spill, screen=screen)
         self.journal = StoreJournal(db, blobs, clock)
         self.port = CoordinatorPort(self.engine, self.journal, clock, gate=gate, region=region)
         self.region = region  # zenfed serve --upstream: a regional coordinator
-        # Enrolled, not revoked: id -> declared examples. Those that have asked for a task
-        # are also in engine.participants, the pool cohorts are drawn from.
-        self.enrolled: dict[str, int] = {}
         self.last_tick: Tick = "idle"  # what the last tick did
         with db.transaction() as s:
             known = s.scalar(select(Version.id).limit(1))
@@ -169,10 +167,10 @@ class PersistentCoordinator(Membership):
             tensors = receive(payload, None, None, task.version)
             state = adopted(engine.state, version, tensors, task.round)
             self.journal.store_version(Commit(version, state), None, "from the root", payload)
-            engine.state = state
+            engine.adopt(state)
             log_event("adopt_root_version", version=version.id, round=task.round)
         else:  # the same version for another round (the root's last one was not kept)
-            engine.state.round = task.round
+            engine.renumber(task.round)
         region.task = task
 
     def root_finished(self) -> None:
@@ -183,12 +181,13 @@ class PersistentCoordinator(Membership):
     def next_task(self, pid: str) -> Task | None:
         """``pid``'s task now (the port's answer); a participant's first ask makes it one
         that cohorts are drawn from."""
-        if pid not in self.engine.participants and pid in self.enrolled:
+        m = self.port.roster.get(pid)
+        if m is not None and m.status == "active" and not m.ready:
             with self.db.transaction() as s:
                 p = s.get(Participant, pid)
                 if p is not None and p.polled_at is None:
                     p.polled_at = self._now()
-            self.engine.enroll(pid, self.enrolled[pid])
+            self.port.ready(pid)
         return self.port.task(pid)
 
     def finished(self) -> bool:
@@ -228,9 +227,9 @@ class PersistentCoordinator(Membership):
                 "deadline_in_s": round(self.port.next_deadline() - self.clock(), 1),
             },
             "rejections": self.rejections,
-            "quarantined": {engine.names.get(p, p): why for p, why in st.quarantined.items()},
+            "quarantined": {engine.roster.name(p): why for p, why in st.quarantined.items()},
             "low_reputation": {
-                engine.names.get(p, p): round(r, 3)
+                engine.roster.name(p): round(r, 3)
                 for p, r in sorted(st.reputation.items())
                 if r < 1.0 and p not in st.quarantined
             },
@@ -269,17 +268,20 @@ class PersistentCoordinator(Membership):
                 f"the saved state is not of the newest version {latest.id[:12]}",
                 fix="restore the state folder from a backup",
             )
-        self.engine.state = state
-        for p in people:
-            examples = int(p.data_profile.get("examples", 1))
-            self.engine.examples[p.id] = examples  # bounds a stored update's weight
-            self.engine.names[p.id] = p.name
-            if p.revoked_at is not None:
-                continue
-            self.enrolled[p.id] = examples
-            self.engine.verify_keys[p.id] = p.public_key
-            if p.polled_at is not None:
-                self.engine.enroll(p.id, examples)
+        self.engine.adopt(state)
+        for p in people:  # a revoked member too: its examples bound what it sent
+            self.port.enroll(
+                Member(
+                    p.id,
+                    p.name,
+                    int(p.data_profile.get("examples", 1)),
+                    p.public_key,
+                    p.capacity,
+                    p.data_profile,
+                    "revoked" if p.revoked_at is not None else "active",
+                    ready=p.polled_at is not None,
+                )
+            )
         if self.engine.buffered:
             self._recent_digests()
         if self.region is not None:  # what was sent to the root, to send again if need be
@@ -317,7 +319,7 @@ class PersistentCoordinator(Membership):
             tasks = [replace(t, deadline=deadline) for t in tasks]
         # Rounds skipped since the last version (an empty Poisson sample) moved the round
         # number on without a version to record it: the open round's row does.
-        self.engine.state.round = max(self.engine.state.round, row.number)
+        self.engine.renumber(max(self.engine.state.round, row.number))
         self.engine.restore_round(tasks)
         self.journal.round_id = row.id
         if tasks and tasks[0].secagg is not None:
@@ -331,7 +333,7 @@ class PersistentCoordinator(Membership):
             tensors = self.engine.check(u)
             self.port.digests[(u.participant, u.round)] = u_row.payload_sha256
             self.engine.accept(u, tensors)
-        for pid in {t.participant for t in tasks} - set(self.enrolled):
+        for pid in {t.participant for t in tasks} - set(self.enrolled):  # revoked meanwhile
             self.engine.withdraw(pid)  # revoked since the round opened
         log_event("recovered", round=row.number, replayed=len(stored))
 

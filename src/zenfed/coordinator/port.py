@@ -41,6 +41,7 @@ from zenfed.coordinator.journaling import Tick as Tick
 from zenfed.coordinator.journaling import UploadResult as UploadResult
 from zenfed.coordinator.port_secure import SecureStages
 from zenfed.coordinator.regional import Region
+from zenfed.coordinator.roster import Member, Roster
 from zenfed.coordinator.trust import rollback
 from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
@@ -80,6 +81,28 @@ class CoordinatorPort(SecureStages):
         self.last_version: GlobalVersion | None = None  # what the last closing tick made
         self.last_reason = ""  # why the last aborted or skipped round made no version
         self.closed_by_upload: Tick | None = None  # buffered: see _turn_buffer
+
+    # ---- membership: the roster's one writer -----------------------------------------------
+
+    @property
+    def roster(self) -> Roster:
+        """Who takes part (the engine reads it; only these methods change it)."""
+        return self.engine.roster
+
+    def enroll(self, member: Member) -> None:
+        """Add ``member`` (it is sampled once ready: at once if it is, else when it first
+        asks for work)."""
+        self.roster.enroll(member)
+
+    def ready(self, pid: str) -> bool:
+        """``pid`` asked for work: sampled from the next round on. Whether that is new."""
+        return self.roster.ready(pid)
+
+    def revoke(self, pid: str) -> None:
+        """``pid`` is refused from now on: out of cohorts, the open round's included (it
+        no longer waits for it)."""
+        self.roster.revoke(pid)
+        self.engine.withdraw(pid)
 
     # ---- participant messages -------------------------------------------------------------
 
@@ -316,8 +339,7 @@ class CoordinatorPort(SecureStages):
                 self.last_reason = verdict.reason
                 kept = engine.rejection(result)
                 self.journal.rejecting(result.version.round, kept, verdict.reason)
-                engine.abort_round()
-                engine.state = kept
+                engine.rejected(kept)
                 return "rejected"
             loss = verdict.loss
         self.journal.committing(result, why)  # fails: the round stays open

@@ -26,9 +26,10 @@ from zenfed.tensors import Tensors, tensors_hash
 KIND = "zenfed-coordinator-state/2"
 
 
-@dataclass
+@dataclass(frozen=True)
 class CoordinatorState:
-    """Everything needed to resume: the current global adapter and the server's memory."""
+    """Everything needed to resume: the current global adapter and the server's memory.
+    Frozen: the engine replaces it by its own transitions (its only writer)."""
 
     round: int  # the next round to run
     params: Tensors  # the server's parameters

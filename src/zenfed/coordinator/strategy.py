@@ -1,47 +1,24 @@
-"""The strategy: which participants train in a round and with what settings.
+"""The strategy: the settings of each task for a round's cohort (the matcher drew it).
 
-    tasks = strategy.configure(server_round=3, members={"id-a": "a", "id-b": "b"}, version=v)
+    tasks = strategy.configure(server_round=3, cohort=members, version=v)
 
-Client sampling takes ``ceil(fraction * n)`` participants, never fewer than
-``min_participants`` (nor more than there are), or, with ``sampling.method = "poisson"``,
-each participant independently with probability ``fraction`` (the cohort may be empty),
-or, with ``"epochs"``, each participant in one round of each pass of ceil(1 / fraction);
-drawn by a generator seeded with the run's seed and the round, over the participants in
-the order of their names, so a resumed run samples the same cohorts and a simulation and
-a deployment of the same participants (their ids differ, their names do not) sample and
-seed them alike. Each round also gets one
-``codec_seed`` that every task shares: codecs that must pick the same coordinates on every
-participant (random-k, count sketch) draw them from it.
+Each participant's training seed comes from the run's seed, the round and its name, and
+each round gets one ``codec_seed`` that every task shares: codecs that must pick the same
+coordinates on every participant (random-k, count sketch) draw them from it. Names, not
+ids: a simulation and a deployment of the same participants (their ids differ) seed them
+alike.
 """
 
 from __future__ import annotations
 
-import math
-import secrets
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from zenfed.config import FederationConfig
-from zenfed.errors import ZenfedError
+from zenfed.coordinator.roster import Member
 from zenfed.protocol.messages import Task
-
-
-def fixed_cohort_size(n: int, fraction: float, minimum: int) -> int:
-    """``max(minimum, ceil(fraction * n))``, at most n: the cohort of fixed sampling."""
-    return min(n, max(minimum, math.ceil(fraction * n)))
-
-
-def sample_participants(
-    participants: Sequence[str], fraction: float, minimum: int, rng: np.random.Generator
-) -> list[str]:
-    """A random cohort of ``max(minimum, ceil(fraction * n))`` participants (at most n)."""
-    n = len(participants)
-    if n == 0:
-        raise ZenfedError("no participants are enrolled", fix="enroll at least one participant")
-    chosen = rng.choice(n, size=fixed_cohort_size(n, fraction, minimum), replace=False)
-    return [participants[i] for i in sorted(chosen.tolist())]
 
 
 class Strategy:
@@ -50,48 +27,15 @@ class Strategy:
     def __init__(self, cfg: FederationConfig) -> None:
         self.cfg = cfg
 
-    def cohort_size(self, n: int) -> float:
-        """How many of ``n`` participants a round samples (the mean, under Poisson)."""
-        sc = self.cfg.sampling
-        if sc.method == "poisson":
-            return sc.fraction * n
-        if sc.method == "epochs":
-            return n / sc.pass_rounds
-        return float(fixed_cohort_size(n, sc.fraction, sc.min_participants))
-
-    def configure(self, server_round: int, members: Mapping[str, str], version: str) -> list[Task]:
-        """The training tasks of ``server_round`` (0-based) starting from ``version``, for
-        a cohort drawn from ``members`` (id -> name)."""
+    def configure(self, server_round: int, cohort: Sequence[Member], version: str) -> list[Task]:
+        """The training tasks of ``server_round`` (0-based) from ``version`` for
+        ``cohort`` (in its order)."""
         run = self.cfg.run
-        participants = sorted(members, key=lambda p: (members[p], p))
-        rng = np.random.default_rng([run.seed, server_round])
-        sc = self.cfg.sampling
-        if sc.method == "poisson":
-            if not participants:
-                raise ZenfedError("no participants are enrolled", fix="enroll one")
-            # Under DP the sample must be secret (amplification by subsampling): the run's
-            # seed is public, so the draw uses OS entropy (a resumed run samples anew).
-            draw = np.random.default_rng(secrets.randbits(128)) if self.cfg.privacy.enabled else rng
-            chosen = draw.random(len(participants)) < sc.fraction
-            cohort = [p for p, c in zip(participants, chosen, strict=True) if c]
-        elif sc.method == "epochs":
-            cohort = [p for p in participants if self.turn(server_round, members[p])]
-        else:
-            cohort = sample_participants(participants, sc.fraction, sc.min_participants, rng)
         codec_seed = int(np.random.default_rng([run.seed, server_round, 1]).integers(2**62))
         return [
-            self.task(server_round, pid, version, self.seed(server_round, members[pid]), codec_seed)
-            for pid in cohort
+            self.task(server_round, m.id, version, self.seed(server_round, m.name), codec_seed)
+            for m in cohort
         ]
-
-    def turn(self, server_round: int, name: str) -> bool:
-        """``sampling.method = "epochs"``: whether ``server_round`` is participant
-        ``name``'s round of its pass (one per pass, from the run's seed, the pass and the
-        name alone, so whoever else joins or leaves it trains at most once a pass)."""
-        e = self.cfg.sampling.pass_rounds
-        key = zlib.crc32(name.encode())
-        mine = np.random.default_rng([self.cfg.run.seed, server_round // e, 4, key]).integers(e)
-        return int(mine) == server_round % e
 
     def seed(self, server_round: int, name: str) -> int:
         """The training seed of participant ``name`` in ``server_round``: its own, whoever

@@ -14,6 +14,8 @@ downloads it in full). The privacy ledger, reputations and quarantine are kept.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from zenfed.aggregate import ServerOptState
 from zenfed.config import FederationConfig
 from zenfed.coordinator.gate import Evaluate, Gate
@@ -79,16 +81,16 @@ def rollback(state: CoordinatorState, to: str, tensors: Tensors) -> Commit:
     return Commit(version, new)
 
 
-def reinstate(state: CoordinatorState, pid: str, label: str | None = None) -> None:
-    """Lift ``pid``'s quarantine and give it a fresh reputation (``label``: how the
-    operator named it, for the error)."""
+def reinstate(state: CoordinatorState, pid: str, label: str | None = None) -> CoordinatorState:
+    """``state`` with ``pid``'s quarantine lifted and a fresh reputation (``label``: how
+    the operator named it, for the error); ``state`` is not changed."""
     if pid not in state.quarantined:
         raise ZenfedError(
             f"participant '{(label or pid)[:200]}' is not quarantined",
             fix="see zenfed status for who is quarantined",
         )
-    del state.quarantined[pid]
-    state.reputation[pid] = 1.0
+    quarantined = {p: why for p, why in state.quarantined.items() if p != pid}
+    return replace(state, quarantined=quarantined, reputation={**state.reputation, pid: 1.0})
 
 
 def trust_parts(

@@ -24,7 +24,7 @@ import torch
 
 from zenfed.aggregate.accumulate import Aggregate
 from zenfed.aggregate.shares import cap_shares
-from zenfed.config import FederationConfig
+from zenfed.config import EpochsSampling, FederationConfig
 from zenfed.noise import gaussian
 from zenfed.privacy import dp, tree
 from zenfed.protocol.messages import Task
@@ -42,18 +42,19 @@ class PrivacyPolicy:
         self.over_regions = cfg.regions.enabled  # this root's participants are regions
         self.noise_at_regions = cfg.regions.noise == "region"
         # DP-FTRL: one tree per pass of sampling.method = "epochs"
-        self.pass_rounds = cfg.sampling.pass_rounds
+        sampling = cfg.sampling
+        self.pass_rounds = sampling.pass_rounds if isinstance(sampling, EpochsSampling) else 1
         self.tree = pc.mechanism == "tree"
-        # The rate the accountant composes. 1 (no amplification) for DP-FTRL and for
-        # buffered aggregation (nobody is sampled: whoever is free trains); at a root over
-        # regions each region's rate (a region's own config has it as sampling.fraction,
-        # ``regions.regional_config``).
-        if self.tree or cfg.buffered.enabled:
+        # The rate the accountant composes: the matcher's (1, no amplification, for the
+        # passes DP-FTRL needs), 1 for buffered aggregation (nobody is sampled: whoever is
+        # free trains), and at a root over regions each region's rate (a region's own
+        # config has it as sampling.fraction, ``regions.regional_config``).
+        if cfg.buffered.enabled:
             self.sampling_rate = 1.0
         elif cfg.regions.enabled:
             self.sampling_rate = cfg.regions.fraction
         else:
-            self.sampling_rate = cfg.sampling.fraction
+            self.sampling_rate = sampling.sampling_rate
         # DP: the noise multiplier, calibrated to the target epsilon over the whole run.
         self.noise_multiplier: float | None = pc.noise_multiplier
         if pc.enabled and self.noise_multiplier is None:

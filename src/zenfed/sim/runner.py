@@ -115,7 +115,7 @@ def _federate(run: _Run, world: World, pool: Any) -> dict[str, Any]:
     )
     attackers = install_attack(cfg, world.participants)  # [attack]: who misbehaves, and how
     n = len(world.participants)
-    check_tolerance(len(attackers), n, coord.strategy.cohort_size(n), coord.rule)
+    check_tolerance(len(attackers), n, cfg.sampling.expected_size(n), coord.rule)
     if not resume:
         _init_out_dir(out, cfg)
     history: list[dict[str, Any]] = []
@@ -123,7 +123,8 @@ def _federate(run: _Run, world: World, pool: Any) -> dict[str, Any]:
     for p in world.participants.values():
         p.state = ParticipantState()  # and every run starts clean
     if resume:
-        coord.state, states, history = load_run(out)
+        state, states, history = load_run(out)
+        coord.adopt(state)
         for name, st in states.items():
             world.participants[name].state = st
     clock = SimClock()
@@ -316,7 +317,7 @@ def _evaluate(
     ev = coord.open_evaluation()
     progress.start_phase("evaluating", len(ev.tasks))
     transport.settle(progress.advance_phase)
-    coord.evaluation = None
+    coord.close_evaluation()
     return {
         **ev.summary(),
         "own_loss": {k: r.loss_sum / max(1, r.num_tokens) for k, r in ev.reports.items()},
