@@ -104,10 +104,10 @@ def bare_loop(world: World, cfg: FederationConfig) -> tuple[float, float]:
     rounds, steps = cfg.run.rounds, int(tc.local_steps or 1)
     from zenfed.coordinator import Member, Strategy, build_matcher
 
-    strategy, matcher = Strategy(cfg), build_matcher(cfg.sampling, cfg.run.seed)
+    strategy = Strategy(cfg, build_matcher(cfg.sampling, cfg.run.seed))
     pool = [Member(d.name, d.name, len(d.train)) for d in world.data]
     for r in range(rounds):
-        tasks = strategy.configure(r, matcher.select(r, pool), "bare")
+        tasks = strategy.draw(r, pool, "bare", 0.0)
         data = {d.name: d for d in world.data}
         acc = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in glob.items()}
         total_w = 0.0

@@ -10,9 +10,9 @@ import torch
 from tests.unit.test_coordinator import INITIAL, _update
 from zenfed.config import BufferedConfig, DevicesConfig, parse_config
 from zenfed.coordinator import Coordinator, UpdateRejected
-from zenfed.coordinator.buffered import Buffered, staleness_weight
 from zenfed.coordinator.port import CoordinatorPort
-from zenfed.coordinator.trigger import RoundProgress
+from zenfed.coordinator.rounds.buffered import Buffered, staleness_weight
+from zenfed.coordinator.rounds.trigger import RoundProgress
 from zenfed.errors import ZenfedError
 from zenfed.protocol import Task, Update
 from zenfed.transport.devices import Devices

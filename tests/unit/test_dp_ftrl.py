@@ -91,7 +91,7 @@ def test_after_a_pass_the_model_carries_the_trees_prefix_noise_exactly() -> None
 
 def test_the_ledgers_epsilon_is_the_trees_and_the_budget_holds() -> None:
     c = Coordinator(_cfg({"target_epsilon": 4.0}, rounds=6), INITIAL, {n: 10 for n in NAMES})
-    z = c.noise_multiplier
+    z = c.privacy.noise_multiplier
     assert z is not None
     for r in range(6):
         tasks = c.open_round()

@@ -279,7 +279,7 @@ def test_dp_ledger_survives_a_restart_and_the_budget_stops_the_service(tmp_path:
             fed.port.upload(_upload(fed, pid, 0.5))
         assert fed.tick() is not None
     spent = fed.engine.epsilon()
-    z = fed.engine.noise_multiplier
+    z = fed.engine.privacy.noise_multiplier
     assert z is not None and spent == pytest.approx(dp.epsilon([(1.0, z)] * 2, 1e-6))
     assert fed.status()["epsilon"] == pytest.approx(spent)
     clip = fed.engine.state.privacy.clip_norm
@@ -500,7 +500,7 @@ def test_a_restart_mid_buffer_keeps_its_updates_its_tasks_in_flight_and_past_ack
     fed = _fed(tmp_path, clock, cfg)
     info = fed.engine.open_round_info
     assert info is not None and info[0] == 1 and info[2] == {a}  # a's update is back, once
-    assert fed.engine.inflight.tasks == {c: slow}  # and c's task still in flight
+    assert fed.engine.policy.inflight.tasks  # type: ignore[attr-defined] == {c: slow}  # and c's task still in flight
     assert fed.next_task(c) == slow
     # an acknowledgement lost in the crash: the retry is known, in this buffer and the last
     assert fed.port.upload(up_a2) == "duplicate" and fed.port.upload(up_b) == "duplicate"
@@ -553,3 +553,27 @@ def test_the_roster_survives_a_restart_with_what_each_member_declared(tmp_path: 
     assert mc is not None and mc.status == "revoked" and roster.examples(c) == 10
     assert [m.id for m in roster.pool()] == [a] and roster.key(c) is None
     assert again.next_task(b) is None and [m.id for m in roster.pool()] == [a, b]
+
+
+@pytest.mark.usefixtures("store")
+def test_a_round_that_ends_without_a_version_moves_on_in_the_service_and_the_simulation(
+    tmp_path: Path,
+) -> None:
+    from zenfed.coordinator import Coordinator, CoordinatorPort
+
+    clock = Clock()
+    fed = _fed(tmp_path, clock)
+    for name in ("a", "b"):
+        _join(fed, name)
+    sim = CoordinatorPort(
+        Coordinator(_cfg(), INITIAL, {"a": 10, "b": 10}), clock=clock, wait_for_minimum=False
+    )
+    for port in (fed.port, sim):  # the service's port, and the simulation's
+        assert port.tick() == "opened" and port.engine.state.round == 0
+        clock.t += 61.0  # past service.round_timeout_s with no update
+        assert port.tick() == "aborted" and port.engine.current is None
+        assert port.engine.state.round == 1  # the next round number, not round 0 again
+        assert port.tick() == "opened" and port.engine.current is not None
+        assert port.engine.current.round == 1
+    again = _fed(tmp_path, clock)  # and the service's restart agrees
+    assert again.engine.state.round == 1 and again.engine.current is not None

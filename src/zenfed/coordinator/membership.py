@@ -20,6 +20,7 @@ from zenfed.coordinator.journal import StoreJournal, log_event, sha256
 from zenfed.coordinator.nonces import NonceBook
 from zenfed.coordinator.port import CoordinatorPort
 from zenfed.coordinator.roster import Member
+from zenfed.coordinator.trust import reinstate
 from zenfed.coordinator.validate import MAX_COUNT
 from zenfed.errors import ZenfedError
 from zenfed.protocol.auth import AuthError, check_body, participant_id, verify_signature
@@ -170,7 +171,7 @@ class Membership:
         with self.db.transaction() as s:
             p = _find(s, who)
             pid, name = p.id, p.name
-        new = self.engine.reinstatement(pid, who)
+        new = reinstate(self.engine.state, pid, who)
         detail = {"participant": pid, "name": name, "was": self.engine.state.quarantined[pid]}
         self.journal.save_state(new, "reinstate", detail, actor="operator")
         self.engine.adopt(new)

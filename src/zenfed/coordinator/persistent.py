@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -216,7 +215,7 @@ class PersistentCoordinator(Membership):
             "participants": len(self.enrolled),
             "ready": len(engine.participants),
             "revoked": n_revoked,
-            "epsilon": engine.epsilon() if engine.noise_multiplier else None,
+            "epsilon": engine.epsilon() if engine.privacy.accounted else None,
             "stopped": self.port.exhausted or None,
             "open_round": None
             if info is None
@@ -282,8 +281,7 @@ class PersistentCoordinator(Membership):
                     ready=p.polled_at is not None,
                 )
             )
-        if self.engine.buffered:
-            self._recent_digests()
+        self._recent_digests()
         if self.region is not None:  # what was sent to the root, to send again if need be
             with self.db.transaction() as s:
                 sent = s.scalar(
@@ -299,9 +297,10 @@ class PersistentCoordinator(Membership):
             self._reopen(open_row, stored)
 
     def _recent_digests(self) -> None:
-        """Buffered aggregation: the payloads accepted into recent buffers, so a retried
-        upload whose acknowledgement a crash lost is answered "duplicate"."""
-        oldest = self.engine.state.round - self.cfg.buffered.max_staleness - 1
+        """The payloads accepted into the rounds an upload may still be retried into (the
+        round policy's window), so a retry whose acknowledgement a crash lost is answered
+        "duplicate"."""
+        oldest = self.engine.state.round - self.engine.policy.retry_rounds
         with self.db.transaction() as s:
             rows = s.execute(
                 select(UpdateRow, Round.number)
@@ -315,18 +314,15 @@ class PersistentCoordinator(Membership):
     def _reopen(self, row: Round, stored: Sequence[UpdateRow]) -> None:
         deadline = aware(row.deadline_at).timestamp() if row.deadline_at else self.clock()
         tasks = [Task.from_dict(t) for t in row.tasks]
-        if not self.engine.buffered:  # a buffer's tasks keep their own deadlines
-            tasks = [replace(t, deadline=deadline) for t in tasks]
         # Rounds skipped since the last version (an empty Poisson sample) moved the round
         # number on without a version to record it: the open round's row does.
         self.engine.renumber(max(self.engine.state.round, row.number))
-        self.engine.restore_round(tasks)
+        self.engine.restore_round(tasks, deadline)
         self.journal.round_id = row.id
-        if tasks and tasks[0].secagg is not None:
+        if self.port.stages.running(self.engine.current):
             # The masks' secrets lived in the agents' processes and this one: the masked
-            # uploads stored so far can never be unmasked. The round is retried.
-            self.journal.aborted(row.number, "the coordinator restarted during a secure round")
-            self.engine.abort_round()
+            # uploads stored so far can never be unmasked. The next round runs instead.
+            self.port.abort("the coordinator restarted during a secure round")
             return
         for u_row in stored:  # replay: validated again, counted once
             u = update_from_row(u_row, self.blobs.get(u_row.payload_sha256), row)

@@ -17,10 +17,13 @@ engine's trigger says so. ``tick`` uses the port's clock: the wall clock in a de
 a virtual one in the simulation (which jumps to ``next_deadline`` when no participant can
 make progress), so both run the same timing rules.
 
-An evaluation gate (``[gate]``, gate.py) wraps the close: a candidate whose validation
-loss regressed beyond the tolerance is rejected and the current version stays. A
-rollback (``rollback``) aborts the open round, if any, and commits the earlier version's
-tensors anew (trust.py).
+The port holds the parts around the engine: the SecAgg+ stage driver (stages.py), the
+committer (commit.py: the evaluation gate and a local commit, or a region's forwarding to
+its root) and the federated evaluation. A round that ends without a version (nobody
+uploaded by the deadline, too few for the rule, a secure sum that cannot be unmasked, a
+cohort nobody was drawn into) moves the federation on to the next round number, in the
+simulation and the service alike. A rollback (``rollback``) aborts the open round, if any,
+and commits the earlier version's tensors anew (trust.py).
 
 A ``Journal`` hears of every state change before it becomes visible (an update before it
 is counted, a version before it is adopted): the deployment's persistent coordinator
@@ -29,33 +32,31 @@ writes them to its database and blob store; the simulation's journal keeps nothi
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+from zenfed.coordinator.commit import Committer, ForwardUpstream, LocalCommit
 from zenfed.coordinator.engine import Coordinator, RoundAborted
+from zenfed.coordinator.evaluation import FederatedEvaluation
 from zenfed.coordinator.gate import Gate
 from zenfed.coordinator.journaling import Journal as Journal
 from zenfed.coordinator.journaling import Tick as Tick
 from zenfed.coordinator.journaling import UploadResult as UploadResult
-from zenfed.coordinator.port_secure import SecureStages
 from zenfed.coordinator.regional import Region
 from zenfed.coordinator.roster import Member, Roster
+from zenfed.coordinator.stages import SecAggStages
 from zenfed.coordinator.trust import rollback
 from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
 from zenfed.privacy.dp import PrivacyBudgetExceeded
 from zenfed.privacy.secagg import SecAggAborted
 from zenfed.protocol.messages import EvalReport, GlobalVersion, Task, Update
-from zenfed.protocol.port import (
-    FederationFinished,
-)
-from zenfed.protocol.secagg import STAGES
+from zenfed.protocol.port import FederationFinished, StageInput, StageMessage
 from zenfed.tensors import Tensors
 
 
-class CoordinatorPort(SecureStages):
+class CoordinatorPort:
     """Messages in and out of one coordinator engine, and its clock-driven ticks."""
 
     def __init__(
@@ -68,19 +69,20 @@ class CoordinatorPort(SecureStages):
         region: Region | None = None,
     ) -> None:
         self.engine, self.journal, self.clock = engine, journal or Journal(), clock
-        self.gate = gate
-        self.region = region  # a regional coordinator: rounds come from, and go to, the root
+        # Where a round's result goes: here (through the gate), or to a region's root.
+        self.committer: Committer = ForwardUpstream(region) if region else LocalCommit(gate)
+        self.stages = SecAggStages(engine, self.journal, clock)
+        self.evaluation: FederatedEvaluation | None = None
         # A service waits until sampling.min_participants have joined before a round; a
         # simulation's pool is complete from the start (a smaller one samples all of it).
         self.wait_for_minimum = wait_for_minimum
         # Accepted payloads by (sender, round of its task): the open round's, or under
         # buffered aggregation those that may still be retried (an acknowledgement lost).
         self.digests: dict[tuple[str, int], str] = {}
-        self.stage_deadline = math.inf  # secure rounds: when the current stage closes anyway
         self.exhausted = ""  # why no further round may run (the privacy budget is spent)
         self.last_version: GlobalVersion | None = None  # what the last closing tick made
         self.last_reason = ""  # why the last aborted or skipped round made no version
-        self.closed_by_upload: Tick | None = None  # buffered: see _turn_buffer
+        self.closed_by_upload: Tick | None = None  # see _close_on_arrival
 
     # ---- membership: the roster's one writer -----------------------------------------------
 
@@ -109,36 +111,24 @@ class CoordinatorPort(SecureStages):
     def task(self, pid: str) -> Task | None:
         """``pid``'s task now: its evaluation, or its training task in the open round (not
         once it uploaded; in a secure round, not once it advertised keys or after the
-        advertising stage: its secrets live in one agent process). FederationFinished
-        once no round is open and none will be."""
-        ev, r = self.engine.evaluation, self.engine.current
-        task = ev.pending(pid) if ev is not None else None
-        if task is None and r is not None and self.engine.buffered:
-            # no new work while an evaluation measures the current version
-            task = self._issue(pid) if ev is None else None
-        elif task is None and r is not None:
-            task = r.task_for(pid)
+        advertising stage). No training task while an evaluation measures the version.
+        FederationFinished once no round is open and none will be."""
+        ev, task = self.evaluation, None
+        if ev is not None:
+            task = ev.pending(pid)
+        else:
+            task, fresh = self.engine.task_for(pid, self.clock())
+            if task is not None and fresh:  # handed out now: journaled before it is seen
+                try:
+                    self.journal.issued(task)
+                except BaseException:
+                    self.engine.forget(pid)
+                    raise
         if task is None:
             if self.finished():
                 raise FederationFinished("the federation has finished", fix="nothing to do")
             return None
-        if task.kind == "train" and r is not None and r.secure is not None:
-            srv = r.secure.server
-            if srv.stage_name != STAGES[0] or pid in srv.keys:
-                return None
-        return task
-
-    def _issue(self, pid: str) -> Task | None:
-        """Buffered aggregation: ``pid``'s task in flight, or a new one journaled first."""
-        fresh = pid not in self.engine.inflight.tasks
-        task = self.engine.issue(pid, self.clock())
-        if task is not None and fresh:
-            try:
-                self.journal.issued(task)
-            except BaseException:
-                self.engine.forget(pid)
-                raise
-        return task
+        return None if self.stages.withholds(self.engine.current, pid, task) else task
 
     def download(self, pid: str, version: str, held: str | None) -> bytes:
         """Version ``version`` for ``pid``: the broadcasts since ``held``, or in full;
@@ -152,7 +142,7 @@ class CoordinatorPort(SecureStages):
     def served(self, pid: str, nbytes: int) -> None:
         """Count ``nbytes`` of a version a transport served ``pid`` itself (the HTTP app
         streams full versions from the blob store, with Range), as ``download`` counts."""
-        r, ev = self.engine.current, self.engine.evaluation
+        r, ev = self.engine.current, self.evaluation
         if r is not None and pid in r.tasks:
             r.bytes_down[pid] = r.bytes_down.get(pid, 0) + nbytes
         elif ev is not None:
@@ -165,6 +155,14 @@ class CoordinatorPort(SecureStages):
         if version != engine.version.id:
             return None
         return engine.publisher.diff_since(engine.state.broadcasts, held, engine.version, full_size)
+
+    def stage_post(self, pid: str, server_round: int, stage: str, message: StageMessage) -> None:
+        """``pid``'s message for ``stage`` of the open secure round."""
+        self.stages.post(pid, server_round, stage, message)
+
+    def stage_get(self, pid: str, server_round: int, stage: str) -> StageInput | None:
+        """What ``pid`` needs to do ``stage`` (None while the stage has not begun)."""
+        return self.stages.get(pid, server_round, stage)
 
     def upload(self, update: Update) -> Literal["accepted", "duplicate"]:
         """Validate, journal, then count ``update``; a retry of an accepted one (same
@@ -179,10 +177,12 @@ class CoordinatorPort(SecureStages):
         """``upload`` for several updates at once, with one journal write (one database
         commit in a deployment) for those accepted together: each update's answer, in
         order, a refusal as its UpdateRejected. The outcome is the one of uploading them
-        one after another: an update that fills a buffer closes it before the next is
-        checked, and a second update from one sender waits for the first to count. An
-        error of the journal itself is raised and counts none of those it was writing."""
+        one after another: an update that completes a round that closes on arrival (a
+        buffer) closes it before the next is checked, and a second update from one sender
+        waits for the first to count. An error of the journal itself is raised and counts
+        none of those it was writing."""
         results: list[UploadResult | None] = [None] * len(updates)
+        on_arrival = self.engine.policy.closes_on_arrival
         i = 0
         while i < len(updates):
             batch: list[tuple[int, Update, Tensors]] = []
@@ -199,23 +199,23 @@ class CoordinatorPort(SecureStages):
                         self.journal.rejected(u, e)
                         results[i] = e
                 i += 1
-                if self.engine.buffered and self.engine.decide(self.clock(), len(batch)) == "close":
-                    break  # this batch fills the buffer: the rest go to the next one
+                if on_arrival and self.engine.decide(self.clock(), len(batch)) == "close":
+                    break  # this batch completes the round: the rest go to the next one
             if batch:
                 self.journal.storing([u for _, u, _ in batch])
                 for at, u, tensors in batch:
                     self.engine.accept(u, tensors)
                     self.digests[(u.participant, u.round)] = u.digest
                     results[at] = "accepted"
-                if self.engine.buffered and self.engine.decide(self.clock()) == "close":
-                    self._turn_buffer()
+                if on_arrival and self.engine.decide(self.clock()) == "close":
+                    self._close_on_arrival()
         return [r for r in results if r is not None]
 
-    def _turn_buffer(self) -> None:
-        """Buffered aggregation: the upload that fills the buffer aggregates it at once,
-        and the next buffer opens, so no later arrival finds none open. What the close
-        did waits in ``closed_by_upload``: the next ``tick`` reports it."""
-        self.closed_by_upload = self._close("buffer full")
+    def _close_on_arrival(self) -> None:
+        """The upload that completes a buffer aggregates it at once, and the next opens, so
+        no later arrival finds none open. What the close did waits in
+        ``closed_by_upload``: the next ``tick`` reports it."""
+        self.closed_by_upload = self._close(self.engine.policy.close_reason())
         if self.engine.current is None and self._can_open():
             self._open()
 
@@ -226,10 +226,7 @@ class CoordinatorPort(SecureStages):
         if (pid, server_round) in self.digests:  # a retry of an accepted upload (its ack
             return  # was lost): its digest decides, "duplicate", even once the round closed
         r = self.engine.current
-        open_no = r.round if r is not None else None
-        if r is not None and self.engine.buffered:  # an update lands in the open buffer
-            task = self.engine.inflight.tasks.get(pid)
-            open_no = task.round if task is not None else r.round
+        open_no = self.engine.policy.upload_round(r, pid) if r is not None else None
         if r is None or open_no != server_round:
             raise UpdateRejected(
                 f"round {server_round} is not open", fix="fetch the current task", reason="not_open"
@@ -241,61 +238,65 @@ class CoordinatorPort(SecureStages):
                 reason="not_in_cohort",
             )
 
+    # ---- federated evaluation ---------------------------------------------------------------
+
+    def open_evaluation(self) -> FederatedEvaluation:
+        """Every participant of the pool evaluates the current version on its held-out
+        split (no training task is handed out meanwhile)."""
+        engine = self.engine
+        self.evaluation = FederatedEvaluation(
+            engine.state.round - 1, engine.version.id, engine.participants
+        )
+        return self.evaluation
+
+    def close_evaluation(self) -> None:
+        """End the open evaluation (what reported is in its reports)."""
+        self.evaluation = None
+
     def report(self, report: EvalReport) -> None:
         """An evaluation result for the current evaluation."""
-        ev = self.engine.evaluation
-        if ev is None:
+        if self.evaluation is None:
             raise ZenfedError("no evaluation is open", fix="evaluate when asked to")
-        ev.report(report)
+        self.evaluation.report(report)
 
     # ---- time ------------------------------------------------------------------------------
 
     def finished(self) -> bool:
         """Whether every round has run (no round is open and none will be)."""
-        done = self.engine.state.round >= self.engine.cfg.run.rounds or bool(self.exhausted)
-        if self.region is not None:
-            done = self.region.finished
-        return self.engine.current is None and done
+        return self.engine.current is None and self.committer.finished(self)
 
     def next_deadline(self) -> float:
         """When the next timed event is due (inf with none)."""
         r = self.engine.current
-        if r is None:
-            return math.inf
-        if self.engine.buffered:  # a task in flight that never answers
-            return min((t.deadline for t in self.engine.inflight.tasks.values()), default=math.inf)
-        return self.stage_deadline if r.secure is not None else r.deadline
+        return self.stages.deadline if self.stages.running(r) else self.engine.next_deadline()
 
     def tick(self) -> Tick:
         """Open a round when none is open, advance a secure stage, or close the open round
-        when its trigger (or last stage) says so; or report what the upload that filled a
-        buffer did. What happened; ``last_version`` holds a version a closing tick made."""
+        when its policy (or last stage) says so; or report what the upload that completed
+        a buffer did. What happened; ``last_version`` holds a version a closing tick made."""
         if (what := self.closed_by_upload) is not None:  # a buffer its k-th upload closed
             self.closed_by_upload = None
             return what
         r = self.engine.current
         if r is None:
             return self._open() if self._can_open() else "idle"
-        if r.secure is not None:
-            return self._tick_secure(r.secure.server)
+        if self.stages.running(r):
+            return self.stages.tick(self._close, self.abort)
         now = self.clock()
-        if self.engine.buffered:
-            self.engine.expire(now)
+        self.engine.expire(now)
         decision = self.engine.decide(now)
         if decision == "close":
-            why = "buffer full" if self.engine.buffered else "quorum"
-            return self._close(why if now < r.deadline else "deadline")
+            return self._close(
+                self.engine.policy.close_reason() if now < r.deadline else "deadline"
+            )
         if decision == "abort":
-            return self._abort("deadline passed with no update")
+            return self.abort("deadline passed with no update")
         return "idle"
 
     def _can_open(self) -> bool:
-        cfg, engine = self.engine.cfg, self.engine
-        minimum = cfg.sampling.min_participants if self.wait_for_minimum else 1
-        enough = len(engine.participants) >= max(1, minimum)
-        if self.region is not None:  # the root's task opens the region's round
-            return enough and self.region.may_open(engine.state.round, engine.version.id)
-        return enough and engine.state.round < cfg.run.rounds and not self.exhausted
+        minimum = self.engine.cfg.sampling.min_participants if self.wait_for_minimum else 1
+        enough = len(self.engine.participants) >= max(1, minimum)
+        return enough and not self.exhausted and self.committer.may_open(self)
 
     def _open(self) -> Tick:
         engine = self.engine
@@ -317,75 +318,37 @@ class CoordinatorPort(SecureStages):
         except BaseException:
             engine.abort_round()
             raise
-        # Kept for retries whose acknowledgement was lost: the last round's (or, buffered,
-        # those of the buffers an update may still be retried into).
-        lag = engine.cfg.buffered.max_staleness + 1 if engine.buffered else 1
-        self.digests = {k: d for k, d in self.digests.items() if k[1] >= engine.state.round - lag}
-        self.stage_deadline = self.clock() + engine.cfg.secagg.stage_timeout_s
+        # Kept for retries whose acknowledgement was lost: the rounds an upload may still
+        # be retried into (the last one; a buffer's, those within max_staleness).
+        oldest = engine.state.round - engine.policy.retry_rounds
+        self.digests = {k: d for k, d in self.digests.items() if k[1] >= oldest}
+        self.stages.opened()
         return "opened"
 
     def _close(self, why: str) -> Tick:
-        if self.region is not None:
-            return self._forward(why)
-        try:
-            result = self.engine.aggregate_round()
-        except RoundAborted as e:
-            return self._abort(e.problem)
-        loss = None
-        if self.gate is not None:
-            engine = self.engine
-            verdict = self.gate.judge(result.published, engine.version.id, engine.state.published)
-            if not verdict.passed:
-                self.last_reason = verdict.reason
-                kept = engine.rejection(result)
-                self.journal.rejecting(result.version.round, kept, verdict.reason)
-                engine.rejected(kept)
-                return "rejected"
-            loss = verdict.loss
-        self.journal.committing(result, why)  # fails: the round stays open
-        self.last_version = self.engine.commit(result)
-        if self.gate is not None and loss is not None:
-            self.gate.accepted(self.last_version.id, loss)
-        return "closed"
-
-    def _forward(self, why: str) -> Tick:
-        """A regional coordinator's close: the round's combined updates become one update
-        for the root, journaled before the round ends (a crash sends the same again)."""
-        assert self.region is not None
-        r, task = self.engine.current, self.region.task
-        assert r is not None
-        if task is None or task.round != r.round:  # restarted: until the root's task is back
-            return "idle"
-        try:
-            agg, _ = self.engine.combined()
-        except RoundAborted as e:
-            return self._abort(e.problem)
-        agg = self.engine.privacy.forwarded(agg, self.engine.state.privacy)
-        update = self.region.update(agg, list(r.received.values()), len(self.engine.pool))
-        self.journal.forwarding(r.round, update, why)  # fails: the round stays open
-        results = self.region.results
-        results[update.round] = update
-        for old in [k for k in results if k < update.round - 1]:  # sent long ago: let go
-            del results[old]
-        self.engine.abort_round()  # its result is the root's to commit now
-        return "forwarded"
+        return self.committer.close(self, why)
 
     def rollback(self, to: str, tensors: Tensors) -> GlobalVersion:
         """Publish version ``to`` (whose stored tensors are ``tensors``) again as a new
-        version whose lineage records the rollback; an open round is aborted first."""
+        version whose lineage records the rollback; an open round is dropped first (its
+        number is the rollback's)."""
         engine = self.engine
         result = rollback(engine.state, to, tensors)  # checks everything before any change
         if engine.current is not None:
-            self._abort(f"rolled back to version {result.version.rollback_of[:12]}")
+            reason = f"rolled back to version {result.version.rollback_of[:12]}"
+            self.last_reason = reason
+            self.journal.aborted(engine.current.round, reason)
+            engine.abort_round()
             result = rollback(engine.state, to, tensors)
         self.journal.committing(result, f"rollback to {result.version.rollback_of}")
         self.last_version = engine.commit(result)
         return self.last_version
 
-    def _abort(self, reason: str) -> Tick:
+    def abort(self, reason: str) -> Tick:
+        """End the open round without a version and move on to the next round number."""
         r = self.engine.current
         assert r is not None
         self.last_reason = reason
         self.journal.aborted(r.round, reason)
-        self.engine.abort_round()
+        self.engine.skip_round(reason)
         return "aborted"

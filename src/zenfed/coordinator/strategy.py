@@ -1,5 +1,6 @@
 """The strategy: the settings of each task for a round's cohort (the matcher drew it).
 
+    tasks = strategy.draw(server_round=3, pool=members, version=v, deadline=t)
     tasks = strategy.configure(server_round=3, cohort=members, version=v)
 
 Each participant's training seed comes from the run's seed, the round and its name, and
@@ -13,19 +14,37 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from zenfed.config import FederationConfig
+from zenfed.coordinator.matching import Matcher
 from zenfed.coordinator.roster import Member
+from zenfed.coordinator.rounds import RoundAborted
 from zenfed.protocol.messages import Task
 
 
 class Strategy:
-    """Round configuration for synchronous FedAvg-family training."""
+    """Who trains in a round (its matcher draws them) and with what settings."""
 
-    def __init__(self, cfg: FederationConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: FederationConfig, matcher: Matcher) -> None:
+        self.cfg, self.matcher = cfg, matcher
+
+    def draw(
+        self, server_round: int, pool: Sequence[Member], version: str, deadline: float
+    ) -> list[Task]:
+        """The tasks of a cohort drawn from ``pool``, ending at ``deadline``
+        (RoundAborted if nobody was drawn)."""
+        cohort = self.matcher.select(server_round, pool)
+        tasks = self.configure(server_round, cohort, version)
+        if not tasks:
+            raise RoundAborted(
+                f"round {server_round + 1}: no participant was drawn (Poisson sampling, or "
+                "nobody's turn in this pass)",
+                fix="the round is skipped (raise sampling.fraction to make this rarer)",
+            )
+        return [replace(t, deadline=deadline) for t in tasks]
 
     def configure(self, server_round: int, cohort: Sequence[Member], version: str) -> list[Task]:
         """The training tasks of ``server_round`` (0-based) from ``version`` for

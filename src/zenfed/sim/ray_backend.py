@@ -278,7 +278,8 @@ class RayTransport(InMemoryTransport):
 
     def _begin(self) -> None:
         engine = self.port.engine
-        if engine.buffered or self.order is not None:  # who works first is the protocol
+        # who works first is the protocol: participants that pull work as they come free
+        if engine.policy.closes_on_arrival or self.order is not None:
             return
         ready: list[tuple[str, Task]] = []
         for pid in sorted(self.loops):

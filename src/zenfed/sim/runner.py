@@ -145,7 +145,7 @@ def _federate(run: _Run, world: World, pool: Any) -> dict[str, Any]:
         **extra,
     )
     if not history:
-        history.append({"round": 0, **_evaluate(coord, transport, progress)})
+        history.append({"round": 0, **_evaluate(port, transport, progress)})
         save_version(out, coord)
     rounds = cfg.run.rounds
     progress.start_rounds(rounds, done=coord.state.round)
@@ -153,7 +153,7 @@ def _federate(run: _Run, world: World, pool: Any) -> dict[str, Any]:
         row = run_round(port, transport, clock, progress)
         if (r + 1) % cfg.run.eval_every == 0 or r + 1 == rounds:
             t_eval = time.perf_counter()
-            row.update(_evaluate(coord, transport, progress))
+            row.update(_evaluate(port, transport, progress))
             row["eval_seconds"] = time.perf_counter() - t_eval
         history.append(row)
         save_version(out, coord)
@@ -203,12 +203,11 @@ def run_round(
         return {"round": r + 1, "aborted": coord.last_skip, "seconds": time.perf_counter() - t0}
     info = coord.open_round_info
     assert info is not None
-    cohort, secure = info[1], coord.current is not None and coord.current.secure is not None
-    if coord.buffered:  # who trains is decided as participants come free
-        cohort = frozenset(coord.participants)
-    progress.start_phase(
-        f"round {r + 1}: training", coord.cfg.buffered.k if coord.buffered else len(cohort)
-    )
+    cohort, secure = info[1], port.stages.running(coord.current)
+    size = len(cohort)
+    if coord.policy.closes_on_arrival:  # who trains is decided as participants come free
+        cohort, size = frozenset(coord.participants), round(coord.policy.holders(len(cohort)))
+    progress.start_phase(f"round {r + 1}: training", size)
     while what not in ("closed", "aborted", "rejected"):
         transport.settle(progress.advance_phase)
         what = port.tick()  # (a buffer its k-th upload closed, too)
@@ -221,13 +220,12 @@ def run_round(
     if what == "rejected":  # the gate kept the current version; the engine moved on
         progress.note(f"round {r + 1} rejected: {port.last_reason}")
         return {"round": r + 1, "rejected": port.last_reason, "seconds": time.perf_counter() - t0}
-    if what == "aborted":
+    if what == "aborted":  # the port moved on to the next round number
         if len(failures) == len(cohort) and not secure:
             raise ZenfedError(
                 f"round {r + 1}: every participant failed; first: {next(iter(failures.values()))}",
                 fix="see the error above",
             )
-        coord.skip_round(port.last_reason)
         progress.note(f"round {r + 1} aborted: {port.last_reason}")
         return {"round": r + 1, "aborted": port.last_reason, "seconds": time.perf_counter() - t0}
     version = port.last_version
@@ -312,12 +310,12 @@ def _dropouts(cfg: FederationConfig, coord: Coordinator) -> Callable[[str, str],
 
 
 def _evaluate(
-    coord: Coordinator, transport: InMemoryTransport, progress: Progress
+    port: CoordinatorPort, transport: InMemoryTransport, progress: Progress
 ) -> dict[str, Any]:
-    ev = coord.open_evaluation()
+    ev = port.open_evaluation()
     progress.start_phase("evaluating", len(ev.tasks))
     transport.settle(progress.advance_phase)
-    coord.close_evaluation()
+    port.close_evaluation()
     return {
         **ev.summary(),
         "own_loss": {k: r.loss_sum / max(1, r.num_tokens) for k, r in ev.reports.items()},
@@ -379,7 +377,7 @@ def _finish(
 
 def _privacy_summary(cfg: FederationConfig, coord: Coordinator) -> dict[str, Any]:
     """The released model's guarantee: (epsilon, delta) and how it was obtained."""
-    pc, z = cfg.privacy, coord.noise_multiplier
+    pc, z = cfg.privacy, coord.privacy.noise_multiplier
     if z is None:
         return {}
     return {

@@ -1,38 +1,58 @@
-"""The stages of secure aggregation as the round port drives them: a participant's
-stage messages in, what each stage needs out, and the stage that closes on time.
+"""The stages of secure aggregation as the round port drives them: a participant's stage
+messages in, what each stage needs out, and each stage closed on time.
 
-A part of ``CoordinatorPort`` (port.py), which provides the engine, the journal, the
-clock, the stage deadline and how a round closes or aborts.
+    stages = SecAggStages(engine, journal, clock)   # held by the port
+    stages.post(pid, r, "advertise_keys", keys); stages.get(pid, r, "share_keys")
+    stages.tick(close, abort)        # a stage closes when all answered, or at its deadline
+
+The only place the stages of SecAgg+ are driven (the cryptography is
+``zenfed.privacy.secagg``; the round's server is ``secure.py``'s ``SecureRound``, the
+masked-sum accumulator). A stage closes once everyone still in it has answered, or at its
+deadline (``secagg.stage_timeout_s``; the training stage gets the round's time), and the
+last one closes the round.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from zenfed.coordinator.engine import Coordinator
 from zenfed.coordinator.journaling import Journal, Tick
+from zenfed.coordinator.rounds import OpenRound
 from zenfed.privacy.secagg import SecAggAborted, SecAggError, SecAggServer
+from zenfed.protocol.messages import Task
 from zenfed.protocol.port import NeighbourKeys, Shares, StageInput, StageMessage
 from zenfed.protocol.secagg import STAGES, AdvertiseKeys, UnmaskRequest
 
 
-class SecureStages:
-    """The secure-aggregation half of the round port."""
+class SecAggStages:
+    """The secure-aggregation stage driver of one round port."""
 
-    engine: Coordinator
-    journal: Journal
-    clock: Callable[[], float]
-    stage_deadline: float  # when the current stage closes anyway
+    def __init__(self, engine: Coordinator, journal: Journal, clock: Callable[[], float]) -> None:
+        self.engine, self.journal, self.clock = engine, journal, clock
+        self.deadline = math.inf  # when the current stage closes anyway
 
-    def _close(self, why: str) -> Tick:
-        raise NotImplementedError  # the port's
+    @staticmethod
+    def running(r: OpenRound | None) -> bool:
+        """Whether ``r`` is a secure round (its stages drive it)."""
+        return r is not None and r.secure is not None
 
-    def _abort(self, reason: str) -> Tick:
-        raise NotImplementedError  # the port's
+    def opened(self) -> None:
+        """A round opened: its first stage's deadline starts now."""
+        self.deadline = self.clock() + self.engine.cfg.secagg.stage_timeout_s
 
-    def stage_post(self, pid: str, server_round: int, stage: str, message: StageMessage) -> None:
+    def withholds(self, r: OpenRound | None, pid: str, task: Task) -> bool:
+        """Whether ``pid`` may not take ``task`` now: in a secure round, once it advertised
+        keys or after the advertising stage (its secrets live in one agent process)."""
+        if task.kind != "train" or r is None or r.secure is None:
+            return False
+        srv = r.secure.server
+        return srv.stage_name != STAGES[0] or pid in srv.keys
+
+    def post(self, pid: str, server_round: int, stage: str, message: StageMessage) -> None:
         """``pid``'s message for ``stage`` of the open secure round."""
-        srv = self._secure_round(server_round)
+        srv = self._server(server_round)
         if stage == "advertise_keys" and isinstance(message, AdvertiseKeys):
             if message.participant != pid:
                 raise SecAggError("keys are advertised for their sender only", fix="refused")
@@ -48,9 +68,9 @@ class SecureStages:
             )
         self.journal.staged(pid, server_round, stage)
 
-    def stage_get(self, pid: str, server_round: int, stage: str) -> StageInput | None:
+    def get(self, pid: str, server_round: int, stage: str) -> StageInput | None:
         """What ``pid`` needs to do ``stage`` (None while the stage has not begun)."""
-        srv = self._secure_round(server_round)
+        srv = self._server(server_round)
         if stage not in STAGES[1:]:
             raise SecAggError(f"nothing to fetch for stage '{stage}'", fix=f"one of {STAGES[1:]}")
         now, want = STAGES.index(srv.stage_name), STAGES.index(stage)
@@ -76,7 +96,7 @@ class SecureStages:
             )
         return UnmaskRequest(req.round, req.survivors, req.dropped)
 
-    def _secure_round(self, server_round: int) -> SecAggServer:
+    def _server(self, server_round: int) -> SecAggServer:
         r = self.engine.current
         if r is None or r.round != server_round or r.secure is None:
             raise SecAggError(
@@ -85,21 +105,24 @@ class SecureStages:
             )
         return r.secure.server
 
-    def _tick_secure(self, srv: SecAggServer) -> Tick:
+    def tick(self, close: Callable[[str], Tick], abort: Callable[[str], Tick]) -> Tick:
         """Close the current stage when everyone still in it answered, or at its deadline;
-        the last stage closes the round. Too few survivors abort the round."""
+        the last stage closes the round (``close``). Too few survivors: ``abort``."""
+        r = self.engine.current
+        assert r is not None and r.secure is not None
+        srv = r.secure.server
         members, answered = srv.progress()
-        if len(answered) < len(members) and self.clock() < self.stage_deadline:
+        if len(answered) < len(members) and self.clock() < self.deadline:
             return "idle"
         try:
             if srv.stage_name == "unmask":
-                return self._close("secure aggregation complete")
+                return close("secure aggregation complete")
             srv.close_stage()
         except SecAggAborted as e:
-            return self._abort(e.problem)
+            return abort(e.problem)
         cfg = self.engine.cfg
         timeout = cfg.secagg.stage_timeout_s
         if srv.stage_name == "masked_input":  # the training stage gets the round's time
             timeout = cfg.service.round_timeout_s
-        self.stage_deadline = self.clock() + timeout
+        self.deadline = self.clock() + timeout
         return "stage"

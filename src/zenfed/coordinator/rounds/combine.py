@@ -1,63 +1,26 @@
-"""The open round as the engine holds it, the error of a round that cannot finish, and the
-two pure steps at its ends: the accumulator it opens with and what it combines to."""
+"""The two pure steps at a round's ends: the accumulator it opens with and what its
+updates combine to (screened by poisoning detection)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 from zenfed.aggregate import Accumulator, Aggregate, KeepAll, StreamingMean
 from zenfed.aggregate.registry import AggregationRule
+from zenfed.coordinator.rounds.base import OpenRound, RoundAborted, Spill
 from zenfed.coordinator.screening import Assessment, Screen
-from zenfed.coordinator.secure import SecureRound
 from zenfed.coordinator.state import CoordinatorState
 from zenfed.errors import ZenfedError
-from zenfed.protocol.messages import Task, Update
-from zenfed.tensors import Tensors
-
-Spill = Callable[[str, Tensors], Callable[[], Tensors]]  # (participant, tensors) -> loader
-
-
-class RoundAborted(ZenfedError):
-    """A round that cannot produce a version (empty cohort, too few secure survivors);
-    the global version stays."""
-
-
-@dataclass
-class OpenRound:
-    """The open round as the engine holds it (``engine.current``): read it, only the
-    engine changes it."""
-
-    round: int
-    version: str  # the version its tasks start from
-    codec_seed: int
-    tasks: dict[str, Task]  # the cohort's
-    accumulator: Accumulator
-    deadline: float
-    secure: SecureRound | None = None
-    received: dict[str, Update] = field(default_factory=dict)  # metadata; payload dropped
-    bytes_up: dict[str, int] = field(default_factory=dict)
-    bytes_down: dict[str, int] = field(default_factory=dict)
-
-    def task_for(self, participant: str) -> Task | None:
-        """``participant``'s task, unless it has none or has uploaded."""
-        return None if participant in self.received else self.tasks.get(participant)
 
 
 def accumulator_for(
     rule: AggregationRule,
     screen: Screen | None,
     spill: Spill | None,
-    secure: SecureRound | None,
     seed: int,
     max_share: float = 1.0,
 ) -> Accumulator:
-    """What a round folds its updates into: the masked sum of a secure round, a streaming
-    mean when the rule is one and nothing screens, else every update kept (``spill``
-    says where; ``seed`` is the round's, for a rule that draws); no update's share of the
-    weight above ``max_share`` (a secure round's weights are its tasks')."""
-    if secure is not None:
-        return secure
+    """What a plaintext round folds its updates into: a streaming mean when the rule is
+    one and nothing screens, else every update kept (``spill`` says where; ``seed`` is the
+    round's, for a rule that draws); no update's share of the weight above ``max_share``."""
     if rule.streaming and screen is None:  # screening needs every update
         return StreamingMean(max_share)
     return KeepAll(rule, spill, seed=seed, max_share=max_share)
@@ -74,7 +37,7 @@ def combine(
             f"round {r.round} received no updates; the global version stays",
             fix="check the participants' errors",
         )
-    if r.secure is None and not rule.streaming:
+    if isinstance(r.accumulator, KeepAll) and not rule.streaming:
         try:
             rule.check_count(len(r.received))
         except ZenfedError as e:
