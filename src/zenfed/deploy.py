@@ -272,7 +272,9 @@ def join(
         )
         state_file = identity_path.with_suffix(".state.safetensors")
         kept = load_participant_state(state_file, identity_path.with_suffix(".state.pt"))
-        me_p = Participant(name, pdata, runtime, kept, signing_key=me.key, origin=origin)
+        me_p = Participant(
+            name, pdata, runtime, kept, me.key, origin, runtimes=_shaped(cfg, runtime)
+        )
         me_p.tamper = tamper
         loop = run_participant(client, me_p, lambda p: save_participant_state(p, state_file))
         accepted = drive(loop, log=_say)
@@ -280,6 +282,25 @@ def join(
         return accepted
     finally:
         client.close()
+
+
+def _shaped(cfg: FederationConfig, runtime: Any) -> Any:
+    """The agent's models of other adapter shapes, each built the first time a task
+    gives it (``[adapters] assign``)."""
+    from zenfed.model.build import adapter_model
+    from zenfed.participant.agent import Runtime
+
+    built: dict[str, Any] = {}
+
+    def runtime_for(spec: Any) -> Any:
+        if spec.id not in built:
+            model, _ = adapter_model(cfg, spec)
+            built[spec.id] = Runtime(
+                model, runtime.pad_id, runtime.train, runtime.compress, spec=spec
+            )
+        return built[spec.id]
+
+    return runtime_for
 
 
 def _say(event: Any) -> None:

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError, field_validator, model_validator
 
+from zenfed.config.adapters import AdapterAssignment as AdapterAssignment
+from zenfed.config.adapters import AdaptersConfig as AdaptersConfig
 from zenfed.config.base import _Frozen
 from zenfed.config.compress import CODEC_SPECS
 from zenfed.config.compress import CompressConfig as CompressConfig
@@ -370,6 +372,7 @@ class FederationConfig(_Frozen):
     devices: DevicesConfig = DevicesConfig()  # simulation only
     ray: RayConfig = RayConfig()  # simulation only, with run.backend = "ray"
     regions: RegionsConfig = RegionsConfig()  # a root over regional coordinators
+    adapters: AdaptersConfig = AdaptersConfig()  # per-participant adapter shapes
 
     @field_validator("sampling", mode="before")
     @classmethod
@@ -410,6 +413,7 @@ class FederationConfig(_Frozen):
             )
         if self.regions.enabled:
             self._check_regions()
+        self._check_adapters()
         if self.detect.validation and self.gate.source == "none":
             raise ValueError(
                 "detect.validation scores each update on the gate's validation set: set "
@@ -443,6 +447,30 @@ class FederationConfig(_Frozen):
             )
         if why:
             raise ValueError(f"privacy.mechanism = 'tree' (DP-FTRL) {why}")
+
+    def _check_adapters(self) -> None:
+        if not self.adapters.assign:
+            return
+        too_big = [n for n, a in self.adapters.assign.items() if (a.r or 0) > self.lora.r]
+        if too_big:
+            raise ValueError(
+                f"adapters.assign gives '{too_big[0]}' a rank above lora.r = {self.lora.r}: "
+                "a participant's adapter is a part of the federation's"
+            )
+        modes = [
+            ("lora.freeze_a", self.lora.freeze_a),  # a frozen A is each party's own init
+            ("secagg.enabled", self.secagg.enabled),
+            ("differential privacy", self.privacy.enabled),
+            ("detect.enabled", self.detect.enabled),
+            ("regions.enabled", self.regions.enabled),
+        ]
+        blocked = [name for name, on in modes if on]
+        if blocked:
+            raise ValueError(
+                f"adapters.assign (heterogeneous adapter shapes) with {blocked[0]} is not "
+                "built: secure sums, DP noise and detection scores are computed over one "
+                "shape. Assign no shapes, or turn it off"
+            )
 
     def _check_regions(self) -> None:
         why = ""
@@ -539,6 +567,9 @@ def _fix(err: Any) -> str:
             continue
         if name in TAGGED:  # a tagged union member: pydantic puts the tag in the path
             model = TAGGED[name]
+            continue
+        if getattr(model, "__origin__", None) is dict:  # a table of tables: its values'
+            model = model.__args__[-1]
             continue
         field = getattr(model, "model_fields", {}).get(name)
         ann = getattr(field, "annotation", None)

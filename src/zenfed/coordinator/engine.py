@@ -43,6 +43,7 @@ from zenfed.coordinator.validate import UpdateRejected, check_metadata, check_ro
 from zenfed.errors import ZenfedError
 from zenfed.privacy.planner import warn_if_swamped
 from zenfed.privacy.policy import PrivacyPolicy
+from zenfed.protocol.adapter import AdapterSpec
 from zenfed.protocol.messages import GlobalVersion, Task, Update, root_version
 from zenfed.tensors import Tensors
 
@@ -77,8 +78,11 @@ class Coordinator:
         self.policy = round_policy(cfg, self.privacy.accounted)
         self.shapes = {k: tuple(v.shape) for k, v in initial.items()}
         self.codec = Pipeline(cfg.compress, self.shapes)  # a parameter that cannot fit fails
+        self.codecs: dict[str, Pipeline] = {"": self.codec}  # by adapter spec id
+        for name in sorted(cfg.adapters.assign):  # a shape that cannot be built fails here
+            self.codec_for(self.strategy.spec_for(name) or AdapterSpec())
         self.intake = intake_for(
-            cfg, self.codec, self.rule, self.privacy, self.policy, screen, spill
+            cfg, self.codec_for, self.rule, self.privacy, self.policy, screen, spill
         )
         self.publisher = Publisher(cfg.compress, self.shapes, cfg.run.seed)
         dense = Pipeline(cfg.compress.model_copy(update={"pipeline": ()}), self.shapes)
@@ -130,6 +134,14 @@ class Coordinator:
                 fix=f"fetch {self.version.id[:12]}",
             )
         return self.state.published
+
+    def codec_for(self, spec: AdapterSpec) -> Pipeline:
+        """The codec pipeline of updates of adapter shape ``spec`` (ZenfedError if the
+        shape cannot be built from the federation's adapter)."""
+        if spec.id not in self.codecs:
+            spec.check(self.shapes, self.cfg.lora.r)
+            self.codecs[spec.id] = Pipeline(self.cfg.compress, spec.shapes(self.shapes))
+        return self.codecs[spec.id]
 
     # ---- the round's lifecycle -------------------------------------------------------------
 
@@ -270,7 +282,8 @@ class Coordinator:
         RoundAborted if too few arrived for the aggregation rule."""
         if self.current is None:
             raise ZenfedError("no round is open", fix="call open_round first")
-        return combine(self.current, self.rule, self.screen, self.state)
+        adapters = self.cfg.adapters.combine
+        return combine(self.current, self.rule, self.screen, self.state, self.shapes, adapters)
 
     def commit(self, result: Commit) -> GlobalVersion:
         """Make ``result`` the global state: ``aggregate_round``'s of the open round, or,

@@ -1,6 +1,6 @@
 """How updates enter a round: in the clear, or masked by secure aggregation.
 
-    intake = intake_for(cfg, codec, rule, privacy, policy, screen, spill)
+    intake = intake_for(cfg, codecs, rule, privacy, policy, screen, spill)   # codecs(spec)
     tasks, accumulator, secure = intake.open(tasks, seed, keys)   # at the round's start
     tensors = intake.check(r, update, task)      # decoded and checked (or the masked words)
     intake.accept(r, update, tensors, task)      # into the round's accumulator
@@ -15,7 +15,7 @@ unmasked, each update already weighted by its participant before masking.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from zenfed.aggregate import Accumulator
 from zenfed.aggregate.registry import AggregationRule
@@ -26,6 +26,7 @@ from zenfed.coordinator.screening import Screen
 from zenfed.coordinator.secure import SecureRound
 from zenfed.coordinator.validate import UpdateRejected, check_finite
 from zenfed.privacy.policy import PrivacyPolicy
+from zenfed.protocol.adapter import AdapterSpec
 from zenfed.protocol.messages import Task, Update
 from zenfed.tensors import Tensors
 
@@ -40,29 +41,41 @@ class PlainIntake:
     def __init__(
         self,
         cfg: FederationConfig,
-        codec: Pipeline,
+        codecs: Callable[[AdapterSpec], Pipeline],
         rule: AggregationRule,
         privacy: PrivacyPolicy,
         policy: RoundPolicy,
         screen: Screen | None,
         spill: Spill | None,
     ) -> None:
-        self.cfg, self.codec, self.rule = cfg, codec, rule
+        self.cfg, self.codecs, self.rule = cfg, codecs, rule
         self.privacy, self.policy, self.screen, self.spill = privacy, policy, screen, spill
 
     def open(self, tasks: list[Task], seed: int, keys: Mapping[str, bytes]) -> Opened:
         """The tasks as they are, and a streaming mean or a keep-every-update accumulator."""
+        return tasks, self._accumulator(seed), None
+
+    def _accumulator(self, seed: int) -> Accumulator:
         cap = self.cfg.weight_cap
-        return tasks, accumulator_for(self.rule, self.screen, self.spill, seed, cap), None
+        return accumulator_for(self.rule, self.screen, self.spill, seed, cap)
 
     def restore(self, tasks: list[Task], seed: int, keys: Mapping[str, bytes]) -> Opened:
         """A stored round's accumulator, empty (its updates are replayed into it)."""
         return self.open(tasks, seed, keys)
 
     def check(self, r: OpenRound, update: Update, task: Task) -> Tensors:
-        """The payload decoded against the round's codec seed, every value finite."""
+        """The payload decoded for its task's adapter shape and against the round's codec
+        seed, every value finite."""
+        spec = task.spec
+        if update.adapter != spec.id:
+            raise UpdateRejected(
+                f"update from '{update.participant}' is for adapter spec "
+                f"'{update.adapter[:100]}', its task's is '{spec.id}'",
+                fix="train the adapter shape the task gives",
+                reason="payload",
+            )
         try:
-            tensors = self.codec.unpack(update.payload, shared_seed=task.codec_seed)
+            tensors = self.codecs(spec).unpack(update.payload, shared_seed=task.codec_seed)
         except CodecError as e:
             raise UpdateRejected(
                 f"update from '{update.participant}': {e.problem}", fix=e.fix, reason="payload"
@@ -74,7 +87,11 @@ class PlainIntake:
         """Clipped and weighed by the privacy policy, weighed for staleness, accumulated."""
         tensors, weight, below = self.privacy.prepare(task, tensors, update.num_examples)
         tensors = self.policy.weigh(r, update.participant, tensors)
-        r.accumulator.add(update.participant, tensors, weight, below)
+        spec = task.spec
+        if spec.id and spec.id not in r.by_spec:  # a shape's first update this round
+            r.by_spec[spec.id] = self._accumulator(r.codec_seed)
+        r.specs[spec.id] = spec
+        r.accumulator_of(spec.id).add(update.participant, tensors, weight, below)
 
 
 class MaskedIntake:
@@ -115,7 +132,7 @@ Intake = PlainIntake | MaskedIntake
 
 def intake_for(
     cfg: FederationConfig,
-    codec: Pipeline,
+    codecs: Callable[[AdapterSpec], Pipeline],
     rule: AggregationRule,
     privacy: PrivacyPolicy,
     policy: RoundPolicy,
@@ -124,5 +141,5 @@ def intake_for(
 ) -> Intake:
     """Masked under ``[secagg]``, in the clear otherwise."""
     if cfg.secagg.enabled:
-        return MaskedIntake(cfg, codec, rule)
-    return PlainIntake(cfg, codec, rule, privacy, policy, screen, spill)
+        return MaskedIntake(cfg, codecs(AdapterSpec()), rule)
+    return PlainIntake(cfg, codecs, rule, privacy, policy, screen, spill)

@@ -22,6 +22,7 @@ from zenfed.config import FederationConfig
 from zenfed.coordinator.matching import Matcher
 from zenfed.coordinator.roster import Member
 from zenfed.coordinator.rounds import RoundAborted
+from zenfed.protocol.adapter import AdapterSpec
 from zenfed.protocol.messages import Task
 
 
@@ -52,7 +53,9 @@ class Strategy:
         run = self.cfg.run
         codec_seed = int(np.random.default_rng([run.seed, server_round, 1]).integers(2**62))
         return [
-            self.task(server_round, m.id, version, self.seed(server_round, m.name), codec_seed)
+            self.task(
+                server_round, m.id, version, self.seed(server_round, m.name), codec_seed, m.name
+            )
             for m in cohort
         ]
 
@@ -65,8 +68,17 @@ class Strategy:
             np.random.default_rng([self.cfg.run.seed, server_round, 3, key]).integers(2**31 - 1)
         )
 
-    def task(self, server_round: int, pid: str, version: str, seed: int, codec_seed: int) -> Task:
-        """One training task of ``server_round`` for ``pid`` from ``version``."""
+    def spec_for(self, name: str) -> AdapterSpec | None:
+        """The adapter shape ``[adapters] assign`` gives participant ``name`` (None: the
+        whole adapter)."""
+        a = self.cfg.adapters.assign.get(name)
+        return None if a is None else AdapterSpec(a.r, a.layers, a.personal)
+
+    def task(
+        self, server_round: int, pid: str, version: str, seed: int, codec_seed: int, name: str
+    ) -> Task:
+        """One training task of ``server_round`` for ``pid`` (named ``name``) from
+        ``version``."""
         run, train = self.cfg.run, self.cfg.train
         steps = train.local_steps or 0  # epoch-based training has no global step schedule
         return Task(
@@ -84,6 +96,7 @@ class Strategy:
             record_rounds=run.rounds,
             secure_noise=self.cfg.privacy.secure_noise,
             privacy_delta=self.cfg.privacy.target_delta,
+            adapter=self.spec_for(name),
         )
 
     def buffered_task(self, server_round: int, pid: str, name: str, version: str) -> Task:
@@ -93,4 +106,4 @@ class Strategy:
         key = zlib.crc32(name.encode())
         rng = np.random.default_rng([self.cfg.run.seed, server_round, 2, key])
         seed, codec_seed = int(rng.integers(2**31 - 1)), int(rng.integers(2**62))
-        return self.task(server_round, pid, version, seed, codec_seed)
+        return self.task(server_round, pid, version, seed, codec_seed, name)

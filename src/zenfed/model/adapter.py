@@ -26,13 +26,18 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from zenfed.config import LoraConfig
 from zenfed.errors import ZenfedError
+from zenfed.protocol.adapter import AdapterSpec
 
 AdapterState = dict[str, torch.Tensor]
 _ADAPTER = "default"
 
 
-def attach_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
-    """Wrap ``model`` with a trainable LoRA adapter; the base weights are frozen."""
+def attach_lora(
+    model: PreTrainedModel, cfg: LoraConfig, spec: AdapterSpec | None = None
+) -> PeftModel:
+    """Wrap ``model`` with a trainable LoRA adapter; the base weights are frozen. With
+    ``spec``, the participant's shape of it: rank k with alpha scaled by k / r (so its
+    product is exactly that part of the federation's adapter), on ``spec.layers`` only."""
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [m for m in cfg.target_modules if m not in present]
     if missing:
@@ -40,11 +45,15 @@ def attach_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
             f"lora.target_modules {missing} are not modules of this model",
             fix=f"choose among e.g. {sorted(n for n in present if n.endswith('_proj'))}",
         )
+    spec = spec or AdapterSpec()
+    rank = spec.rank or cfg.r
+    alpha = cfg.alpha * rank / cfg.r  # alpha / r, LoRA's scale, stays the federation's
     peft_cfg = PeftLoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
+        r=rank,
+        lora_alpha=cfg.alpha if rank == cfg.r else alpha,  # type: ignore[arg-type]
         lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules),
+        layers_to_transform=list(spec.layers) if spec.layers is not None else None,
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, peft_cfg)

@@ -15,12 +15,16 @@ from transformers import PreTrainedTokenizerBase
 from zenfed.config import FederationConfig
 from zenfed.model.adapter import attach_lora
 from zenfed.model.loading import load_base_model
+from zenfed.protocol.adapter import AdapterSpec
 
 
-def adapter_model(cfg: FederationConfig) -> tuple[PeftModel, PreTrainedTokenizerBase]:
-    """Load the base model and attach the federation's LoRA adapter, seeded."""
+def adapter_model(
+    cfg: FederationConfig, spec: AdapterSpec | None = None
+) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """Load the base model and attach the federation's LoRA adapter, seeded (with
+    ``spec``, a participant's shape of it, whose values come from the global version)."""
     base, tokenizer = load_base_model(cfg.model)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.run.seed)
-        model = attach_lora(base, cfg.lora)
+        model = attach_lora(base, cfg.lora, spec)
     return model, tokenizer

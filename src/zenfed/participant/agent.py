@@ -41,6 +41,7 @@ from zenfed.participant.state import ParticipantState
 from zenfed.privacy import dp
 from zenfed.privacy.planner import record_multiplier
 from zenfed.privacy.secagg import AdvertiseKeys, SecAggClient, UnmaskRequest
+from zenfed.protocol.adapter import AdapterSpec
 from zenfed.protocol.messages import EvalReport, Task, Update, root_version
 from zenfed.tensors import Tensors
 from zenfed.train.dp_sgd import RecordDP, sampling_rate
@@ -54,13 +55,15 @@ Tamper = Callable[[Task, Tensors, Download], Tensors]
 
 @dataclass
 class Runtime:
-    """The model a participant trains (several virtual participants may share one)."""
+    """The model a participant trains (several virtual participants may share one): the
+    whole adapter, or one participant's shape of it (``spec``)."""
 
     model: PeftModel
     pad_id: int
     train: TrainConfig
     compress: CompressConfig = field(default_factory=CompressConfig)
     eval_batch_size: int = 16
+    spec: AdapterSpec = field(default_factory=AdapterSpec)
     _codecs: tuple[Pipeline, Pipeline | None] | None = field(default=None, repr=False)
 
     def configure(self, train: TrainConfig, compress: CompressConfig) -> None:
@@ -68,14 +71,19 @@ class Runtime:
         self.train, self.compress, self._codecs = train, compress, None
 
     def codecs(self) -> tuple[Pipeline, Pipeline | None]:
-        """The uplink pipeline and the downlink one (None: full versions), built once."""
+        """The uplink pipeline (what this shape sends: its personal parameters never) and
+        the downlink one (None: full versions), built once."""
         if self._codecs is None:
             shapes = {k: tuple(p.shape) for k, p in adapter_parameters(self.model).items()}
+            sent = {k: s for k, s in shapes.items() if not self.spec.is_personal(k)}
             self._codecs = (
-                Pipeline(self.compress, shapes),
+                Pipeline(self.compress, sent),
                 downlink_pipeline(self.compress, shapes),
             )
         return self._codecs
+
+
+Runtimes = Callable[[AdapterSpec], Runtime]  # an adapter shape -> the model that trains it
 
 
 class Participant:
@@ -89,6 +97,7 @@ class Participant:
         state: ParticipantState | None = None,
         signing_key: Ed25519PrivateKey | None = None,
         origin: Tensors | None = None,
+        runtimes: Runtimes | None = None,
     ) -> None:
         self.name = name
         # The federation's initial adapter as this participant built it (the seeded
@@ -97,7 +106,9 @@ class Participant:
         # another adapter names another root, and the coordinator sends it in full).
         self.origin = None if origin is None else (root_version(origin).id, origin)
         self.data = data
-        self.runtime = runtime
+        self.runtime = runtime  # the whole adapter's: evaluation and downloads use it
+        # A task's other adapter shapes: the model of each (one per shape, shared).
+        self.runtimes = runtimes
         self.state = state or ParticipantState()
         # Signs this participant's secure-aggregation keys (its identity; in simulation an
         # in-memory key per virtual participant).
@@ -115,16 +126,16 @@ class Participant:
         """Train from the task's version on the private training split; return the delta."""
         record_dp = self._record_dp(task)
         result = self._train_local(task, download, self.state.optimizer, record_dp)
-        delta = result.delta
+        delta = self._keep_personal(task.spec, result.delta)
         if task.clip_norm is not None and task.secagg is None:  # secure: see masked_update
             delta, _ = dp.clip_l2(delta, task.clip_norm)
         if self.tamper is not None:  # an attacker ignores the clip bound it was given
             delta = self.tamper(task, delta, download)
-        rt = self.runtime
+        rt, feedback = self.runtime_for(task.spec), _feedback_key(task.spec)
         if task.secagg is None:
             payload, residual = rt.codecs()[0].pack(
                 delta,
-                self.state.extra.get("error_feedback", {}),
+                self.state.extra.get(feedback, {}),
                 shared_seed=task.codec_seed,
                 private_seed=task.seed,
             )
@@ -136,7 +147,7 @@ class Participant:
             self.state.record_privacy += [(q, record_dp.noise_multiplier)] * result.steps
             record_epsilon = dp.epsilon(self.state.record_privacy, task.privacy_delta)
         self.state.optimizer = result.optimizer_state
-        self.state.extra["error_feedback"] = residual
+        self.state.extra[feedback] = residual
         self.state.rounds_trained += 1
         return Update(
             round=task.round,
@@ -150,7 +161,30 @@ class Participant:
             train_loss=result.train_loss,
             steps=result.steps,
             record_epsilon=record_epsilon,
+            adapter=task.spec.id,
         )
+
+    def runtime_for(self, spec: AdapterSpec) -> Runtime:
+        """The model that trains adapter shape ``spec``."""
+        if not spec.id:
+            return self.runtime
+        if self.runtimes is None:
+            raise ZenfedError(
+                f"{self.name}: the task gives adapter shape '{spec.id}', and this agent "
+                "builds only the whole adapter",
+                fix="give the participant a way to build other shapes (runtimes)",
+            )
+        return self.runtimes(spec)
+
+    def _keep_personal(self, spec: AdapterSpec, delta: Tensors) -> Tensors:
+        """``delta`` less the personal parameters, whose trained values stay here."""
+        if not spec.personal:
+            return delta
+        start = self.state.extra.get("personal_start", {})
+        self.state.extra["personal"] = {
+            k: start[k] + d for k, d in delta.items() if spec.is_personal(k)
+        }
+        return {k: d for k, d in delta.items() if not spec.is_personal(k)}
 
     def _record_dp(self, task: Task) -> RecordDP | None:
         """DP-SGD's bound and noise multiplier for ``task`` (None: no record-level DP).
@@ -198,7 +232,7 @@ class Participant:
         optimizer: OptimizerState | None,
         record_dp: RecordDP | None,
     ) -> LocalResult:
-        rt = self.runtime
+        rt = self.runtime_for(task.spec)
         torch.manual_seed(task.seed)  # LoRA dropout and anything else random: reproducible
         plan = StepPlan(
             seed=task.seed,
@@ -207,7 +241,7 @@ class Participant:
             total_steps=task.total_steps,
             lr=task.lr,
         )
-        start = self.receive(task.version, download)
+        start = self._start(task.spec, self.receive(task.version, download))
         return train_local(
             rt.model,
             self.data.train,
@@ -219,6 +253,18 @@ class Participant:
             name=self.name,
             record_dp=record_dp,
         )
+
+    def _start(self, spec: AdapterSpec, version: Tensors) -> Tensors:
+        """Where training starts: ``spec``'s part of the global version, with this
+        participant's own values of its personal parameters."""
+        if not spec.id:
+            return version
+        start = spec.slice(version)
+        own = self.state.extra.get("personal", {})
+        start.update({k: v for k, v in own.items() if k in start and spec.is_personal(k)})
+        if spec.personal:
+            self.state.extra["personal_start"] = {k: start[k] for k in start if spec.is_personal(k)}
+        return start
 
     def _masked(self, task: Task, delta: Tensors) -> tuple[bytes, Tensors]:
         client = self._secagg
@@ -285,6 +331,11 @@ class Participant:
         if downlink is not None:
             self.state.held = (version, tensors)
         return tensors
+
+
+def _feedback_key(spec: AdapterSpec) -> str:
+    """Where the error-feedback residual of ``spec``'s updates is kept (one per shape)."""
+    return "error_feedback" if not spec.id else f"error_feedback/{spec.id}"
 
 
 def masked_update(

@@ -15,6 +15,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from zenfed.protocol.adapter import AdapterSpec
 from zenfed.protocol.secagg import SecAggSetup
 from zenfed.tensors import Tensors, tensors_hash
 
@@ -52,6 +53,12 @@ class Task:
     record_rounds: int = 0
     secure_noise: bool = False  # draw noise shares and DP-SGD noise from a secure stream
     privacy_delta: float = 1e-6
+    adapter: AdapterSpec | None = None  # the shape to train (None: the whole adapter)
+
+    @property
+    def spec(self) -> AdapterSpec:
+        """The adapter shape this task trains."""
+        return self.adapter or AdapterSpec()
 
     def to_dict(self) -> dict[str, Any]:
         """The task as plain data (numbers, strings, lists, dicts)."""
@@ -74,7 +81,9 @@ class Task:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown task fields {sorted(unknown)}")
-        return cls(**{**d, "secagg": setup})
+        adapter = d.get("adapter")
+        spec = AdapterSpec.from_dict(adapter) if isinstance(adapter, dict) else None
+        return cls(**{**d, "secagg": setup, "adapter": spec})
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,7 @@ class Update:
     # A regional coordinator's update: how many participants it samples from (a root
     # under [regions] divides by regions.fraction times their total).
     pool_size: int | None = None
+    adapter: str = ""  # the id of the adapter spec it was trained and encoded for
 
     @property
     def digest(self) -> str:

@@ -119,7 +119,7 @@ def _federate(run: _Run, world: World, pool: Any) -> dict[str, Any]:
     if not resume:
         _init_out_dir(out, cfg)
     history: list[dict[str, Any]] = []
-    world.runtime.configure(cfg.train, cfg.compress)  # a world may be reused with another config
+    world.configure(cfg)  # a world may be reused with another config
     for p in world.participants.values():
         p.state = ParticipantState()  # and every run starts clean
     if resume:

@@ -7,7 +7,7 @@ world.participants["tech_support"].train(task, fetch)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import zip_longest
 
 from peft import PeftModel
@@ -19,6 +19,7 @@ from zenfed.data.federated import build_participants, load_validation
 from zenfed.model.adapter import get_adapter_state
 from zenfed.model.build import adapter_model
 from zenfed.participant.agent import Participant, Runtime
+from zenfed.protocol.adapter import AdapterSpec
 from zenfed.sim.attacks import BackdoorPoison
 from zenfed.tensors import Tensors
 from zenfed.train.evaluate import adapter_loss
@@ -35,6 +36,22 @@ class World:
     data: list[ParticipantData]
     participants: dict[str, Participant]
     cfg: FederationConfig  # what the model, adapter and data were built from
+    shaped: dict[str, Runtime] = field(default_factory=dict)  # other adapter shapes' models
+
+    def runtime_for(self, spec: AdapterSpec) -> Runtime:
+        """The model of adapter shape ``spec``: one per shape, however many train it."""
+        if not spec.id:
+            return self.runtime
+        if spec.id not in self.shaped:
+            model, _ = adapter_model(self.cfg, spec)
+            rt = self.runtime
+            self.shaped[spec.id] = Runtime(model, rt.pad_id, rt.train, rt.compress, spec=spec)
+        return self.shaped[spec.id]
+
+    def configure(self, cfg: FederationConfig) -> None:
+        """Every model follows ``cfg``'s training and compression (a reused world)."""
+        for rt in (self.runtime, *self.shaped.values()):
+            rt.configure(cfg.train, cfg.compress)
 
     def fits(self, cfg: FederationConfig) -> bool:
         """Whether a run of ``cfg`` may reuse this world (same model, adapter, data, seed)."""
@@ -68,8 +85,12 @@ def build_world(cfg: FederationConfig) -> World:
         model=model, pad_id=int(tok.pad_token_id), train=cfg.train, compress=cfg.compress
     )
     initial = get_adapter_state(model)  # one copy, the root every participant holds
-    parts = {d.name: Participant(d.name, d, runtime, origin=initial) for d in data}
-    return World(model, tok, initial, runtime, data, parts, cfg)
+    world = World(model, tok, initial, runtime, data, {}, cfg)
+    for d in data:
+        world.participants[d.name] = Participant(
+            d.name, d, runtime, origin=initial, runtimes=world.runtime_for
+        )
+    return world
 
 
 def _poisoned(cfg: FederationConfig) -> AttackConfig | None:

@@ -11,6 +11,7 @@ from zenfed.aggregate import Accumulator
 from zenfed.aggregate.registry import AggregationRule
 from zenfed.coordinator.rounds.trigger import Decision, RoundProgress
 from zenfed.errors import ZenfedError
+from zenfed.protocol.adapter import AdapterSpec
 from zenfed.protocol.messages import Task, Update
 from zenfed.tensors import Tensors
 
@@ -37,9 +38,17 @@ class OpenRound:
     accumulator: Accumulator
     deadline: float
     secure: SecureRound | None = None  # the round's SecAgg+ server, if it runs one
+    # Updates of an adapter shape other than the whole adapter go to their own
+    # accumulators (by spec id); ``specs``: every shape that has sent an update.
+    by_spec: dict[str, Accumulator] = field(default_factory=dict)
+    specs: dict[str, AdapterSpec] = field(default_factory=dict)
     received: dict[str, Update] = field(default_factory=dict)  # metadata; payload dropped
     bytes_up: dict[str, int] = field(default_factory=dict)
     bytes_down: dict[str, int] = field(default_factory=dict)
+
+    def accumulator_of(self, spec_id: str) -> Accumulator:
+        """Where updates of adapter spec ``spec_id`` go ("": the whole adapter's)."""
+        return self.by_spec[spec_id] if spec_id else self.accumulator
 
     def task_for(self, participant: str) -> Task | None:
         """``participant``'s task, unless it has none or has uploaded."""

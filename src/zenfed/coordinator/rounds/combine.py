@@ -3,12 +3,16 @@ updates combine to (screened by poisoning detection)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from zenfed.aggregate import Accumulator, Aggregate, KeepAll, StreamingMean
+from zenfed.aggregate.heterogeneous import COMBINERS
 from zenfed.aggregate.registry import AggregationRule
 from zenfed.coordinator.rounds.base import OpenRound, RoundAborted, Spill
 from zenfed.coordinator.screening import Assessment, Screen
 from zenfed.coordinator.state import CoordinatorState
 from zenfed.errors import ZenfedError
+from zenfed.protocol.adapter import Shape
 
 
 def accumulator_for(
@@ -27,26 +31,42 @@ def accumulator_for(
 
 
 def combine(
-    r: OpenRound, rule: AggregationRule, screen: Screen | None, state: CoordinatorState
+    r: OpenRound,
+    rule: AggregationRule,
+    screen: Screen | None,
+    state: CoordinatorState,
+    global_shapes: Mapping[str, Shape] | None = None,
+    combiner: str = "zero_pad",
 ) -> tuple[Aggregate, Assessment | None]:
     """The round's updates combined and screened ([detect]), before privacy and the
-    server step; changes nothing. ZenfedError if nothing arrived, RoundAborted if too few
-    did (or remain once the flagged are left out) for the aggregation rule."""
+    server step; changes nothing. Updates of several adapter shapes are combined per
+    shape, then across shapes by ``combiner`` into ``global_shapes``. ZenfedError if
+    nothing arrived, RoundAborted if too few did (or remain once the flagged are left out)
+    for the aggregation rule."""
     if not r.received:
         raise ZenfedError(
             f"round {r.round} received no updates; the global version stays",
             fix="check the participants' errors",
         )
-    if isinstance(r.accumulator, KeepAll) and not rule.streaming:
-        try:
-            rule.check_count(len(r.received))
-        except ZenfedError as e:
-            raise RoundAborted(e.problem, fix="the round is skipped") from e
-    combined = r.accumulator.result()
+    if r.by_spec:
+        assert global_shapes is not None
+        parts = {sid: (spec, _result(r.accumulator_of(sid), rule)) for sid, spec in r.specs.items()}
+        return COMBINERS[combiner](parts, global_shapes), None
+    combined = _result(r.accumulator, rule)
     assessment = screen.assess_round(r.accumulator, combined, state) if screen else None
     if assessment and assessment.flags and isinstance(r.accumulator, KeepAll):
         combined = _without(r.accumulator, rule, set(assessment.flags))
     return combined, assessment
+
+
+def _result(acc: Accumulator, rule: AggregationRule) -> Aggregate:
+    """What ``acc`` combines to (RoundAborted if it kept too few for the rule)."""
+    if isinstance(acc, KeepAll) and not rule.streaming:
+        try:
+            rule.check_count(len(acc))
+        except ZenfedError as e:
+            raise RoundAborted(e.problem, fix="the round is skipped") from e
+    return acc.result()
 
 
 def _without(acc: KeepAll, rule: AggregationRule, flagged: set[str]) -> Aggregate:

@@ -40,6 +40,9 @@ class UpdateMeta(_Strict):
         le=MAX_COUNT,
         description="a regional coordinator's update: the participants it samples from",
     )
+    adapter: str = Field(
+        default="", max_length=500, description="the id of its task's adapter spec"
+    )
 
 
 class InviteRequest(_Strict):

@@ -1,0 +1,139 @@
+"""The house's parts, each proven end to end in the simulation and over HTTP: participants
+training different adapter shapes (ranks 4 and 8, personal layers) in one federation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sqlalchemy import select
+
+from tests.conftest import tiny_config
+from tests.integration.test_deploy import (
+    CATEGORIES,
+    FED_TOML,
+    _finish,
+    _join,
+    _port,
+    _serve,
+    _wait_healthy,
+)
+from tests.integration.test_deploy import procs as procs
+from tests.integration.test_hardening import Agent, _status, wait_for
+from tests.loopback import serving
+from zenfed.config import parse_config
+from zenfed.coordinator.persistent import PersistentCoordinator
+from zenfed.protocol.adapter import AdapterSpec
+from zenfed.sim import run_simulation
+from zenfed.sim.runner import load_run
+from zenfed.sim.setup import build_world
+from zenfed.store.blobs import BlobStore
+from zenfed.store.db import Database, Version
+from zenfed.store.db import Update as UpdateRow
+
+pytestmark = pytest.mark.integration
+
+LAYER0 = "base_model.model.model.layers.0.self_attn.q_proj"
+
+
+def test_a_simulation_trains_ranks_4_and_8_and_personal_layers_in_one_federation(
+    tmp_path: Path,
+) -> None:
+    cfg = tiny_config(
+        data={"categories": ["ai", "emotion", "literature", "food"]},
+        sampling={"fraction": 1.0, "min_participants": 4},
+        train={"lr": 1e-2, "local_steps": 2},
+        run={"rounds": 2},
+        adapters={
+            "assign": {"ai": {"r": 4}, "emotion": {"r": 4}, "food": {"personal": ["layers.0."]}}
+        },
+    )
+    world = build_world(cfg)
+    summary = run_simulation(cfg, tmp_path, fresh=True, world=world)
+    assert summary["fed_loss"] < summary["initial_loss"]
+    assert sorted(world.shaped) == ["p:layers.0.", "r4"]  # one model per distinct shape
+    r4 = world.shaped["r4"].model
+    a = dict(r4.named_parameters())[f"{LAYER0}.lora_A.default.weight"]
+    assert tuple(a.shape) == (4, 64)  # the rank-4 participants train rank 4
+    state, parts, _ = load_run(tmp_path)
+    assert [len(v.participants) for v in state.versions[1:]] == [4, 4]
+    food = parts["food"].extra
+    assert set(food["personal"]) == {k for k in state.params if ".layers.0." in k}
+    # food's own layer 0 moved away from the global one, which only the others trained
+    key = f"{LAYER0}.lora_B.weight"
+    assert not torch.equal(food["personal"][key], state.params[key])
+    assert "error_feedback/r4" not in food and "error_feedback/p:layers.0." in food
+
+
+def _fed(tmp: Path, **adapters: Any) -> PersistentCoordinator:
+    initial = {
+        "m.layers.0.q.lora_A.weight": torch.zeros(8, 6),
+        "m.layers.0.q.lora_B.weight": torch.zeros(5, 8),
+    }
+    cfg = parse_config(
+        {
+            "data": {"categories": ["ai"]},
+            "sampling": {"fraction": 1.0, "min_participants": 4},
+            "run": {"rounds": 1},
+            "service": {"long_poll_s": 1.0, "max_weight_share": 1.0},
+            "adapters": adapters,
+        }
+    )
+    db = Database(f"sqlite:///{tmp / 'f.db'}")
+    return PersistentCoordinator(cfg, initial, db, BlobStore(tmp / "blobs"))
+
+
+def test_mixed_ranks_over_http_each_update_names_and_decodes_as_its_spec(tmp_path: Path) -> None:
+    fed = _fed(tmp_path, assign={"a4": {"r": 4}, "b4": {"r": 4}})
+    values = {"a4": (1.0, 10), "b4": (2.0, 30), "a8": (4.0, 20), "b8": (8.0, 40)}
+    with serving(fed) as url:
+        agents = {n: Agent(url, n) for n in values}
+        for n, a in agents.items():
+            a.enroll(examples=values[n][1], poll=False)
+        for a in agents.values():
+            assert a.get("/v1/task?wait=0").status_code in (200, 204)
+        tasks = {n: a.task() for n, a in agents.items()}
+        assert tasks["a4"]["adapter"] == {"rank": 4, "layers": None, "personal": []}
+        assert tasks["a8"]["adapter"] is None
+        wrong = agents["a4"].upload(tasks["a4"], _payload(fed, tasks["a4"], 1.0, AdapterSpec()))
+        assert wrong.status_code == 422 and "adapter spec" in wrong.json()["error"]
+        for n, a in agents.items():
+            spec = AdapterSpec(rank=4) if n.endswith("4") else AdapterSpec()
+            body = _payload(fed, tasks[n], values[n][0], spec)
+            r = a.upload(tasks[n], body, num_examples=values[n][1], adapter=spec.id)
+            assert r.status_code == 200, r.text
+        wait_for(lambda: _status(agents["a4"].http)["round"] == 1)
+    a = fed.engine.state.params["m.layers.0.q.lora_A.weight"]  # the unit test's worked numbers
+    torch.testing.assert_close(a[:4], torch.full((4, 6), 4.7))
+    torch.testing.assert_close(a[4:], torch.full((4, 6), 4.0))
+
+
+def _payload(
+    fed: PersistentCoordinator, task: dict[str, Any], value: float, spec: AdapterSpec
+) -> bytes:
+    codec = fed.engine.codec_for(spec)
+    tensors = {k: torch.full(s, value) for k, s in spec.shapes(fed.engine.shapes).items()}
+    return codec.to_bytes(codec.encode(tensors, shared_seed=task["codec_seed"]))
+
+
+def test_zenfed_join_agents_build_the_shape_their_tasks_give(tmp_path: Path, procs: list) -> None:
+    toml = tmp_path / "federation.toml"
+    toml.write_text(FED_TOML + "\n[adapters.assign]\nai = { r = 4 }\n")
+    port, state = _port(), tmp_path / "state"
+    server = _serve(toml, state, port)
+    procs.append(server)
+    url = f"http://127.0.0.1:{port}"
+    _wait_healthy(url, server)
+    agents = [_join(url, state, tmp_path, c) for c in CATEGORIES]
+    procs.extend(agents)
+    _finish(agents)
+    db = Database(f"sqlite:///{state / 'zenfed.db'}")
+    with db.transaction() as s:
+        ups = s.scalars(select(UpdateRow)).all()
+        specs = {(u.meta or {}).get("adapter", "") for u in ups}
+        versions = s.scalars(select(Version).where(Version.round >= 0)).all()
+    db.close()
+    assert specs == {"", "r4"} and len(ups) == 6  # ai sent rank 4, the others rank 8
+    assert [len(v.participants) for v in versions] == [3, 3]
