@@ -423,10 +423,10 @@ def recompute(
     ] = None,
 ) -> None:
     """Recompute every version from what its row says (the updates it names, their
-    weights, the stored payloads) and compare with the stored tensors; exits 1 if any
-    differs."""
+    weights, the stored payloads) and compare with the stored tensors, and read the
+    version log back (manifest digests, chain, updates); exits 1 if anything differs."""
     from zenfed.config import load_config
-    from zenfed.coordinator.recompute import recompute_versions
+    from zenfed.coordinator.recompute import check_manifests, recompute_versions
     from zenfed.store.blobs import BlobStore
     from zenfed.store.db import Database
 
@@ -445,7 +445,10 @@ def recompute(
         error = f"{c.max_error:.2e}" if c.status != "skipped" else ""
         table.add_row(str(c.round + 1), c.version[:12], c.status, error, c.reason)
     console.print(table)
-    if any(c.status == "mismatch" for c in checks):
+    problems = check_manifests(database)
+    for problem in problems:
+        err_console.print(f"[bold red]version log:[/] {problem}", soft_wrap=True, highlight=False)
+    if any(c.status == "mismatch" for c in checks) or problems:
         raise typer.Exit(1)
 
 

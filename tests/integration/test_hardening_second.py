@@ -31,12 +31,13 @@ from tests.loopback import serving
 from zenfed.cli import app
 from zenfed.config import FederationConfig, load_config, parse_config
 from zenfed.coordinator.persistent import PersistentCoordinator
-from zenfed.coordinator.recompute import recompute_versions
-from zenfed.protocol.auth import sign_request
+from zenfed.coordinator.recompute import check_manifests, recompute_versions
+from zenfed.protocol.auth import check_proof, sign_request
 from zenfed.sim import run_simulation
 from zenfed.sim.runner import load_run
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Database, Version
+from zenfed.store.db import Update as UpdateRow
 
 pytestmark = pytest.mark.integration
 
@@ -341,6 +342,11 @@ def test_every_version_of_a_detection_run_recomputes_from_its_row(tmp_path: Path
             assert row.weights == [float(examples[n]) for n in _by_pid(agents, row.participants)]
     checks = recompute_versions(cfg, fed.db, fed.blobs)
     assert [c.status for c in checks] == ["ok", "ok"] and max(c.max_error for c in checks) < 1e-6
+    assert check_manifests(fed.db) == []  # the version log agrees with the rows
+    keys = {a.pid: a.me.public_key for a in agents.values()}
+    with fed.db.transaction() as s:  # each stored upload carries its sender's signature
+        for u in s.scalars(select(UpdateRow)).all():
+            assert check_proof(keys[u.participant_id], u.signature, u.payload_sha256)
     cli = ["recompute", "--config", str(tmp_path / "f.toml"), "--state", str(tmp_path)]
     cli += ["--db", f"sqlite:///{tmp_path / 'f.db'}"]
     out = CliRunner().invoke(app, cli)

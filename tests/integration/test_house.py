@@ -3,6 +3,7 @@ training different adapter shapes (ranks 4 and 8, personal layers) in one federa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.loopback import serving
 from zenfed.config import parse_config
 from zenfed.coordinator.persistent import PersistentCoordinator
 from zenfed.protocol.adapter import AdapterSpec
+from zenfed.protocol.manifest import Manifest, check_chain
 from zenfed.sim import run_simulation
 from zenfed.sim.runner import load_run
 from zenfed.sim.setup import build_world
@@ -59,6 +61,15 @@ def test_a_simulation_trains_ranks_4_and_8_and_personal_layers_in_one_federation
     assert tuple(a.shape) == (4, 64)  # the rank-4 participants train rank 4
     state, parts, _ = load_run(tmp_path)
     assert [len(v.participants) for v in state.versions[1:]] == [4, 4]
+    manifests = [  # the version log beside the versions, chained from the root
+        Manifest.from_dict(
+            json.loads((tmp_path / "versions" / f"{v.id}.manifest.json").read_text())
+        )
+        for v in state.versions
+    ]
+    check_chain(manifests)
+    assert [m.digest for m in manifests] == [v.manifest for v in state.versions]
+    assert {u.adapter for u in manifests[-1].updates} == {"", "r4", "p:layers.0."}
     food = parts["food"].extra
     assert set(food["personal"]) == {k for k in state.params if ".layers.0." in k}
     # food's own layer 0 moved away from the global one, which only the others trained

@@ -40,10 +40,12 @@ from zenfed.coordinator.screening import Assessment, Screen
 from zenfed.coordinator.state import Commit, CoordinatorState, round_commit
 from zenfed.coordinator.strategy import Strategy
 from zenfed.coordinator.validate import UpdateRejected, check_metadata, check_round
+from zenfed.coordinator.versionlog import VersionLog
 from zenfed.errors import ZenfedError
 from zenfed.privacy.planner import warn_if_swamped
 from zenfed.privacy.policy import PrivacyPolicy
 from zenfed.protocol.adapter import AdapterSpec
+from zenfed.protocol.manifest import Manifest
 from zenfed.protocol.messages import GlobalVersion, Task, Update, root_version
 from zenfed.tensors import Tensors
 
@@ -94,11 +96,14 @@ class Coordinator:
                 "is calibrated to a sum of clipped updates, not to this rule's result",
                 fix="use fedavg under [privacy] noise, or turn the noise off",
             )
+        root = root_version(initial)
+        self.log = VersionLog(cfg, root.content, self.rule.describe())
+        self.last_manifest: Manifest | None = None  # the newest version's, once known here
         if state is None:
+            self.last_manifest = self.log.manifest(root, "")
+            root = replace(root, manifest=self.last_manifest.digest)
             ledger = self.privacy.initial_ledger()
-            state = CoordinatorState(
-                0, dict(initial), ServerOptState(), [root_version(initial)], privacy=ledger
-            )
+            state = CoordinatorState(0, dict(initial), ServerOptState(), [root], privacy=ledger)
         self.state = state
         self.current: OpenRound | None = None
         if self.pool:  # a setting that cannot work fails here, before round 1
@@ -240,7 +245,8 @@ class Coordinator:
                 reason="already_uploaded",
             )
         self.intake.accept(r, update, tensors, r.tasks[update.participant])
-        r.received[update.participant] = replace(update, payload=b"")
+        r.digests[update.participant] = update.digest
+        r.received[update.participant] = replace(update, payload=b"", proof=None)
         r.bytes_up[update.participant] = len(update.payload)
 
     def decide(self, now: float, more: int = 0) -> Decision:
@@ -272,9 +278,14 @@ class Coordinator:
         published = self.publisher.publish(step[0], st.published, r.round)
         metrics = {**self.policy.metrics(r, self.dense_update_bytes), **privacy_metrics}
         ups, used = list(r.received.values()), combined.weights
-        return round_commit(
+        result = round_commit(
             st, r.round, r.version, ups, used, step, published, metrics, ledger, assessment
         )
+        return self.log.record(result, st.version.manifest, r.received, r.digests)
+
+    def recorded(self, result: Commit) -> Commit:
+        """A commit made outside a round (a rollback) with its manifest in the log."""
+        return self.log.record(result, self.state.version.manifest)
 
     def combined(self) -> tuple[Aggregate, Assessment | None]:
         """The open round's updates combined and screened ([detect]), before privacy and
@@ -299,6 +310,7 @@ class Coordinator:
                 for p in sorted(r.tasks)
             }
         self.state, self.current = result.state, None
+        self.last_manifest = result.manifest
         self.policy.committed(self.state.round, rollback=r is None)
         return result.version
 

@@ -182,7 +182,11 @@ class StoreJournal(Journal):
         state = self.blobs.put(st.to_bytes())
         bc = st.broadcasts[-1] if st.broadcasts and st.broadcasts[-1].version == v.id else None
         bc_sha = self.blobs.put(bc.payload) if bc else None
+        manifest = result.manifest
         with self.db.transaction() as s:
+            # Only the newest version keeps its whole state (it holds the lineage, so keeping
+            # every one would grow with the rounds squared); an older one's moments are
+            # replayed from the stored updates when needed (recompute.py).
             kept = Version.server_state_sha256.is_not(None)
             old = set(s.scalars(select(Version.server_state_sha256).where(kept)))
             s.execute(update(Version).values(server_state_sha256=None))
@@ -200,6 +204,8 @@ class StoreJournal(Journal):
                     weights=list(v.weights),
                     num_examples=v.num_examples,
                     metrics=v.metrics,
+                    manifest=manifest.to_dict() if manifest else None,
+                    manifest_sha256=manifest.digest if manifest else None,
                 )
             )
             if round_id is not None:
@@ -306,6 +312,7 @@ def update_row(u: Update, round_id: int, digest: str) -> UpdateRow:
         train_loss=u.train_loss,
         steps=u.steps,
         meta={**u.metadata(), "round": u.round},  # its task's (a buffer takes older ones)
+        signature=dict(u.proof) if u.proof else None,
     )
 
 

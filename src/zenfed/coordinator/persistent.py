@@ -93,7 +93,10 @@ class PersistentCoordinator(Membership):
         with db.transaction() as s:
             known = s.scalar(select(Version.id).limit(1))
         if known is None:
-            self.journal.store_version(Commit(self.engine.version, self.engine.state), None, "")
+            root = Commit(
+                self.engine.version, self.engine.state, manifest=self.engine.last_manifest
+            )
+            self.journal.store_version(root, None, "")
         else:
             self._collect_orphans()  # before the replay, which spills kept updates anew
             self._recover()

@@ -340,6 +340,7 @@ class CoordinatorPort:
             self.journal.aborted(engine.current.round, reason)
             engine.abort_round()
             result = rollback(engine.state, to, tensors)
+        result = engine.recorded(result)
         self.journal.committing(result, f"rollback to {result.version.rollback_of}")
         self.last_version = engine.commit(result)
         return self.last_version

@@ -1,7 +1,9 @@
-"""A store check: recompute every version of a deployment from what its row says.
+"""A store check: recompute every version of a deployment from what its row says, and read
+its version log back.
 
     checks = recompute_versions(cfg, db, blobs)
     bad = [c for c in checks if c.status == "mismatch"]
+    problems = check_manifests(db)      # the manifests' digests, chain and updates
 
 A version's row names exactly the updates combined into it and the weight each had
 (``Version.participants``, ``Version.weights``); the updates' payloads are in the blob
@@ -27,7 +29,9 @@ from zenfed.aggregate.server_opt import server_step
 from zenfed.compress import Pipeline
 from zenfed.compress.downlink import receive
 from zenfed.config import FederationConfig
+from zenfed.errors import ZenfedError
 from zenfed.privacy import dp
+from zenfed.protocol.manifest import Manifest, check_chain
 from zenfed.protocol.messages import Task
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Database, Round, Update, Version
@@ -119,3 +123,38 @@ def _tensors(blobs: BlobStore, v: Version) -> Tensors:
         k: t.to(torch.float32)
         for k, t in receive(blobs.get(v.blob_sha256), None, None, v.id).items()
     }
+
+
+def check_manifests(db: Database) -> list[str]:
+    """The version log of a store, read back: each stored manifest's digest, the chain of
+    parent links, the Merkle roots, and that each manifest names exactly what its version's
+    row and the round's stored updates say. The problems found (none: an empty list)."""
+    with db.transaction() as s:
+        rows = s.scalars(select(Version).order_by(Version.created_at, Version.round)).all()
+        rounds = {r.result_version: r.id for r in s.scalars(select(Round)) if r.result_version}
+        ups = {(u.round_id, u.participant_id): u.payload_sha256 for u in s.scalars(select(Update))}
+    problems, chain = [], []
+    for row in rows:
+        if row.manifest is None:
+            continue
+        m = Manifest.from_dict(row.manifest)
+        if m.digest != row.manifest_sha256 or m.version != row.id:
+            problems.append(f"version {row.id[:12]}: its manifest does not hash to its digest")
+        if (list(row.participants), list(row.weights or [])) != (
+            [u.participant for u in m.updates],
+            [u.weight for u in m.updates],
+        ):
+            problems.append(f"version {row.id[:12]}: its manifest names other updates than its row")
+        rid = rounds.get(row.id)
+        for u in m.updates:
+            if rid is not None and ups.get((rid, u.participant)) != u.payload_sha256:
+                problems.append(
+                    f"version {row.id[:12]}: {u.participant[:12]}'s payload hash differs from "
+                    "the stored update's"
+                )
+        chain.append(m)
+    try:
+        check_chain(chain)
+    except ZenfedError as e:
+        problems.append(e.problem)
+    return problems

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from zenfed.aggregate.server_opt import ServerOptState
 from zenfed.compress.downlink import Broadcast, Publisher
 from zenfed.privacy.dp import PrivacyLedger
+from zenfed.protocol.manifest import Manifest
 from zenfed.protocol.messages import GlobalVersion, Update, version_id
 from zenfed.store.records import bytes_tensor, pack_record, tensor_bytes, unpack_record
 from zenfed.tensors import Tensors, tensors_hash
@@ -131,6 +132,7 @@ class Commit:
     state: CoordinatorState
     flags: dict[str, str] = field(default_factory=dict)  # screened updates that stood out
     quarantine: dict[str, str] = field(default_factory=dict)  # quarantined by this commit
+    manifest: Manifest | None = None  # the version's record in the version log
 
     @property
     def published(self) -> Tensors:

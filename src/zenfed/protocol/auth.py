@@ -19,6 +19,7 @@ import hashlib
 import os
 import secrets
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,3 +186,31 @@ def check_digest(digest: str, declared: str | None) -> None:
     declared (``declared``)."""
     if digest != declared:
         raise AuthError("request body does not match its signed hash", fix="resend it")
+
+
+def request_proof(method: str, path: str, headers: Mapping[str, str]) -> dict[str, str]:
+    """What shows a request was its sender's: the signed fields and the signature, as
+    kept with a stored upload (``check_proof`` verifies it later, without a clock)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    return {
+        "method": method,
+        "path": path,
+        "ts": lower.get(H_TS, ""),
+        "nonce": lower.get(H_NONCE, ""),
+        "body_sha256": lower.get(H_BODY, ""),
+        "signature": lower.get(H_SIG, ""),
+    }
+
+
+def check_proof(public_key: bytes, proof: Mapping[str, str], body_sha256: str) -> bool:
+    """Whether ``proof`` is a valid signature by ``public_key`` over a request whose body
+    hashed to ``body_sha256``."""
+    if proof.get("body_sha256") != body_sha256:
+        return False
+    message = _canonical(proof["method"], proof["path"], body_sha256, proof["ts"], proof["nonce"])
+    try:
+        sig = base64.b64decode(proof["signature"], validate=True)
+        Ed25519PublicKey.from_public_bytes(public_key).verify(sig, message)
+    except (InvalidSignature, ValueError, KeyError):
+        return False
+    return True

@@ -12,6 +12,7 @@ database rows hold and what a restart replays, so no field is lost on any of the
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -109,6 +110,9 @@ class Update:
     # under [regions] divides by regions.fraction times their total).
     pool_size: int | None = None
     adapter: str = ""  # the id of the adapter spec it was trained and encoded for
+    # The signed request that carried it (method, path, timestamp, nonce, body sha256,
+    # signature), kept with the stored update; not part of its metadata.
+    proof: Mapping[str, str] | None = field(default=None, compare=False)
 
     @property
     def digest(self) -> str:
@@ -124,7 +128,7 @@ class Update:
     def metadata(self) -> dict[str, Any]:
         """Everything but the payload, the round and the sender (which the transport
         carries itself): the one plain form of an update's metadata."""
-        skip = ("round", "participant", "payload")
+        skip = ("round", "participant", "payload", "proof")
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     @classmethod
@@ -168,6 +172,7 @@ class GlobalVersion:
     content: str = ""
     rollback_of: str = ""  # a rollback republishes this earlier version's tensors
     weights: tuple[float, ...] = ()  # participants[i]'s weight
+    manifest: str = ""  # the digest of its manifest (``protocol.manifest``)
 
 
 def version_id(parent: str | None, server_round: int, content: str) -> str:

@@ -279,12 +279,17 @@ def rollback_run(out: str | Path, to: str) -> GlobalVersion:
 
 def save_version(out: Path, coord: Coordinator) -> None:
     """The current version's tensors as published, in ``versions/<id>.safetensors`` (what
-    ``zenfed rollback --run`` republishes); kept once per version."""
+    ``zenfed rollback --run`` republishes), and its manifest beside them
+    (``<id>.manifest.json``, the version log); kept once per version."""
     path = out / "versions" / f"{coord.version.id}.safetensors"
     if not path.exists():
         path.parent.mkdir(exist_ok=True)
         data = full_payload(coord.state.published, coord.version)
         atomic_write(path, lambda f: f.write(data))
+    m = coord.last_manifest
+    if m is not None and m.version == coord.version.id:
+        text = json.dumps(m.to_dict(), indent=2).encode()
+        atomic_write(path.with_suffix(".manifest.json"), lambda f: f.write(text))
 
 
 def identity_key(p: Participant) -> bytes:

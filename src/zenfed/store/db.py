@@ -128,6 +128,7 @@ class Update(Base):
     train_loss: Mapped[float]
     steps: Mapped[int]
     meta: Mapped[dict[str, Any] | None]  # Update.metadata(): every field, for the replay
+    signature: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the signed request
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -151,6 +152,9 @@ class Version(Base):
     weights: Mapped[list[Any] | None] = mapped_column(JSON)
     num_examples: Mapped[int]
     metrics: Mapped[dict[str, Any]]
+    # Its manifest (zenfed.protocol.manifest) and digest: the version log, chained by hash.
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -44,6 +44,7 @@ class OpenRound:
     specs: dict[str, AdapterSpec] = field(default_factory=dict)
     received: dict[str, Update] = field(default_factory=dict)  # metadata; payload dropped
     bytes_up: dict[str, int] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # payload sha256 by participant
     bytes_down: dict[str, int] = field(default_factory=dict)
 
     def accumulator_of(self, spec_id: str) -> Accumulator:

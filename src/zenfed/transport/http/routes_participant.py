@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -32,12 +33,12 @@ from zenfed.config import MAX_WAIT_S
 from zenfed.coordinator.persistent import EnrollmentRefused
 from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
-from zenfed.protocol.auth import H_BODY
+from zenfed.protocol.auth import H_BODY, request_proof
 from zenfed.protocol.messages import Update
 from zenfed.protocol.port import FederationFinished
 from zenfed.transport.http.limits import declared_length, read_body, read_deadline, too_large
 from zenfed.transport.http.schemas import EnrollRequest, UpdateMeta
-from zenfed.transport.http.service import ServiceContext
+from zenfed.transport.http.service import ServiceContext, path_of
 
 Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_S, allow_inf_nan=False)]
 
@@ -138,7 +139,10 @@ def participant_routes(ctx: ServiceContext) -> APIRouter:
             async with ctx.upload_slots:
                 deadline = read_deadline(declared or limit, ctx.body_timeout_s)
                 body = await read_body(request.stream(), limit, deadline)
-                update = Update.from_metadata(server_round, pid, body, meta)
+                update = replace(
+                    Update.from_metadata(server_round, pid, body, meta),
+                    proof=request_proof("PUT", path_of(request), dict(request.headers)),
+                )
                 # hashed, checked against its signature and stored off the event loop and
                 # outside the coordinator's lock; counted with those that arrive with it
                 await asyncio.to_thread(fed.store_payload, update, request.headers.get(H_BODY))
