@@ -102,7 +102,7 @@ def serve(state: Path, port: int, s: Setup, db_url: str, minimum: int, up: list[
     import torch
     import uvicorn
 
-    from zenfed.coordinator.persistent import PersistentCoordinator
+    from zenfed.service.persistent import PersistentCoordinator
     from zenfed.regions import Upstream
     from zenfed.store.blobs import BlobStore
     from zenfed.store.db import Database

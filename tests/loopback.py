@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 
 import uvicorn
 
-from zenfed.coordinator.persistent import PersistentCoordinator
+from zenfed.service.persistent import PersistentCoordinator
 from zenfed.transport.http.app import create_app
 from zenfed.transport.http.server import ConnectionLimits, connection_limits, server_config
 

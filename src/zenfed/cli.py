@@ -426,7 +426,7 @@ def recompute(
     weights, the stored payloads) and compare with the stored tensors, and read the
     version log back (manifest digests, chain, updates); exits 1 if anything differs."""
     from zenfed.config import load_config
-    from zenfed.coordinator.recompute import check_manifests, recompute_versions
+    from zenfed.service.recompute import check_manifests, recompute_versions
     from zenfed.store.blobs import BlobStore
     from zenfed.store.db import Database
 

@@ -111,7 +111,7 @@ def serve(
     the root's."""
     import uvicorn
 
-    from zenfed.coordinator.persistent import PersistentCoordinator
+    from zenfed.service.persistent import PersistentCoordinator
     from zenfed.data.federated import load_validation
     from zenfed.model.adapter import get_adapter_state
     from zenfed.model.build import adapter_model

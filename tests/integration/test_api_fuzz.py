@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 from zenfed.config import parse_config
-from zenfed.coordinator.persistent import PersistentCoordinator
+from zenfed.service.persistent import PersistentCoordinator
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Database
 from zenfed.transport.http.app import create_app

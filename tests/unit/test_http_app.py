@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from tests.loopback import update_path
 from zenfed.config import parse_config
-from zenfed.coordinator.persistent import PersistentCoordinator
+from zenfed.service.persistent import PersistentCoordinator
 from zenfed.protocol.auth import Identity, sign_request
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Database

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from tests.unit.test_http_app import INITIAL, _enroll, _get, _put, _task
 from zenfed.config import parse_config
-from zenfed.coordinator.persistent import PersistentCoordinator
+from zenfed.service.persistent import PersistentCoordinator
 from zenfed.privacy.secagg import SecAggClient
 from zenfed.protocol.auth import Identity, sign_request
 from zenfed.store.blobs import BlobStore

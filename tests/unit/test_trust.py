@@ -15,7 +15,7 @@ from zenfed.compress.downlink import receive
 from zenfed.config import DetectConfig, parse_config
 from zenfed.coordinator.engine import Coordinator, RoundAborted
 from zenfed.coordinator.gate import Gate
-from zenfed.coordinator.persistent import PersistentCoordinator, UnknownParticipant
+from zenfed.service.persistent import PersistentCoordinator, UnknownParticipant
 from zenfed.coordinator.port import CoordinatorPort
 from zenfed.coordinator.screening import Screen
 from zenfed.coordinator.trust import UnknownVersion, rollback

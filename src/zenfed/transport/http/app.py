@@ -36,7 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from zenfed.coordinator.persistent import PersistentCoordinator
+from zenfed.service.persistent import PersistentCoordinator
 from zenfed.errors import ZenfedError
 from zenfed.transport.http.limits import BodyLimit
 from zenfed.transport.http.routes_operator import operator_routes

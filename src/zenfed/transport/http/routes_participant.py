@@ -30,7 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
 from zenfed.config import MAX_WAIT_S
-from zenfed.coordinator.persistent import EnrollmentRefused
+from zenfed.service.persistent import EnrollmentRefused
 from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
 from zenfed.protocol.auth import H_BODY, request_proof

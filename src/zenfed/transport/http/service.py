@@ -24,7 +24,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from zenfed.coordinator.persistent import (
+from zenfed.service.persistent import (
     EnrollmentRefused,
     PersistentCoordinator,
     UnknownParticipant,

@@ -35,19 +35,19 @@ from zenfed.compress.downlink import announced_version, receive
 from zenfed.config import FederationConfig
 from zenfed.coordinator.engine import Coordinator
 from zenfed.coordinator.gate import Evaluate
-from zenfed.coordinator.journal import (
+from zenfed.service.journal import (
     StoreJournal,
     forwarded_update,
     log_event,
     named_blobs,
     update_from_row,
 )
-from zenfed.coordinator.membership import (
+from zenfed.service.membership import (
     EnrollmentRefused as EnrollmentRefused,
 )
-from zenfed.coordinator.membership import Membership, aware
-from zenfed.coordinator.membership import UnknownParticipant as UnknownParticipant
-from zenfed.coordinator.nonces import NonceBook
+from zenfed.service.membership import Membership, aware
+from zenfed.service.membership import UnknownParticipant as UnknownParticipant
+from zenfed.service.nonces import NonceBook
 from zenfed.coordinator.port import CoordinatorPort, Tick, UploadResult
 from zenfed.coordinator.regional import Region, adopted
 from zenfed.coordinator.roster import Member, Roster

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from zenfed.config import FederationConfig
 from zenfed.coordinator.engine import Coordinator
-from zenfed.coordinator.journal import StoreJournal, log_event, sha256
-from zenfed.coordinator.nonces import NonceBook
+from zenfed.service.journal import StoreJournal, log_event, sha256
+from zenfed.service.nonces import NonceBook
 from zenfed.coordinator.port import CoordinatorPort
 from zenfed.coordinator.roster import Member
 from zenfed.coordinator.trust import reinstate
