@@ -102,8 +102,8 @@ def serve(state: Path, port: int, s: Setup, db_url: str, minimum: int, up: list[
     import torch
     import uvicorn
 
-    from zenfed.service.persistent import PersistentCoordinator
     from zenfed.regions import Upstream
+    from zenfed.service.persistent import PersistentCoordinator
     from zenfed.store.blobs import BlobStore
     from zenfed.store.db import Database
     from zenfed.transport.http.app import create_app

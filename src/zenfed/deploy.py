@@ -111,10 +111,10 @@ def serve(
     the root's."""
     import uvicorn
 
-    from zenfed.service.persistent import PersistentCoordinator
     from zenfed.data.federated import load_validation
     from zenfed.model.adapter import get_adapter_state
     from zenfed.model.build import adapter_model
+    from zenfed.service.persistent import PersistentCoordinator
     from zenfed.store.blobs import BlobStore
     from zenfed.store.db import Database
     from zenfed.train.evaluate import adapter_loss

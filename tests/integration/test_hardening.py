@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.loopback import free_port, serving, update_path
 from zenfed.config import FederationConfig, parse_config
-from zenfed.service.persistent import PersistentCoordinator
 from zenfed.errors import ZenfedError
 from zenfed.protocol.auth import Identity, sign_request
+from zenfed.service.persistent import PersistentCoordinator
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Database
 from zenfed.transport.http.client import CoordinatorClient

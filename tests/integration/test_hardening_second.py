@@ -30,9 +30,9 @@ from tests.integration.test_hardening import INITIAL, OP, Agent, _status, invite
 from tests.loopback import serving
 from zenfed.cli import app
 from zenfed.config import FederationConfig, load_config, parse_config
+from zenfed.protocol.auth import check_proof, sign_request
 from zenfed.service.persistent import PersistentCoordinator
 from zenfed.service.recompute import check_manifests, recompute_versions
-from zenfed.protocol.auth import check_proof, sign_request
 from zenfed.sim import run_simulation
 from zenfed.sim.runner import load_run
 from zenfed.store.blobs import BlobStore

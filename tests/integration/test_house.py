@@ -25,9 +25,9 @@ from tests.integration.test_deploy import procs as procs
 from tests.integration.test_hardening import Agent, _status, wait_for
 from tests.loopback import serving
 from zenfed.config import parse_config
-from zenfed.service.persistent import PersistentCoordinator
 from zenfed.protocol.adapter import AdapterSpec
 from zenfed.protocol.manifest import Manifest, check_chain
+from zenfed.service.persistent import PersistentCoordinator
 from zenfed.sim import run_simulation
 from zenfed.sim.runner import load_run
 from zenfed.sim.setup import build_world

@@ -14,8 +14,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tests.databases import db_url as db_url
-from zenfed.service.nonces import HORIZON_S, NonceBook
 from zenfed.protocol.auth import AuthError
+from zenfed.service.nonces import HORIZON_S, NonceBook
 from zenfed.store.db import Audit, Database, Nonce, Participant, audit
 from zenfed.store.group import GroupCommit
 

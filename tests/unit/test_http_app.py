@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 
 from tests.loopback import update_path
 from zenfed.config import parse_config
-from zenfed.service.persistent import PersistentCoordinator
 from zenfed.protocol.auth import Identity, sign_request
+from zenfed.service.persistent import PersistentCoordinator
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Database
 from zenfed.transport.http.app import create_app

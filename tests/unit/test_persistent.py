@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.databases import fresh_postgres
 from zenfed.config import BufferedConfig, FederationConfig, RunConfig, parse_config
 from zenfed.coordinator.engine import UpdateRejected
-from zenfed.service.persistent import EnrollmentRefused, PersistentCoordinator
 from zenfed.protocol import Update
 from zenfed.protocol.auth import AuthError, Identity, sign_request
+from zenfed.service.persistent import EnrollmentRefused, PersistentCoordinator
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Database
 

@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.unit.test_persistent import INITIAL, Clock, _cfg, _join, _upload
 from zenfed.compress import Pipeline
 from zenfed.config import FederationConfig
-from zenfed.service.persistent import PersistentCoordinator
 from zenfed.coordinator.regional import Region
 from zenfed.protocol.auth import Identity
 from zenfed.protocol.messages import Update
+from zenfed.service.persistent import PersistentCoordinator
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Database
 

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 
 from tests.unit.test_http_app import INITIAL, _enroll, _get, _put, _task
 from zenfed.config import parse_config
-from zenfed.service.persistent import PersistentCoordinator
 from zenfed.privacy.secagg import SecAggClient
 from zenfed.protocol.auth import Identity, sign_request
+from zenfed.service.persistent import PersistentCoordinator
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Database
 from zenfed.transport.http import wire

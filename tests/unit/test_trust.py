@@ -15,12 +15,12 @@ from zenfed.compress.downlink import receive
 from zenfed.config import DetectConfig, parse_config
 from zenfed.coordinator.engine import Coordinator, RoundAborted
 from zenfed.coordinator.gate import Gate
-from zenfed.service.persistent import PersistentCoordinator, UnknownParticipant
 from zenfed.coordinator.port import CoordinatorPort
 from zenfed.coordinator.screening import Screen
 from zenfed.coordinator.trust import UnknownVersion, rollback
 from zenfed.errors import ZenfedError
 from zenfed.protocol import Update
+from zenfed.service.persistent import PersistentCoordinator, UnknownParticipant
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Database, Round, Version
 from zenfed.tensors import Tensors, tensors_hash

@@ -13,11 +13,11 @@ from sqlalchemy import select
 from tests.unit.test_persistent import Clock, _cfg, _fed, _join, _upload
 from tests.unit.test_persistent import store as store
 from zenfed.coordinator import Coordinator
-from zenfed.service.recompute import check_manifests
 from zenfed.errors import ZenfedError
 from zenfed.protocol import Update
 from zenfed.protocol.auth import check_proof
 from zenfed.protocol.manifest import Included, Manifest, check_chain, merkle_root
+from zenfed.service.recompute import check_manifests
 from zenfed.store.db import Update as UpdateRow
 from zenfed.store.db import Version
 

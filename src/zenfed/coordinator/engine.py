@@ -26,7 +26,7 @@ from zenfed.compress.downlink import Publisher
 from zenfed.config import FederationConfig
 from zenfed.coordinator.intake import Opened, intake_for
 from zenfed.coordinator.matching import build_matcher
-from zenfed.coordinator.roster import Roster
+from zenfed.coordinator.roster import Member, Roster
 from zenfed.coordinator.rounds import (
     Decision,
     OpenRound,
@@ -123,8 +123,11 @@ class Coordinator:
     @property
     def pool(self) -> dict[str, int]:
         """Who cohorts are drawn from: the participants, less the quarantined."""
+        return {m.id: m.examples for m in self._drawable()}
+
+    def _drawable(self) -> list[Member]:
         out = self.state.quarantined
-        return {m.id: m.examples for m in self.roster.pool() if m.id not in out}
+        return [m for m in self.roster.pool() if m.id not in out]
 
     @property
     def version(self) -> GlobalVersion:
@@ -178,9 +181,8 @@ class Coordinator:
         self.current = OpenRound(n, self.version.id, seed, cohort, acc, deadline, secure)
 
     def _draw(self, deadline: float) -> list[Task]:
-        out, r = self.state.quarantined, self.state.round
-        pool = [m for m in self.roster.pool() if m.id not in out]
-        return self._decorate(self.strategy.draw(r, pool, self.version.id, deadline))
+        tasks = self.strategy.draw(self.state.round, self._drawable(), self.version.id, deadline)
+        return self._decorate(tasks)
 
     def _decorate(self, tasks: list[Task]) -> list[Task]:
         """The privacy policy's settings on ``tasks`` (clip bound, noise shares, weights)."""

@@ -16,14 +16,14 @@ from sqlalchemy.orm import Session
 
 from zenfed.config import FederationConfig
 from zenfed.coordinator.engine import Coordinator
-from zenfed.service.journal import StoreJournal, log_event, sha256
-from zenfed.service.nonces import NonceBook
 from zenfed.coordinator.port import CoordinatorPort
 from zenfed.coordinator.roster import Member
 from zenfed.coordinator.trust import reinstate
 from zenfed.coordinator.validate import MAX_COUNT
 from zenfed.errors import ZenfedError
 from zenfed.protocol.auth import AuthError, check_body, participant_id, verify_signature
+from zenfed.service.journal import StoreJournal, log_event, sha256
+from zenfed.service.nonces import NonceBook
 from zenfed.store.db import Database, EnrollmentToken, Participant
 from zenfed.store.db import audit as audit_row
 

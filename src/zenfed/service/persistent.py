@@ -35,6 +35,15 @@ from zenfed.compress.downlink import announced_version, receive
 from zenfed.config import FederationConfig
 from zenfed.coordinator.engine import Coordinator
 from zenfed.coordinator.gate import Evaluate
+from zenfed.coordinator.port import CoordinatorPort, Tick, UploadResult
+from zenfed.coordinator.regional import Region, adopted
+from zenfed.coordinator.roster import Member, Roster
+from zenfed.coordinator.state import Commit, CoordinatorState
+from zenfed.coordinator.trust import find_version, trust_parts
+from zenfed.coordinator.validate import UpdateRejected
+from zenfed.errors import ZenfedError
+from zenfed.protocol.auth import check_digest
+from zenfed.protocol.messages import GlobalVersion, Task, Update
 from zenfed.service.journal import (
     StoreJournal,
     forwarded_update,
@@ -48,15 +57,6 @@ from zenfed.service.membership import (
 from zenfed.service.membership import Membership, aware
 from zenfed.service.membership import UnknownParticipant as UnknownParticipant
 from zenfed.service.nonces import NonceBook
-from zenfed.coordinator.port import CoordinatorPort, Tick, UploadResult
-from zenfed.coordinator.regional import Region, adopted
-from zenfed.coordinator.roster import Member, Roster
-from zenfed.coordinator.state import Commit, CoordinatorState
-from zenfed.coordinator.trust import find_version, trust_parts
-from zenfed.coordinator.validate import UpdateRejected
-from zenfed.errors import ZenfedError
-from zenfed.protocol.auth import check_digest
-from zenfed.protocol.messages import GlobalVersion, Task, Update
 from zenfed.store.blobs import BlobStore
 from zenfed.store.db import Audit, Database, Participant, Round, Version
 from zenfed.store.db import Update as UpdateRow

@@ -36,8 +36,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from zenfed.service.persistent import PersistentCoordinator
 from zenfed.errors import ZenfedError
+from zenfed.service.persistent import PersistentCoordinator
 from zenfed.transport.http.limits import BodyLimit
 from zenfed.transport.http.routes_operator import operator_routes
 from zenfed.transport.http.routes_participant import participant_routes

@@ -30,12 +30,12 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
 from zenfed.config import MAX_WAIT_S
-from zenfed.service.persistent import EnrollmentRefused
 from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
 from zenfed.protocol.auth import H_BODY, request_proof
 from zenfed.protocol.messages import Update
 from zenfed.protocol.port import FederationFinished
+from zenfed.service.persistent import EnrollmentRefused
 from zenfed.transport.http.limits import declared_length, read_body, read_deadline, too_large
 from zenfed.transport.http.schemas import EnrollRequest, UpdateMeta
 from zenfed.transport.http.service import ServiceContext, path_of

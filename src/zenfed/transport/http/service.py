@@ -24,11 +24,6 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from zenfed.service.persistent import (
-    EnrollmentRefused,
-    PersistentCoordinator,
-    UnknownParticipant,
-)
 from zenfed.coordinator.port import UploadResult
 from zenfed.coordinator.trust import UnknownVersion
 from zenfed.coordinator.validate import UpdateRejected
@@ -36,6 +31,11 @@ from zenfed.errors import ZenfedError
 from zenfed.privacy.secagg import SecAggAborted, SecAggError
 from zenfed.protocol.auth import H_ID, AuthError
 from zenfed.protocol.messages import Update
+from zenfed.service.persistent import (
+    EnrollmentRefused,
+    PersistentCoordinator,
+    UnknownParticipant,
+)
 from zenfed.transport.http.limits import BodyTimeout, BodyTooLarge
 
 Handler = Callable[..., Awaitable[Response]]
