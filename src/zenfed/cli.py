@@ -78,7 +78,11 @@ def simulate(
     except ZenfedError as e:
         _fail(e)
         return
-    _print_summary(summary, Path(out or cfg.run.out_dir))
+    folder = Path(out or cfg.run.out_dir)
+    for line, s in summary.get("lines", {}).items():  # several model lines: one table each
+        _print_summary(s, folder / "lines" / line, f"zenfed simulation, line '{line}'")
+    if "lines" not in summary:
+        _print_summary(summary, folder)
 
 
 @app.command()
@@ -501,8 +505,8 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
-def _print_summary(s: dict[str, Any], out: Path) -> None:
-    table = Table(title="zenfed simulation", show_header=False)
+def _print_summary(s: dict[str, Any], out: Path, title: str = "zenfed simulation") -> None:
+    table = Table(title=title, show_header=False)
     rows = [
         ("held-out loss (union), before", s["initial_loss"]),
         ("held-out loss (union), federated", s["fed_loss"]),

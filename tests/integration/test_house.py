@@ -78,7 +78,9 @@ def test_a_simulation_trains_ranks_4_and_8_and_personal_layers_in_one_federation
     assert "error_feedback/r4" not in food and "error_feedback/p:layers.0." in food
 
 
-def _fed(tmp: Path, **adapters: Any) -> PersistentCoordinator:
+def _fed(
+    tmp: Path, lines: dict[str, Any] | None = None, minimum: int = 4, **adapters: Any
+) -> PersistentCoordinator:
     initial = {
         "m.layers.0.q.lora_A.weight": torch.zeros(8, 6),
         "m.layers.0.q.lora_B.weight": torch.zeros(5, 8),
@@ -86,10 +88,11 @@ def _fed(tmp: Path, **adapters: Any) -> PersistentCoordinator:
     cfg = parse_config(
         {
             "data": {"categories": ["ai"]},
-            "sampling": {"fraction": 1.0, "min_participants": 4},
+            "sampling": {"fraction": 1.0, "min_participants": minimum},
             "run": {"rounds": 1},
             "service": {"long_poll_s": 1.0, "max_weight_share": 1.0},
             "adapters": adapters,
+            "lines": lines or {},
         }
     )
     db = Database(f"sqlite:///{tmp / 'f.db'}")
@@ -148,3 +151,53 @@ def test_zenfed_join_agents_build_the_shape_their_tasks_give(tmp_path: Path, pro
     db.close()
     assert specs == {"", "r4"} and len(ups) == 6  # ai sent rank 4, the others rank 8
     assert [len(v.participants) for v in versions] == [3, 3]
+
+
+def test_a_simulation_of_two_lines_gives_each_line_the_versions_of_its_members_alone(
+    tmp_path: Path,
+) -> None:
+    both = {"categories": ["ai", "emotion", "literature", "food"]}
+    common: dict[str, Any] = {
+        "sampling": {"fraction": 1.0, "min_participants": 2},
+        "train": {"lr": 1e-2, "local_steps": 2},
+        "run": {"rounds": 2},
+    }
+    lines = {"names": ["words", "life"], "assign": {"literature": "life", "food": "life"}}
+    summary = run_simulation(tiny_config(data=both, lines=lines, **common), tmp_path / "two")
+    assert set(summary["lines"]) == {"words", "life"}
+    for line, members in (("words", ["ai", "emotion"]), ("life", ["literature", "food"])):
+        alone = tiny_config(data={"categories": members}, lines={"names": [line]}, **common)
+        run_simulation(alone, tmp_path / line)
+        got, _, _ = load_run(tmp_path / "two" / "lines" / line)
+        want, _, _ = load_run(tmp_path / line)
+        assert [v.id for v in got.versions] == [v.id for v in want.versions]
+        assert len(got.versions) == 3
+        assert all(torch.equal(got.params[k], want.params[k]) for k in got.params)
+        assert {tuple(v.participants) for v in got.versions[1:]} == {tuple(sorted(members))}
+        folder = tmp_path / "two" / "lines" / line / "versions"
+        assert json.loads((folder / f"{got.version.id}.manifest.json").read_text())["line"] == line
+        assert summary["lines"][line]["fed_loss"] < summary["lines"][line]["initial_loss"]
+    words, life = (load_run(tmp_path / "two" / "lines" / x)[0] for x in ("words", "life"))
+    assert words.versions[0].id != life.versions[0].id  # each line its own root
+
+
+def test_two_lines_over_http_route_each_upload_to_its_sender_s_line(tmp_path: Path) -> None:
+    two = {"names": ["x", "y"], "assign": {"y1": "y", "y2": "y"}}
+    fed = _fed(tmp_path, lines=two, minimum=2)  # (a line's cohort: its members)
+    values = {"x1": 1.0, "x2": 3.0, "y1": 10.0, "y2": 30.0}
+    with serving(fed) as url:
+        agents = {n: Agent(url, n) for n in values}
+        for a in agents.values():
+            a.enroll(examples=10)
+        tasks = {n: a.task() for n, a in agents.items()}
+        assert {n: t["line"] for n, t in tasks.items()} == dict(x1="x", x2="x", y1="y", y2="y")
+        for n, a in agents.items():
+            r = a.upload(tasks[n], _payload(fed, tasks[n], values[n], AdapterSpec()))
+            assert r.status_code == 200, r.text
+        wait_for(lambda: _status(agents["x1"].http)["lines"]["y"]["round"] == 1)
+        wait_for(lambda: _status(agents["x1"].http)["lines"]["x"]["round"] == 1)
+        status = _status(agents["x1"].http)
+    x, y = fed.lines["x"].engine.state, fed.lines["y"].engine.state
+    torch.testing.assert_close(x.params["m.layers.0.q.lora_A.weight"], torch.full((8, 6), 2.0))
+    torch.testing.assert_close(y.params["m.layers.0.q.lora_A.weight"], torch.full((8, 6), 20.0))
+    assert status["lines"]["y"]["version"] == y.version.id != x.version.id

@@ -568,7 +568,7 @@ def test_a_round_that_ends_without_a_version_moves_on_in_the_service_and_the_sim
     sim = CoordinatorPort(
         Coordinator(_cfg(), INITIAL, {"a": 10, "b": 10}), clock=clock, wait_for_minimum=False
     )
-    for port in (fed.port, sim):  # the service's port, and the simulation's
+    for port in (fed.lines["main"].port, sim):  # the service's port, and the simulation's
         assert port.tick() == "opened" and port.engine.state.round == 0
         clock.t += 61.0  # past service.round_timeout_s with no update
         assert port.tick() == "aborted" and port.engine.current is None

@@ -32,7 +32,7 @@ import torch
 
 from zenfed.compress.base import Shape
 from zenfed.compress.pipeline import Pipeline
-from zenfed.config import CompressConfig
+from zenfed.config import DEFAULT_LINE, CompressConfig
 from zenfed.errors import ZenfedError
 from zenfed.protocol.messages import GlobalVersion, version_id
 from zenfed.tensors import Tensors, safetensors_metadata, tensors_hash
@@ -51,12 +51,14 @@ class Broadcast:
 
 
 def _version_meta(version: GlobalVersion) -> dict[str, str]:
+    line = {} if version.line == DEFAULT_LINE else {"line": version.line}  # (as before)
     return {
         "format": "zenfed-version/1",
         "version": version.id,
         "parent": version.parent or "",
         "round": str(version.round),
         "content": version.content,
+        **line,
     }
 
 
@@ -68,8 +70,9 @@ def announced_version(payload: bytes) -> GlobalVersion:
         parent, server_round, content = meta["parent"] or None, int(meta["round"]), meta["content"]
     except (KeyError, ValueError) as e:
         raise ZenfedError("download does not name its version", fix="download again") from e
-    vid = version_id(parent, server_round, content)
-    return GlobalVersion(id=vid, round=server_round, parent=parent, content=content)
+    line = meta.get("line", DEFAULT_LINE)
+    vid = version_id(parent, server_round, content, line)
+    return GlobalVersion(id=vid, round=server_round, parent=parent, content=content, line=line)
 
 
 def full_payload(tensors: Tensors, version: GlobalVersion) -> bytes:
@@ -182,7 +185,7 @@ def receive(payload: bytes, held: Tensors | None, codec: Pipeline | None, expect
         parent, server_round, content = meta["parent"] or None, int(meta["round"]), meta["content"]
     except (KeyError, ValueError) as e:
         raise ZenfedError("download does not name its version", fix="download again") from e
-    if version_id(parent, server_round, content) != expected:
+    if version_id(parent, server_round, content, meta.get("line", DEFAULT_LINE)) != expected:
         raise ZenfedError(
             f"downloaded payload is not version {expected[:12]}", fix="download the version again"
         )

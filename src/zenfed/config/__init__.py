@@ -5,9 +5,9 @@
 
 Every default is visible in this package: the basic sections (``sections.py``), those
 of compression (``compress.py``), sampling (``sampling.py``), privacy (``privacy.py``),
-trust (``trust.py``), scale (``scale.py``) and adapter shapes (``adapters.py``); the
-rules between sections (``federation.py``) and loading (``loading.py``); all re-exported
-here. Unknown keys and wrong types are rejected with
+trust (``trust.py``), scale (``scale.py``), adapter shapes (``adapters.py``) and model
+lines (``lines.py``); the rules between sections (``federation.py``) and loading
+(``loading.py``); all re-exported here. Unknown keys and wrong types are rejected with
 one line naming the key and the fix (a close spelling is suggested), so a typo never runs a
 silently different experiment.
 """
@@ -25,6 +25,8 @@ from zenfed.config.compress import SketchSpec as SketchSpec
 from zenfed.config.compress import TopKSpec as TopKSpec
 from zenfed.config.compress import ZstdSpec as ZstdSpec
 from zenfed.config.federation import FederationConfig as FederationConfig
+from zenfed.config.lines import DEFAULT_LINE as DEFAULT_LINE
+from zenfed.config.lines import LinesConfig as LinesConfig
 from zenfed.config.loading import TAGGED as TAGGED
 from zenfed.config.loading import load_config as load_config
 from zenfed.config.loading import parse_config as parse_config

@@ -10,6 +10,7 @@ from pydantic import field_validator, model_validator
 from zenfed.config.adapters import AdaptersConfig
 from zenfed.config.base import _Frozen
 from zenfed.config.compress import CompressConfig
+from zenfed.config.lines import LinesConfig
 from zenfed.config.privacy import PrivacyConfig, SecAggConfig
 from zenfed.config.sampling import SamplingSpec, UniformSampling, tag_sampling
 from zenfed.config.scale import BufferedConfig, DevicesConfig, RayConfig, RegionsConfig
@@ -48,6 +49,7 @@ class FederationConfig(_Frozen):
     ray: RayConfig = RayConfig()  # simulation only, with run.backend = "ray"
     regions: RegionsConfig = RegionsConfig()  # a root over regional coordinators
     adapters: AdaptersConfig = AdaptersConfig()  # per-participant adapter shapes
+    lines: LinesConfig = LinesConfig()  # several model lines, each of its members
 
     @field_validator("sampling", mode="before")
     @classmethod
@@ -88,6 +90,11 @@ class FederationConfig(_Frozen):
             )
         if self.regions.enabled:
             self._check_regions()
+        if self.lines.several and self.regions.enabled:
+            raise ValueError(
+                "several model lines (lines.names) at a root over regions are not built: "
+                "a region forwards one line's update; run one line per root"
+            )
         self._check_adapters()
         if self.detect.validation and self.gate.source == "none":
             raise ValueError(

@@ -64,8 +64,15 @@ class Coordinator:
         verify_keys: Mapping[str, bytes] | None = None,
         spill: Spill | None = None,
         screen: Screen | None = None,
+        line: str | None = None,
     ) -> None:
-        self.cfg, self.screen = cfg, screen
+        line = cfg.lines.names[0] if line is None else line  # (the only one, by default)
+        if line not in cfg.lines.names:
+            raise ZenfedError(
+                f"no model line '{line}' in this federation",
+                fix=f"one of lines.names: {', '.join(cfg.lines.names)}",
+            )
+        self.cfg, self.screen, self.line = cfg, screen, line
         # Who takes part (read here; the port writes it). A mapping id -> examples (and
         # ``verify_keys``) makes members named by their ids, ready: a test's shorthand.
         self.roster = (
@@ -96,8 +103,8 @@ class Coordinator:
                 "is calibrated to a sum of clipped updates, not to this rule's result",
                 fix="use fedavg under [privacy] noise, or turn the noise off",
             )
-        root = root_version(initial)
-        self.log = VersionLog(cfg, root.content, self.rule.describe())
+        root = root_version(initial, line)
+        self.log = VersionLog(cfg, root.content, self.rule.describe(), line)
         self.last_manifest: Manifest | None = None  # the newest version's, once known here
         if state is None:
             self.last_manifest = self.log.manifest(root, "")
@@ -117,17 +124,23 @@ class Coordinator:
 
     @property
     def participants(self) -> dict[str, int]:
-        """The roster's pool (active members that asked for work): id -> examples."""
-        return {m.id: m.examples for m in self.roster.pool()}
+        """This line's part of the roster's pool (active members that asked for work):
+        id -> examples."""
+        return {m.id: m.examples for m in self._members()}
 
     @property
     def pool(self) -> dict[str, int]:
         """Who cohorts are drawn from: the participants, less the quarantined."""
         return {m.id: m.examples for m in self._drawable()}
 
+    def _members(self) -> list[Member]:
+        lines = self.cfg.lines
+        pool = self.roster.pool()
+        return [m for m in pool if lines.line_of(m.name) == self.line] if lines.several else pool
+
     def _drawable(self) -> list[Member]:
         out = self.state.quarantined
-        return [m for m in self.roster.pool() if m.id not in out]
+        return [m for m in self._members() if m.id not in out]
 
     @property
     def version(self) -> GlobalVersion:
@@ -188,6 +201,7 @@ class Coordinator:
         """The privacy policy's settings on ``tasks`` (clip bound, noise shares, weights)."""
         declared = {t.participant: self.roster.examples(t.participant) for t in tasks}
         ledger, secure = self.state.privacy, self.intake.secure
+        tasks = [replace(t, line=self.line) for t in tasks]
         return self.privacy.decorate(tasks, declared, ledger, self.expected_cohort, secure)
 
     def task_for(self, participant: str, now: float) -> tuple[Task | None, bool]:

@@ -190,6 +190,7 @@ def round_commit(
         metrics={**metrics, **({"flagged": float(len(screened.flags))} if screened else {})},
         content=content,
         weights=tuple(float(weights[p]) for p in included),
+        line=st.version.line,
     )
     state = CoordinatorState(
         server_round + 1,

@@ -66,6 +66,7 @@ def rollback(state: CoordinatorState, to: str, tensors: Tensors) -> Commit:
         metrics={},
         content=content,
         rollback_of=target.id,
+        line=current.line,
     )
     new = CoordinatorState(
         r + 1,

@@ -32,7 +32,7 @@ from peft import PeftModel
 
 from zenfed.compress import Pipeline
 from zenfed.compress.downlink import downlink_pipeline, receive
-from zenfed.config import CompressConfig, TrainConfig
+from zenfed.config import DEFAULT_LINE, CompressConfig, TrainConfig
 from zenfed.data.examples import ParticipantData
 from zenfed.errors import ZenfedError
 from zenfed.model.adapter import adapter_parameters, set_adapter_state
@@ -105,6 +105,7 @@ class Participant:
         # the first download is the broadcasts since the root (a participant that built
         # another adapter names another root, and the coordinator sends it in full).
         self.origin = None if origin is None else (root_version(origin).id, origin)
+        self.line = DEFAULT_LINE  # the model line of its tasks (each line has its own root)
         self.data = data
         self.runtime = runtime  # the whole adapter's: evaluation and downloads use it
         # A task's other adapter shapes: the model of each (one per shape, shared).
@@ -241,6 +242,7 @@ class Participant:
             total_steps=task.total_steps,
             lr=task.lr,
         )
+        self._follow(task.line)
         start = self._start(task.spec, self.receive(task.version, download))
         return train_local(
             rt.model,
@@ -306,11 +308,18 @@ class Participant:
     def evaluate(self, task: Task, download: Download) -> EvalReport:
         """Held-out loss of the task's version on this participant's held-out split."""
         rt = self.runtime
+        self._follow(task.line)
         set_adapter_state(rt.model, self.receive(task.version, download))
         res = evaluate(rt.model, self.data.heldout, rt.eval_batch_size, rt.pad_id)
         return EvalReport(
             task.round, self.name, task.version, res.loss_sum, res.num_tokens, res.num_examples
         )
+
+    def _follow(self, line: str) -> None:
+        """Tasks of model line ``line``: the origin held is that line's root."""
+        if line != self.line and self.origin is not None:
+            self.origin = (root_version(self.origin[1], line).id, self.origin[1])
+        self.line = line
 
     def holding(self) -> str | None:
         """The version this participant would download a difference from (None: none)."""

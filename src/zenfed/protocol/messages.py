@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from zenfed.config.lines import DEFAULT_LINE
 from zenfed.protocol.adapter import AdapterSpec
 from zenfed.protocol.secagg import SecAggSetup
 from zenfed.tensors import Tensors, tensors_hash
@@ -55,6 +56,7 @@ class Task:
     secure_noise: bool = False  # draw noise shares and DP-SGD noise from a secure stream
     privacy_delta: float = 1e-6
     adapter: AdapterSpec | None = None  # the shape to train (None: the whole adapter)
+    line: str = DEFAULT_LINE  # the model line whose version this starts from ([lines])
 
     @property
     def spec(self) -> AdapterSpec:
@@ -173,17 +175,26 @@ class GlobalVersion:
     rollback_of: str = ""  # a rollback republishes this earlier version's tensors
     weights: tuple[float, ...] = ()  # participants[i]'s weight
     manifest: str = ""  # the digest of its manifest (``protocol.manifest``)
+    line: str = DEFAULT_LINE  # the model line it belongs to ([lines])
 
 
-def version_id(parent: str | None, server_round: int, content: str) -> str:
+def version_id(
+    parent: str | None, server_round: int, content: str, line: str = DEFAULT_LINE
+) -> str:
     """A commit's id: sha256 over its parent's id, its round and its tensors' hash (as a
-    git commit names its tree and parent), unique along a lineage."""
+    git commit names its tree and parent), unique along a lineage. A root (no parent) of
+    a line other than the default one is named by its line too, so that no two lines
+    share a version id (their later versions differ by their parents)."""
+    if parent is None and line != DEFAULT_LINE:
+        parent = f"line/{line}"
     text = f"zenfed-version/1\n{parent or ''}\n{server_round}\n{content}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def root_version(initial: Tensors) -> GlobalVersion:
-    """The version a federation starts from: its initial adapter, no parent, round -1.
-    Every party that builds the federation's model (seeded) can compute it itself."""
+def root_version(initial: Tensors, line: str = DEFAULT_LINE) -> GlobalVersion:
+    """The version a line starts from: its initial adapter, no parent, round -1. Every
+    party that builds the federation's model (seeded) can compute it itself. The default
+    line's root is named by the tensors alone; another line's also by the line's name."""
     content = tensors_hash(initial)
-    return GlobalVersion(version_id(None, -1, content), -1, None, content=content)
+    vid = version_id(None, -1, content, line)
+    return GlobalVersion(vid, -1, None, content=content, line=line)

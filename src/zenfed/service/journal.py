@@ -24,6 +24,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from zenfed.compress.downlink import full_payload
+from zenfed.config import DEFAULT_LINE
 from zenfed.coordinator.port import Journal
 from zenfed.coordinator.rounds import OpenRound
 from zenfed.coordinator.state import Commit, CoordinatorState
@@ -65,12 +66,23 @@ def sha256(data: bytes) -> str:
 
 
 class StoreJournal(Journal):
-    """Writes the port's state changes to the database and the blob store."""
+    """Writes the port's state changes of one model line to the database and the blob
+    store (its rounds' and versions' rows name the line)."""
 
-    def __init__(self, db: Database, blobs: BlobStore, clock: Callable[[], float]) -> None:
-        self.db, self.blobs, self.clock = db, blobs, clock
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        clock: Callable[[], float],
+        line: str = DEFAULT_LINE,
+    ) -> None:
+        self.db, self.blobs, self.clock, self.line = db, blobs, clock, line
         self.round_id: int | None = None  # the open attempt's row
         self.rejections: Counter[str] = Counter()
+
+    def _line(self) -> dict[str, str]:
+        """The line for an audit line's detail (none on the default line, as before)."""
+        return {} if self.line == DEFAULT_LINE else {"line": self.line}
 
     def now(self) -> datetime:
         """The clock as an aware datetime."""
@@ -81,6 +93,7 @@ class StoreJournal(Journal):
         tasks = list(r.tasks.values())
         with self.db.transaction() as s:
             row = Round(
+                line=self.line,
                 number=r.round,
                 status="open",
                 base_version=r.version,
@@ -90,9 +103,10 @@ class StoreJournal(Journal):
             )
             s.add(row)
             s.flush()
-            audit_row(s, "coordinator", "open_round", {"round": row.number, "id": row.id})
+            detail = {"round": row.number, "id": row.id, **self._line()}
+            audit_row(s, "coordinator", "open_round", detail)
             self.round_id = row.id
-        log_event("open_round", round=r.round, cohort=len(tasks))
+        log_event("open_round", round=r.round, cohort=len(tasks), line=self.line)
         try:  # housekeeping, not part of opening: a failure is logged, not raised
             with self.db.transaction() as s:
                 cutoff = self.now() - timedelta(seconds=2 * MAX_SKEW_S)
@@ -170,7 +184,9 @@ class StoreJournal(Journal):
         self.store_version(result, self.round_id, why)
         self.round_id = None
         v = result.version
-        log_event("close_round", round=v.round, version=v.id, why=why, metrics=v.metrics)
+        log_event(
+            "close_round", round=v.round, version=v.id, why=why, metrics=v.metrics, line=self.line
+        )
 
     def store_version(
         self, result: Commit, round_id: int | None, why: str, payload: bytes | None = None
@@ -187,12 +203,14 @@ class StoreJournal(Journal):
             # Only the newest version keeps its whole state (it holds the lineage, so keeping
             # every one would grow with the rounds squared); an older one's moments are
             # replayed from the stored updates when needed (recompute.py).
+            mine = Version.line == self.line
             kept = Version.server_state_sha256.is_not(None)
-            old = set(s.scalars(select(Version.server_state_sha256).where(kept)))
-            s.execute(update(Version).values(server_state_sha256=None))
+            old = set(s.scalars(select(Version.server_state_sha256).where(kept, mine)))
+            s.execute(update(Version).where(mine).values(server_state_sha256=None))
             s.add(
                 Version(
                     id=v.id,
+                    line=self.line,
                     content=v.content,
                     round=v.round,
                     parent=v.parent,
@@ -213,7 +231,8 @@ class StoreJournal(Journal):
                 assert row is not None
                 row.status, row.closed_at, row.result_version = "closed", self.now(), v.id
                 row.reason = why
-            audit_row(s, "coordinator", "commit_version", {"version": v.id, "round": v.round})
+            detail = {"version": v.id, "round": v.round, **self._line()}
+            audit_row(s, "coordinator", "commit_version", detail)
             if v.rollback_of:
                 audit_row(
                     s, "operator", "rollback", {"version": v.id, "republishes": v.rollback_of}

@@ -1,6 +1,7 @@
 """Who may take part in a deployment: invites, idempotent enrollment, signed requests,
 revocation, quarantine's reinstatement. A part of ``PersistentCoordinator`` (persistent.py),
-which provides the database, the engine, the journal and the clock it works with.
+which provides the database, the lines (each an engine, a journal and a port), the
+ports' router and the clock it works with.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from zenfed.config import FederationConfig
-from zenfed.coordinator.engine import Coordinator
-from zenfed.coordinator.port import CoordinatorPort
+from zenfed.coordinator.lines import LinePorts
 from zenfed.coordinator.roster import Member
 from zenfed.coordinator.trust import reinstate
 from zenfed.coordinator.validate import MAX_COUNT
 from zenfed.errors import ZenfedError
 from zenfed.protocol.auth import AuthError, check_body, participant_id, verify_signature
-from zenfed.service.journal import StoreJournal, log_event, sha256
+from zenfed.service.journal import log_event, sha256
+from zenfed.service.line import ServiceLine
 from zenfed.service.nonces import NonceBook
 from zenfed.store.db import Database, EnrollmentToken, Participant
 from zenfed.store.db import audit as audit_row
@@ -41,11 +42,14 @@ class Membership:
 
     cfg: FederationConfig
     db: Database
-    engine: Coordinator
-    port: CoordinatorPort  # the roster's one writer
-    journal: StoreJournal
+    lines: dict[str, ServiceLine]  # by name: each line's engine, journal and port
+    port: LinePorts  # every line's messages; the roster's one writer
     nonces: NonceBook
     clock: Callable[[], float]
+
+    def line_of(self, pid: str) -> ServiceLine:
+        """The parts of ``pid``'s model line."""
+        return self.lines[self.port.line_name(pid)]
 
     @property
     def enrolled(self) -> dict[str, int]:
@@ -171,10 +175,11 @@ class Membership:
         with self.db.transaction() as s:
             p = _find(s, who)
             pid, name = p.id, p.name
-        new = reinstate(self.engine.state, pid, who)
-        detail = {"participant": pid, "name": name, "was": self.engine.state.quarantined[pid]}
-        self.journal.save_state(new, "reinstate", detail, actor="operator")
-        self.engine.adopt(new)
+        line = self.line_of(pid)
+        new = reinstate(line.engine.state, pid, who)
+        detail = {"participant": pid, "name": name, "was": line.engine.state.quarantined[pid]}
+        line.journal.save_state(new, "reinstate", detail, actor="operator")
+        line.engine.adopt(new)
         log_event("reinstate", participant=pid)
         return pid
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -35,11 +36,12 @@ from zenfed.compress.downlink import announced_version, receive
 from zenfed.config import FederationConfig
 from zenfed.coordinator.engine import Coordinator
 from zenfed.coordinator.gate import Evaluate
+from zenfed.coordinator.lines import LinePorts
 from zenfed.coordinator.port import CoordinatorPort, Tick, UploadResult
 from zenfed.coordinator.regional import Region, adopted
 from zenfed.coordinator.roster import Member, Roster
 from zenfed.coordinator.state import Commit, CoordinatorState
-from zenfed.coordinator.trust import find_version, trust_parts
+from zenfed.coordinator.trust import UnknownVersion, find_version, trust_parts
 from zenfed.coordinator.validate import UpdateRejected
 from zenfed.errors import ZenfedError
 from zenfed.protocol.auth import check_digest
@@ -51,6 +53,7 @@ from zenfed.service.journal import (
     named_blobs,
     update_from_row,
 )
+from zenfed.service.line import ServiceLine
 from zenfed.service.membership import (
     EnrollmentRefused as EnrollmentRefused,
 )
@@ -81,52 +84,81 @@ class PersistentCoordinator(Membership):
         region: Region | None = None,
     ) -> None:
         self.cfg, self.db, self.blobs, self.clock = cfg, db, blobs, clock
+        if region is not None and cfg.lines.several:
+            raise ZenfedError(
+                "a regional coordinator with several model lines is not built: a region "
+                "forwards one line's update to its root",
+                fix="give the region one line ([lines] names)",
+            )
         db.upgrade()
         self.group = GroupCommit(db)  # small writes from many threads: one fsync for many
         self.nonces = NonceBook(db, self.group, clock)
-        gate, screen = trust_parts(cfg, evaluate)  # [gate] and [detect] judge by ``evaluate``
-        self.engine = Coordinator(cfg, initial, Roster(), spill=self._spill, screen=screen)
-        self.journal = StoreJournal(db, blobs, clock)
-        self.port = CoordinatorPort(self.engine, self.journal, clock, gate=gate, region=region)
+        roster = Roster()  # one for every line: who is enrolled, revoked, ready
+        self.lines: dict[str, ServiceLine] = {}
+        for name in cfg.lines.names:  # each line its engine, journal and port
+            gate, screen = trust_parts(cfg, evaluate)  # [gate] and [detect] judge by it
+            engine = Coordinator(cfg, initial, roster, spill=self._spill, screen=screen, line=name)
+            journal = StoreJournal(db, blobs, clock, name)
+            port = CoordinatorPort(engine, journal, clock, gate=gate, region=region)
+            self.lines[name] = ServiceLine(name, engine, journal, port)
+        first = self.lines[cfg.lines.names[0]]
+        # The first line's parts (the only line without [lines]); each line's: ``lines``.
+        self.engine, self.journal = first.engine, first.journal
+        self.port = LinePorts({n: ln.port for n, ln in self.lines.items()}, cfg.lines.line_of)
         self.region = region  # zenfed serve --upstream: a regional coordinator
-        self.last_tick: Tick = "idle"  # what the last tick did
+        self.last_tick: Tick = "idle"  # what the last tick did (the first line that moved)
         with db.transaction() as s:
-            known = s.scalar(select(Version.id).limit(1))
-        if known is None:
-            root = Commit(
-                self.engine.version, self.engine.state, manifest=self.engine.last_manifest
-            )
-            self.journal.store_version(root, None, "")
-        else:
+            known = set(s.scalars(select(Version.line).distinct()))
+        if known:
             self._collect_orphans()  # before the replay, which spills kept updates anew
-            self._recover()
+        for name, ln in self.lines.items():
+            if name not in known:  # a new federation, or a line added to one
+                root = Commit(ln.engine.version, ln.engine.state, manifest=ln.engine.last_manifest)
+                ln.journal.store_version(root, None, "")
+        if known:
+            self._recover(known)
 
     @property
     def rejections(self) -> dict[str, int]:
-        """Refused updates by reason."""
-        return dict(self.journal.rejections)
+        """Refused updates by reason (every line's)."""
+        total: Counter[str] = Counter()
+        for line in self.lines.values():
+            total.update(line.journal.rejections)
+        return dict(total)
 
     def rollback(self, to: str) -> GlobalVersion:
         """Publish the earlier version ``to`` (an id or its first 8+ hex digits) again as a
         new version whose lineage records the rollback (audited); an open round is
         aborted. UnknownVersion names a version that is not in the lineage."""
-        target = find_version(self.engine.state, to)
+        line, target = self._holding(to)
         with self.db.transaction() as s:
             row = s.get(Version, target.id)
         if row is None:
             raise ZenfedError(f"version {target.id[:12]} is not stored", fix="restore the store")
         tensors = receive(self.blobs.get(row.blob_sha256), None, None, target.id)
-        version = self.port.rollback(target.id, tensors)
-        log_event("rollback", version=version.id, republishes=target.id)
+        version = line.port.rollback(target.id, tensors)
+        log_event("rollback", version=version.id, republishes=target.id, line=line.name)
         return version
+
+    def _holding(self, to: str) -> tuple[ServiceLine, GlobalVersion]:
+        """The line whose lineage holds version ``to``, and the version."""
+        for line in self.lines.values():
+            try:
+                return line, find_version(line.engine.state, to)
+            except UnknownVersion:
+                continue
+        return self.lines[self.port.first], find_version(self.engine.state, to)  # (raises)
 
     # ---- rounds ------------------------------------------------------------------------------
 
     def tick(self) -> GlobalVersion | None:
-        """Advance the port on the wall clock; the version a closing tick committed."""
-        what: Tick = self.port.tick()
-        self.last_tick = what
-        return self.port.last_version if what == "closed" else None
+        """Advance every line on the wall clock; the version a closing tick committed (the
+        last line's, when several closed at once)."""
+        done = self.port.tick()
+        moved = [what for what in done.values() if what != "idle"]
+        self.last_tick = moved[0] if moved else "idle"
+        closed = [self.lines[n].port.last_version for n, what in done.items() if what == "closed"]
+        return closed[-1] if closed else None
 
     def store_payload(self, update: Update, declared_sha256: str | None) -> None:
         """Check an upload's body against its signed hash and store its blob ahead of
@@ -205,30 +237,39 @@ class PersistentCoordinator(Membership):
         return row.blob_sha256
 
     def status(self) -> dict[str, Any]:
-        """The federation at a glance: round, version, participants, open round."""
-        info, engine = self.engine.open_round_info, self.engine
-        st = engine.state
+        """The federation at a glance: round, version, participants, open round (of the
+        first line; with several lines, each line's under ``lines``)."""
         with self.db.transaction() as s:
             revoked = s.scalars(select(Participant.id).where(Participant.revoked_at.is_not(None)))
             n_revoked = len(revoked.all())
-        return {
-            "round": engine.state.round,
+        out: dict[str, Any] = {
             "rounds": self.cfg.run.rounds,
-            "version": engine.version.id,
             "participants": len(self.enrolled),
-            "ready": len(engine.participants),
             "revoked": n_revoked,
+            "rejections": self.rejections,
+            **self._line_status(self.lines[self.port.first]),
+        }
+        if self.cfg.lines.several:
+            out["lines"] = {n: self._line_status(ln) for n, ln in self.lines.items()}
+        return out
+
+    def _line_status(self, line: ServiceLine) -> dict[str, Any]:
+        engine, port = line.engine, line.port
+        info, st = engine.open_round_info, engine.state
+        return {
+            "round": st.round,
+            "version": engine.version.id,
+            "ready": len(engine.participants),
             "epsilon": engine.epsilon() if engine.privacy.accounted else None,
-            "stopped": self.port.exhausted or None,
+            "stopped": port.exhausted or None,
             "open_round": None
             if info is None
             else {
                 "round": info[0],
                 "cohort": len(info[1]),
                 "received": len(info[2]),
-                "deadline_in_s": round(self.port.next_deadline() - self.clock(), 1),
+                "deadline_in_s": round(port.next_deadline() - self.clock(), 1),
             },
-            "rejections": self.rejections,
             "quarantined": {engine.roster.name(p): why for p, why in st.quarantined.items()},
             "low_reputation": {
                 engine.roster.name(p): round(r, 3)
@@ -252,25 +293,11 @@ class PersistentCoordinator(Membership):
 
     # ---- the way back after a crash -----------------------------------------------------------
 
-    def _recover(self) -> None:
-        """Rebuild the engine from the store: the state, participants, the open round."""
+    def _recover(self, known: set[str]) -> None:
+        """Rebuild the engines from the store: the participants, then each stored line's
+        state and open round."""
         with self.db.transaction() as s:
             people = s.scalars(select(Participant)).all()
-            latest = s.scalar(select(Version).order_by(Version.round.desc()).limit(1))
-            open_row = s.scalar(select(Round).where(Round.status == "open"))
-            stored = (
-                s.scalars(select(UpdateRow).where(UpdateRow.round_id == open_row.id)).all()
-                if open_row
-                else []
-            )
-        assert latest is not None and latest.server_state_sha256 is not None
-        state = CoordinatorState.from_bytes(self.blobs.get(latest.server_state_sha256))
-        if state.version.id != latest.id:
-            raise ZenfedError(
-                f"the saved state is not of the newest version {latest.id[:12]}",
-                fix="restore the state folder from a backup",
-            )
-        self.engine.adopt(state)
         for p in people:  # a revoked member too: its examples bound what it sent
             self.port.enroll(
                 Member(
@@ -284,7 +311,8 @@ class PersistentCoordinator(Membership):
                     ready=p.polled_at is not None,
                 )
             )
-        self._recent_digests()
+        for name in known & set(self.lines):  # (a line no longer configured stays stored)
+            self._recover_line(self.lines[name])
         if self.region is not None:  # what was sent to the root, to send again if need be
             with self.db.transaction() as s:
                 sent = s.scalar(
@@ -296,45 +324,73 @@ class PersistentCoordinator(Membership):
             if sent is not None and sent.forwarded_sha256:
                 update = forwarded_update(self.blobs.get(sent.forwarded_sha256))
                 self.region.results[update.round] = update
-        if open_row is not None:
-            self._reopen(open_row, stored)
 
-    def _recent_digests(self) -> None:
+    def _recover_line(self, line: ServiceLine) -> None:
+        """One line's newest saved state, recent digests and open round."""
+        mine = (Version.line == line.name, Version.server_state_sha256.is_not(None))
+        with self.db.transaction() as s:
+            latest = s.scalar(select(Version).where(*mine).order_by(Version.round.desc()).limit(1))
+            open_row = s.scalar(
+                select(Round).where(Round.status == "open", Round.line == line.name)
+            )
+            stored = (
+                s.scalars(select(UpdateRow).where(UpdateRow.round_id == open_row.id)).all()
+                if open_row
+                else []
+            )
+        if latest is None or latest.server_state_sha256 is None:
+            raise ZenfedError(
+                f"line '{line.name}' has versions but no saved state",
+                fix="restore the state folder from a backup",
+            )
+        state = CoordinatorState.from_bytes(self.blobs.get(latest.server_state_sha256))
+        if state.version.id != latest.id:
+            raise ZenfedError(
+                f"the saved state is not of the newest version {latest.id[:12]}",
+                fix="restore the state folder from a backup",
+            )
+        line.engine.adopt(state)
+        self._recent_digests(line)
+        if open_row is not None:
+            self._reopen(line, open_row, stored)
+
+    def _recent_digests(self, line: ServiceLine) -> None:
         """The payloads accepted into the rounds an upload may still be retried into (the
         round policy's window), so a retry whose acknowledgement a crash lost is answered
         "duplicate"."""
-        oldest = self.engine.state.round - self.engine.policy.retry_rounds
+        oldest = line.engine.state.round - line.engine.policy.retry_rounds
         with self.db.transaction() as s:
             rows = s.execute(
                 select(UpdateRow, Round.number)
                 .join(Round, UpdateRow.round_id == Round.id)
-                .where(Round.number >= oldest)
+                .where(Round.number >= oldest, Round.line == line.name)
             ).all()
         for u_row, number in rows:
             task_round = int((u_row.meta or {}).get("round", number))
-            self.port.digests[(u_row.participant_id, task_round)] = u_row.payload_sha256
+            line.port.digests[(u_row.participant_id, task_round)] = u_row.payload_sha256
 
-    def _reopen(self, row: Round, stored: Sequence[UpdateRow]) -> None:
+    def _reopen(self, line: ServiceLine, row: Round, stored: Sequence[UpdateRow]) -> None:
+        engine, port = line.engine, line.port
         deadline = aware(row.deadline_at).timestamp() if row.deadline_at else self.clock()
         tasks = [Task.from_dict(t) for t in row.tasks]
         # Rounds skipped since the last version (an empty Poisson sample) moved the round
         # number on without a version to record it: the open round's row does.
-        self.engine.renumber(max(self.engine.state.round, row.number))
-        self.engine.restore_round(tasks, deadline)
-        self.journal.round_id = row.id
-        if self.port.stages.running(self.engine.current):
+        engine.renumber(max(engine.state.round, row.number))
+        engine.restore_round(tasks, deadline)
+        line.journal.round_id = row.id
+        if port.stages.running(engine.current):
             # The masks' secrets lived in the agents' processes and this one: the masked
             # uploads stored so far can never be unmasked. The next round runs instead.
-            self.port.abort("the coordinator restarted during a secure round")
+            port.abort("the coordinator restarted during a secure round")
             return
         for u_row in stored:  # replay: validated again, counted once
             u = update_from_row(u_row, self.blobs.get(u_row.payload_sha256), row)
-            tensors = self.engine.check(u)
-            self.port.digests[(u.participant, u.round)] = u_row.payload_sha256
-            self.engine.accept(u, tensors)
+            tensors = engine.check(u)
+            port.digests[(u.participant, u.round)] = u_row.payload_sha256
+            engine.accept(u, tensors)
         for pid in {t.participant for t in tasks} - set(self.enrolled):  # revoked meanwhile
-            self.engine.withdraw(pid)  # revoked since the round opened
-        log_event("recovered", round=row.number, replayed=len(stored))
+            engine.withdraw(pid)  # revoked since the round opened
+        log_event("recovered", round=row.number, replayed=len(stored), line=line.name)
 
     def _spill(self, participant: str, tensors: Tensors) -> Callable[[], Tensors]:
         """A keep-every-update round keeps each update (as it entered the round: decoded,

@@ -42,6 +42,7 @@ from zenfed.protocol.messages import GlobalVersion
 from zenfed.protocol.secagg import STAGES
 from zenfed.sim import baselines as bl
 from zenfed.sim.attacks import check_tolerance, install_attack
+from zenfed.sim.lines import check_lines_dir, run_lines
 from zenfed.sim.progress import Progress
 from zenfed.sim.report import plot_losses, sample_generations
 from zenfed.sim.setup import World, build_world
@@ -63,12 +64,17 @@ def run_simulation(
     stop_after: int | None = None,
     world: World | None = None,
 ) -> dict[str, Any]:
-    """Run (or continue) the federation of ``cfg``; returns the summary (also saved)."""
+    """Run (or continue) the federation of ``cfg``; returns the summary (also saved).
+    With several model lines ([lines]) each line runs as its own federation of its members
+    into ``lines/<name>/`` of the run folder (``sim.lines``)."""
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ZenfedError(f"unknown baseline '{unknown[0]}'", fix=f"one of {', '.join(BASELINES)}")
     out = Path(out_dir or cfg.run.out_dir)
-    _check_out_dir(out, cfg, resume=resume, fresh=fresh)
+    if cfg.lines.several:
+        check_lines_dir(out, cfg, resume=resume, fresh=fresh)
+    else:
+        _check_out_dir(out, cfg, resume=resume, fresh=fresh)
     progress = progress or Progress(enabled=False)
     t_start = time.perf_counter()
     world = world or build_world(cfg)  # every input error surfaces before anything is written
@@ -77,7 +83,20 @@ def run_simulation(
             "the simulation world was built for another model, adapter, data or seed",
             fix="build_world(cfg) for this config",
         )
-    run = _Run(cfg, out, resume, baselines, progress, stop_after, t_start)
+    run = _Run(cfg, out, resume, baselines, progress, stop_after, t_start, cfg.lines.names[0])
+    if cfg.lines.several:
+
+        def one_line(line: str, members: World, folder: Path, again: bool) -> dict[str, Any]:
+            _check_out_dir(folder, cfg, resume=again, fresh=True)
+            return _simulate(replace(run, out=folder, resume=again, line=line), members)
+
+        return run_lines(cfg, out, world, one_line, resume=resume, progress=progress)
+    return _simulate(run, world)
+
+
+def _simulate(run: _Run, world: World) -> dict[str, Any]:
+    """One line's federation over ``world``'s participants."""
+    cfg = run.cfg
     if cfg.run.backend == "ray":  # the participants on Ray actors, the rest as here
         from zenfed.sim.ray_backend import RayPool
 
@@ -97,6 +116,7 @@ class _Run:
     progress: Progress
     stop_after: int | None
     t_start: float
+    line: str  # the model line it runs
 
 
 def _federate(run: _Run, world: World, pool: Any) -> dict[str, Any]:
@@ -112,6 +132,7 @@ def _federate(run: _Run, world: World, pool: Any) -> dict[str, Any]:
         {d.name: len(d.train) for d in world.data},
         verify_keys={k: identity_key(p) for k, p in world.participants.items()},
         screen=screen,
+        line=run.line,
     )
     attackers = install_attack(cfg, world.participants)  # [attack]: who misbehaves, and how
     n = len(world.participants)
@@ -438,7 +459,7 @@ def _check_out_dir(out: Path, cfg: FederationConfig, *, resume: bool, fresh: boo
                 f"the run in '{out}' was made with a different config",
                 fix="resume with the same config, or use another --out",
             )
-    elif (out / "checkpoint.safetensors").exists() and not fresh:
+    elif ((out / "checkpoint.safetensors").exists() or (out / "lines").is_dir()) and not fresh:
         raise ZenfedError(
             f"'{out}' already holds a run",
             fix="pass --resume to continue it, --fresh to replace it",

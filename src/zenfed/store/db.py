@@ -88,13 +88,14 @@ class EnrollmentToken(Base):
 class Round(Base):
     """One attempt at a training round: its tasks, the version it starts from, its end.
 
-    ``number`` is the engine's 0-based round; an aborted attempt (nobody uploaded by the
-    deadline) is kept and the number is tried again.
+    ``number`` is the engine's 0-based round of its model ``line``; an aborted attempt
+    (nobody uploaded by the deadline) is kept, and the line moves on to the next number.
     """
 
     __tablename__ = "rounds"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    line: Mapped[str] = mapped_column(String(64), default="main", index=True)  # [lines]
     number: Mapped[int]
     status: Mapped[str] = mapped_column(String(16))  # open | closed | aborted | forwarded
     base_version: Mapped[str] = mapped_column(ForeignKey("versions.id"))
@@ -138,6 +139,7 @@ class Version(Base):
     __tablename__ = "versions"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # protocol.version_id
+    line: Mapped[str] = mapped_column(String(64), default="main", index=True)  # [lines]
     content: Mapped[str | None] = mapped_column(String(64))  # tensors_hash of the version
     round: Mapped[int]  # -1 for the initial version
     parent: Mapped[str | None] = mapped_column(String(64))

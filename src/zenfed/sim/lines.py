@@ -1,0 +1,105 @@
+"""A simulation of several model lines ([lines]): each line a federation of its members.
+
+    summary = run_simulation(cfg_with_two_lines, "runs/x")   # (through this module)
+    summary["lines"]["legal"]["fed_loss"]
+
+Lines share the roster and nothing else, so the simulation runs them one after another,
+each through the same engine and port as a one-line run (``Coordinator(line=...)``) over
+the world's participants of that line, into its own run folder ``lines/<name>/``
+(checkpoint, versions and their manifests, metrics, loss plot, adapter): a line's
+versions are exactly those of a simulation of its members alone, and ``zenfed export
+--run <out>/lines/<name>`` exports one. The run folder's ``summary.json`` holds every
+line's summary. ``resume`` continues each line from its checkpoint (a line that had not
+started starts).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from zenfed.config import FederationConfig, parse_config
+from zenfed.errors import ZenfedError
+from zenfed.sim.progress import Progress
+from zenfed.sim.setup import World
+from zenfed.store.checkpoint import atomic_write
+
+RunLine = Callable[[str, World, Path, bool], dict[str, Any]]
+
+
+def line_world(world: World, cfg: FederationConfig, line: str) -> World:
+    """``world`` with only the participants (and data) of ``line``."""
+    members = {n: p for n, p in world.participants.items() if cfg.lines.line_of(n) == line}
+    if not members:
+        raise ZenfedError(
+            f"line '{line}' has no participants in this simulation",
+            fix="assign it some in [lines] assign, or drop it from lines.names",
+        )
+    data = [d for d in world.data if d.name in members]
+    return replace(world, participants=members, data=data)
+
+
+def run_lines(
+    cfg: FederationConfig,
+    out: Path,
+    world: World,
+    run_line: RunLine,
+    *,
+    resume: bool,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Every line of ``cfg`` by ``run_line(line, its world, its folder, resuming)``; the
+    lines' summaries together (also saved as ``summary.json``)."""
+    worlds = {line: line_world(world, cfg, line) for line in cfg.lines.names}  # before writing
+    if not resume:
+        _init_lines_dir(out, cfg)
+    summaries: dict[str, Any] = {}
+    for line, members in worlds.items():
+        folder = out / "lines" / line
+        progress.note(f"line '{line}': {', '.join(sorted(members.participants))}")
+        again = resume and (folder / "checkpoint.safetensors").is_file()
+        summaries[line] = run_line(line, members, folder, again)
+        if "stopped_after" in summaries[line]:
+            return {"lines": summaries, "stopped_after": summaries[line]["stopped_after"]}
+    summary = {"lines": summaries, "seconds": sum(s["seconds"] for s in summaries.values())}
+    text = json.dumps(summary, indent=2).encode()
+    atomic_write(out / "summary.json", lambda f: f.write(text))
+    return summary
+
+
+def check_lines_dir(out: Path, cfg: FederationConfig, *, resume: bool, fresh: bool) -> None:
+    """What a run folder of several lines may hold before a run (nothing is touched)."""
+    config_file = out / "config.json"
+    if resume:
+        if not (out / "lines").is_dir() or not config_file.is_file():
+            raise ZenfedError(
+                f"nothing to resume in '{out}' (no lines/ folder)", fix="run without --resume"
+            )
+        saved = parse_config(json.loads(config_file.read_text()), origin=str(config_file))
+        if saved != cfg:
+            raise ZenfedError(
+                f"the run in '{out}' was made with a different config",
+                fix="resume with the same config, or use another --out",
+            )
+    elif config_file.is_file() and not fresh:
+        raise ZenfedError(
+            f"'{out}' already holds a run",
+            fix="pass --resume to continue it, --fresh to replace it",
+        )
+    elif out.is_dir() and any(out.iterdir()) and not config_file.is_file():
+        raise ZenfedError(
+            f"'{out}' exists and is not a zenfed run folder; nothing there is touched",
+            fix="choose an empty or new --out folder",
+        )
+
+
+def _init_lines_dir(out: Path, cfg: FederationConfig) -> None:
+    if out.exists():
+        shutil.rmtree(out)  # a run folder (checked above): --fresh
+    (out / "lines").mkdir(parents=True)
+    dump = json.dumps(cfg.model_dump(mode="json"), indent=2).encode()
+    atomic_write(out / "config.json", lambda f: f.write(dump))
