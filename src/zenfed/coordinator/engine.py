@@ -19,13 +19,11 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from zenfed.aggregate import Aggregate, ServerOptState, build_rule
+from zenfed.aggregate import Aggregate
 from zenfed.aggregate.server_opt import server_step
-from zenfed.compress import Pipeline
-from zenfed.compress.downlink import Publisher
 from zenfed.config import FederationConfig
-from zenfed.coordinator.intake import Opened, intake_for
-from zenfed.coordinator.matching import build_matcher
+from zenfed.coordinator.intake import Opened
+from zenfed.coordinator.parts import build_parts
 from zenfed.coordinator.roster import Member, Roster
 from zenfed.coordinator.rounds import (
     Decision,
@@ -34,19 +32,14 @@ from zenfed.coordinator.rounds import (
     RoundProgress,
     Spill,
     combine,
-    round_policy,
 )
 from zenfed.coordinator.screening import Assessment, Screen
 from zenfed.coordinator.state import Commit, CoordinatorState, round_commit
-from zenfed.coordinator.strategy import Strategy
 from zenfed.coordinator.validate import UpdateRejected, check_metadata, check_round
-from zenfed.coordinator.versionlog import VersionLog
 from zenfed.errors import ZenfedError
 from zenfed.privacy.planner import warn_if_swamped
-from zenfed.privacy.policy import PrivacyPolicy
-from zenfed.protocol.adapter import AdapterSpec
 from zenfed.protocol.manifest import Manifest
-from zenfed.protocol.messages import GlobalVersion, Task, Update, root_version
+from zenfed.protocol.messages import GlobalVersion, Task, Update
 from zenfed.tensors import Tensors
 
 __all__ = ["Coordinator", "RoundAborted"]
@@ -66,13 +59,13 @@ class Coordinator:
         screen: Screen | None = None,
         line: str | None = None,
     ) -> None:
-        line = cfg.lines.names[0] if line is None else line  # (the only one, by default)
-        if line not in cfg.lines.names:
-            raise ZenfedError(
-                f"no model line '{line}' in this federation",
-                fix=f"one of lines.names: {', '.join(cfg.lines.names)}",
-            )
-        self.cfg, self.screen, self.line = cfg, screen, line
+        parts = build_parts(cfg, initial, line, screen, spill)  # checked: fails before round 1
+        self.cfg, self.screen, self.line, self.strategy = cfg, screen, parts.line, parts.strategy
+        self.matcher = parts.matcher
+        self.rule, self.privacy, self.policy = parts.rule, parts.privacy, parts.policy
+        self.codec_for, self.intake, self.publisher = parts.codecs, parts.intake, parts.publisher
+        self.codec, self.shapes = parts.codecs.default, parts.codecs.shapes
+        self.dense_update_bytes, self.log = parts.codecs.dense_update_bytes, parts.log
         # Who takes part (read here; the port writes it). A mapping id -> examples (and
         # ``verify_keys``) makes members named by their ids, ready: a test's shorthand.
         self.roster = (
@@ -80,37 +73,9 @@ class Coordinator:
             if isinstance(participants, Roster)
             else Roster.of_examples(participants, verify_keys)
         )
-        self.matcher = build_matcher(cfg.sampling, cfg.run.seed, secret=cfg.privacy.enabled)
-        self.strategy = Strategy(cfg, self.matcher)
-        self.rule = build_rule(cfg.server.aggregator)
-        self.privacy = PrivacyPolicy(cfg)
-        self.policy = round_policy(cfg, self.privacy.accounted)
-        self.shapes = {k: tuple(v.shape) for k, v in initial.items()}
-        self.codec = Pipeline(cfg.compress, self.shapes)  # a parameter that cannot fit fails
-        self.codecs: dict[str, Pipeline] = {"": self.codec}  # by adapter spec id
-        for name in sorted(cfg.adapters.assign):  # a shape that cannot be built fails here
-            self.codec_for(self.strategy.spec_for(name) or AdapterSpec())
-        self.intake = intake_for(
-            cfg, self.codec_for, self.rule, self.privacy, self.policy, screen, spill
-        )
-        self.publisher = Publisher(cfg.compress, self.shapes, cfg.run.seed)
-        dense = Pipeline(cfg.compress.model_copy(update={"pipeline": ()}), self.shapes)
-        # What one uncompressed float32 update would have cost: the ratio's reference.
-        self.dense_update_bytes = len(dense.to_bytes(dense.encode(initial, shared_seed=0)))
-        if self.privacy.accounted and not self.rule.streaming:
-            raise ZenfedError(
-                f"server.aggregator = {self.rule.describe()} with differential privacy: the noise "
-                "is calibrated to a sum of clipped updates, not to this rule's result",
-                fix="use fedavg under [privacy] noise, or turn the noise off",
-            )
-        root = root_version(initial, line)
-        self.log = VersionLog(cfg, root.content, self.rule.describe(), line)
         self.last_manifest: Manifest | None = None  # the newest version's, once known here
         if state is None:
-            self.last_manifest = self.log.manifest(root, "")
-            root = replace(root, manifest=self.last_manifest.digest)
-            ledger = self.privacy.initial_ledger()
-            state = CoordinatorState(0, dict(initial), ServerOptState(), [root], privacy=ledger)
+            state, self.last_manifest = parts.first_state(initial)
         self.state = state
         self.current: OpenRound | None = None
         if self.pool:  # a setting that cannot work fails here, before round 1
@@ -126,21 +91,16 @@ class Coordinator:
     def participants(self) -> dict[str, int]:
         """This line's part of the roster's pool (active members that asked for work):
         id -> examples."""
-        return {m.id: m.examples for m in self._members()}
+        return {m.id: m.examples for m in self.roster.pool(self.cfg.lines, self.line)}
 
     @property
     def pool(self) -> dict[str, int]:
         """Who cohorts are drawn from: the participants, less the quarantined."""
         return {m.id: m.examples for m in self._drawable()}
 
-    def _members(self) -> list[Member]:
-        lines = self.cfg.lines
-        pool = self.roster.pool()
-        return [m for m in pool if lines.line_of(m.name) == self.line] if lines.several else pool
-
     def _drawable(self) -> list[Member]:
         out = self.state.quarantined
-        return [m for m in self._members() if m.id not in out]
+        return [m for m in self.roster.pool(self.cfg.lines, self.line) if m.id not in out]
 
     @property
     def version(self) -> GlobalVersion:
@@ -155,14 +115,6 @@ class Coordinator:
                 fix=f"fetch {self.version.id[:12]}",
             )
         return self.state.published
-
-    def codec_for(self, spec: AdapterSpec) -> Pipeline:
-        """The codec pipeline of updates of adapter shape ``spec`` (ZenfedError if the
-        shape cannot be built from the federation's adapter)."""
-        if spec.id not in self.codecs:
-            spec.check(self.shapes, self.cfg.lora.r)
-            self.codecs[spec.id] = Pipeline(self.cfg.compress, spec.shapes(self.shapes))
-        return self.codecs[spec.id]
 
     # ---- the round's lifecycle -------------------------------------------------------------
 

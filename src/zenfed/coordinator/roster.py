@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from zenfed.config import LinesConfig
 from zenfed.errors import ZenfedError
 
 Status = Literal["active", "revoked"]
@@ -81,11 +82,15 @@ class Roster:
         """Every member not revoked."""
         return [m for m in self._members.values() if m.status == "active"]
 
-    def pool(self) -> list[Member]:
+    def pool(self, lines: LinesConfig | None = None, line: str = "") -> list[Member]:
         """Active members that asked for work, in enrollment order: who cohorts are drawn
         from (before quarantine; a matcher orders them by name, so that a simulation and a
-        deployment of the same participants, whose ids differ, draw alike)."""
-        return [m for m in self._members.values() if m.status == "active" and m.ready]
+        deployment of the same participants, whose ids differ, draw alike); with several
+        ``lines``, those of ``line`` only."""
+        ok = [m for m in self._members.values() if m.status == "active" and m.ready]
+        if lines is None or not lines.several:
+            return ok
+        return [m for m in ok if lines.line_of(m.name) == line]
 
     def examples(self, pid: str) -> int:
         """What ``pid`` declared (0 if unknown): kept after it is revoked, because an update
