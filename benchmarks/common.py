@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.harness import cpu_model, git_state, versions
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -39,15 +41,7 @@ PACKAGES = ("transformers", "peft", "tokenizers", "safetensors", "numpy", "gguf"
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
+    return versions(PACKAGES)
 
 
 # Environment variables that choose which vector kernels torch, MKL and oneDNN run.
@@ -58,16 +52,8 @@ def _cpu() -> dict[str, Any]:
     """The processor and the vector kernels torch dispatches to on it: the same code,
     config and seed round differently with AVX-512 and AVX2 kernels (README,
     "Reproducing them"), so a result names them."""
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "model": model,
+        "model": cpu_model(),
         "capability": torch.backends.cpu.get_cpu_capability(),
         **{k: os.environ[k] for k in KERNEL_ENV if k in os.environ},
     }
@@ -75,17 +61,5 @@ def _cpu() -> dict[str, Any]:
 
 def _commit() -> str:
     """The code's git commit ("+changes" if the tree differs from it; "" outside git)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    return head + ("+changes" if dirty else "")
+    head, dirty = git_state()
+    return head + ("+changes" if dirty and head else "")
