@@ -14,6 +14,7 @@ from zenfed.coordinator import Coordinator
 from zenfed.coordinator.lines import UnknownLine
 from zenfed.errors import ZenfedError
 from zenfed.protocol.messages import root_version
+from zenfed.service.recompute import check_manifests, recompute_versions
 from zenfed.store.db import Database, Round, Version
 
 TWO = {"names": ["a", "b"], "assign": {"b1": "b", "b2": "b"}}
@@ -108,4 +109,6 @@ def test_two_lines_train_apart_and_each_equals_a_federation_of_its_members_alone
         rounds = sorted((r.line, r.number, r.status) for r in s.query(Round))
     db.close()
     assert {lines[heads["a"]], lines[heads["b"]]} == {"a", "b"}
+    checks = recompute_versions(_cfg(TWO), again.db, again.blobs)  # every line's versions
+    assert [c.status for c in checks] == ["ok", "ok"] and check_manifests(again.db) == []
     assert rounds == [("a", 0, "closed"), ("a", 1, "open"), ("b", 0, "closed"), ("b", 1, "open")]

@@ -53,19 +53,20 @@ class VersionCheck:
 
 
 def recompute_versions(cfg: FederationConfig, db: Database, blobs: BlobStore) -> list[VersionCheck]:
-    """Every committed version of the store, oldest first, recomputed from its row."""
+    """Every committed version of the store (of every model line), oldest first,
+    recomputed from its row."""
     with db.transaction() as s:
         versions = s.scalars(select(Version).order_by(Version.created_at, Version.round)).all()
         rounds = {r.result_version: r for r in s.scalars(select(Round)) if r.result_version}
         ups = {(u.round_id, u.participant_id): u.payload_sha256 for u in s.scalars(select(Update))}
-    root = next((v for v in versions if v.parent is None), None)
-    if root is None:
+    roots = [v for v in versions if v.parent is None]  # one per model line
+    if not roots:
         return []
     params = {v.id: _tensors(blobs, v) for v in versions}
-    shapes = {k: tuple(t.shape) for k, t in params[root.id].items()}
+    shapes = {k: tuple(t.shape) for k, t in params[roots[0].id].items()}
     codec, rule = Pipeline(cfg.compress, shapes), build_rule(cfg.server.aggregator)
     why_not = _not_recomputable(cfg)
-    opt: dict[str, ServerOptState] = {root.id: ServerOptState()}
+    opt: dict[str, ServerOptState] = {root.id: ServerOptState() for root in roots}
     out = []
     for v in versions:
         if v.parent is None:
@@ -133,7 +134,8 @@ def check_manifests(db: Database) -> list[str]:
         rows = s.scalars(select(Version).order_by(Version.created_at, Version.round)).all()
         rounds = {r.result_version: r.id for r in s.scalars(select(Round)) if r.result_version}
         ups = {(u.round_id, u.participant_id): u.payload_sha256 for u in s.scalars(select(Update))}
-    problems, chain = [], []
+    problems: list[str] = []
+    chains: dict[str, list[Manifest]] = {}  # each model line's own chain
     for row in rows:
         if row.manifest is None:
             continue
@@ -152,9 +154,10 @@ def check_manifests(db: Database) -> list[str]:
                     f"version {row.id[:12]}: {u.participant[:12]}'s payload hash differs from "
                     "the stored update's"
                 )
-        chain.append(m)
-    try:
-        check_chain(chain)
-    except ZenfedError as e:
-        problems.append(e.problem)
+        chains.setdefault(row.line, []).append(m)
+    for chain in chains.values():
+        try:
+            check_chain(chain)
+        except ZenfedError as e:
+            problems.append(e.problem)
     return problems
