@@ -111,4 +111,8 @@ def test_two_lines_train_apart_and_each_equals_a_federation_of_its_members_alone
     assert {lines[heads["a"]], lines[heads["b"]]} == {"a", "b"}
     checks = recompute_versions(_cfg(TWO), again.db, again.blobs)  # every line's versions
     assert [c.status for c in checks] == ["ok", "ok"] and check_manifests(again.db) == []
+    b_root = again.lines["b"].engine.state.versions[0].id
+    again.rollback(b_root[:12])  # found in line b's lineage; line a untouched
+    assert again.lines["b"].engine.version.rollback_of == b_root
+    assert again.lines["a"].engine.version.id == heads["a"]
     assert rounds == [("a", 0, "closed"), ("a", 1, "open"), ("b", 0, "closed"), ("b", 1, "open")]
