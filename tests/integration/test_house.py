@@ -25,6 +25,7 @@ from tests.integration.test_deploy import procs as procs
 from tests.integration.test_hardening import Agent, _status, wait_for
 from tests.loopback import serving
 from zenfed.config import parse_config
+from zenfed.errors import ZenfedError
 from zenfed.protocol.adapter import AdapterSpec
 from zenfed.protocol.manifest import Manifest, check_chain
 from zenfed.service.persistent import PersistentCoordinator
@@ -163,8 +164,11 @@ def test_a_simulation_of_two_lines_gives_each_line_the_versions_of_its_members_a
         "run": {"rounds": 2},
     }
     lines = {"names": ["words", "life"], "assign": {"literature": "life", "food": "life"}}
-    summary = run_simulation(tiny_config(data=both, lines=lines, **common), tmp_path / "two")
+    two = tiny_config(data=both, lines=lines, **common)
+    summary = run_simulation(two, tmp_path / "two")
     assert set(summary["lines"]) == {"words", "life"}
+    with pytest.raises(ZenfedError, match="already holds a run"):  # its folder is a run's
+        run_simulation(two, tmp_path / "two")
     for line, members in (("words", ["ai", "emotion"]), ("life", ["literature", "food"])):
         alone = tiny_config(data={"categories": members}, lines={"names": [line]}, **common)
         run_simulation(alone, tmp_path / line)

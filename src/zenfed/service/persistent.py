@@ -142,12 +142,14 @@ class PersistentCoordinator(Membership):
 
     def _holding(self, to: str) -> tuple[ServiceLine, GlobalVersion]:
         """The line whose lineage holds version ``to``, and the version."""
+        missing: UnknownVersion | None = None
         for line in self.lines.values():
             try:
                 return line, find_version(line.engine.state, to)
-            except UnknownVersion:
-                continue
-        return self.lines[self.port.first], find_version(self.engine.state, to)  # (raises)
+            except UnknownVersion as e:
+                missing = missing or e  # (the first line's words)
+        assert missing is not None
+        raise missing
 
     # ---- rounds ------------------------------------------------------------------------------
 

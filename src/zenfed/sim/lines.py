@@ -16,14 +16,14 @@ started starts).
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from zenfed.config import FederationConfig, parse_config
+from zenfed.config import FederationConfig
 from zenfed.errors import ZenfedError
+from zenfed.sim.folders import LINES, init_run_dir
 from zenfed.sim.progress import Progress
 from zenfed.sim.setup import World
 from zenfed.store.checkpoint import atomic_write
@@ -56,10 +56,11 @@ def run_lines(
     lines' summaries together (also saved as ``summary.json``)."""
     worlds = {line: line_world(world, cfg, line) for line in cfg.lines.names}  # before writing
     if not resume:
-        _init_lines_dir(out, cfg)
+        init_run_dir(out, cfg)
+        (out / LINES).mkdir()
     summaries: dict[str, Any] = {}
     for line, members in worlds.items():
-        folder = out / "lines" / line
+        folder = out / LINES / line
         progress.note(f"line '{line}': {', '.join(sorted(members.participants))}")
         again = resume and (folder / "checkpoint.safetensors").is_file()
         summaries[line] = run_line(line, members, folder, again)
@@ -69,37 +70,3 @@ def run_lines(
     text = json.dumps(summary, indent=2).encode()
     atomic_write(out / "summary.json", lambda f: f.write(text))
     return summary
-
-
-def check_lines_dir(out: Path, cfg: FederationConfig, *, resume: bool, fresh: bool) -> None:
-    """What a run folder of several lines may hold before a run (nothing is touched)."""
-    config_file = out / "config.json"
-    if resume:
-        if not (out / "lines").is_dir() or not config_file.is_file():
-            raise ZenfedError(
-                f"nothing to resume in '{out}' (no lines/ folder)", fix="run without --resume"
-            )
-        saved = parse_config(json.loads(config_file.read_text()), origin=str(config_file))
-        if saved != cfg:
-            raise ZenfedError(
-                f"the run in '{out}' was made with a different config",
-                fix="resume with the same config, or use another --out",
-            )
-    elif config_file.is_file() and not fresh:
-        raise ZenfedError(
-            f"'{out}' already holds a run",
-            fix="pass --resume to continue it, --fresh to replace it",
-        )
-    elif out.is_dir() and any(out.iterdir()) and not config_file.is_file():
-        raise ZenfedError(
-            f"'{out}' exists and is not a zenfed run folder; nothing there is touched",
-            fix="choose an empty or new --out folder",
-        )
-
-
-def _init_lines_dir(out: Path, cfg: FederationConfig) -> None:
-    if out.exists():
-        shutil.rmtree(out)  # a run folder (checked above): --fresh
-    (out / "lines").mkdir(parents=True)
-    dump = json.dumps(cfg.model_dump(mode="json"), indent=2).encode()
-    atomic_write(out / "config.json", lambda f: f.write(dump))

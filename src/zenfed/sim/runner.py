@@ -18,7 +18,6 @@ Writes into the run folder: ``config.json``, ``checkpoint.safetensors`` after ev
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -28,7 +27,7 @@ from typing import Any, cast
 import numpy as np
 
 from zenfed.compress.downlink import full_payload, receive
-from zenfed.config import FederationConfig, parse_config
+from zenfed.config import FederationConfig
 from zenfed.coordinator.engine import Coordinator
 from zenfed.coordinator.port import CoordinatorPort
 from zenfed.coordinator.state import CoordinatorState
@@ -42,7 +41,8 @@ from zenfed.protocol.messages import GlobalVersion
 from zenfed.protocol.secagg import STAGES
 from zenfed.sim import baselines as bl
 from zenfed.sim.attacks import check_tolerance, install_attack
-from zenfed.sim.lines import check_lines_dir, run_lines
+from zenfed.sim.folders import CHECKPOINT, LINES, check_run_dir, init_run_dir
+from zenfed.sim.lines import run_lines
 from zenfed.sim.progress import Progress
 from zenfed.sim.report import plot_losses, sample_generations
 from zenfed.sim.setup import World, build_world
@@ -71,10 +71,8 @@ def run_simulation(
     if unknown:
         raise ZenfedError(f"unknown baseline '{unknown[0]}'", fix=f"one of {', '.join(BASELINES)}")
     out = Path(out_dir or cfg.run.out_dir)
-    if cfg.lines.several:
-        check_lines_dir(out, cfg, resume=resume, fresh=fresh)
-    else:
-        _check_out_dir(out, cfg, resume=resume, fresh=fresh)
+    holds = LINES if cfg.lines.several else CHECKPOINT  # what a run of it leaves in ``out``
+    check_run_dir(out, cfg, resume=resume, fresh=fresh, holds=holds)
     progress = progress or Progress(enabled=False)
     t_start = time.perf_counter()
     world = world or build_world(cfg)  # every input error surfaces before anything is written
@@ -87,7 +85,7 @@ def run_simulation(
     if cfg.lines.several:
 
         def one_line(line: str, members: World, folder: Path, again: bool) -> dict[str, Any]:
-            _check_out_dir(folder, cfg, resume=again, fresh=True)
+            check_run_dir(folder, cfg, resume=again, fresh=True)
             return _simulate(replace(run, out=folder, resume=again, line=line), members)
 
         return run_lines(cfg, out, world, one_line, resume=resume, progress=progress)
@@ -138,7 +136,7 @@ def _federate(run: _Run, world: World, pool: Any) -> dict[str, Any]:
     n = len(world.participants)
     check_tolerance(len(attackers), n, cfg.sampling.expected_size(n), coord.rule)
     if not resume:
-        _init_out_dir(out, cfg)
+        init_run_dir(out, cfg)
     history: list[dict[str, Any]] = []
     world.configure(cfg)  # a world may be reused with another config
     for p in world.participants.values():
@@ -443,40 +441,6 @@ def _traffic(history: list[dict[str, Any]]) -> dict[str, float]:
 def efficiency(initial: float, fed: float, central: float) -> float:
     """Centralized efficiency (L0 - L_fed) / (L0 - L_central)."""
     return (initial - fed) / (initial - central) if initial != central else float("nan")
-
-
-def _check_out_dir(out: Path, cfg: FederationConfig, *, resume: bool, fresh: bool) -> None:
-    if resume:
-        config_file = out / "config.json"
-        if not (out / "checkpoint.safetensors").is_file() or not config_file.is_file():
-            raise ZenfedError(
-                f"nothing to resume in '{out}' (no checkpoint.safetensors)",
-                fix="run without --resume",
-            )
-        saved = parse_config(json.loads(config_file.read_text()), origin=str(config_file))
-        if saved != cfg:
-            raise ZenfedError(
-                f"the run in '{out}' was made with a different config",
-                fix="resume with the same config, or use another --out",
-            )
-    elif ((out / "checkpoint.safetensors").exists() or (out / "lines").is_dir()) and not fresh:
-        raise ZenfedError(
-            f"'{out}' already holds a run",
-            fix="pass --resume to continue it, --fresh to replace it",
-        )
-    elif out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise ZenfedError(
-            f"'{out}' exists and is not a zenfed run folder; nothing there is touched",
-            fix="choose an empty or new --out folder",
-        )
-
-
-def _init_out_dir(out: Path, cfg: FederationConfig) -> None:
-    if out.exists():
-        shutil.rmtree(out)  # a run folder (checked above): --fresh, or a run killed early
-    out.mkdir(parents=True)
-    dump = json.dumps(cfg.model_dump(mode="json"), indent=2).encode()
-    atomic_write(out / "config.json", lambda f: f.write(dump))
 
 
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
